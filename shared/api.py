@@ -1,0 +1,225 @@
+"""REST API v1 schemas: the request and response bodies both sides agree on.
+
+The service uses these as FastAPI request/response models (so they appear in
+the OpenAPI document with their examples); the client SDK parses responses
+into them. No FastAPI or httpx here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.spec import FederationSpec
+
+__all__ = [
+    "API_PREFIX",
+    "ClientInfo",
+    "ClientRegistered",
+    "ClientRegistration",
+    "EnrollmentToken",
+    "EnrollmentTokenRequest",
+    "ErrorBody",
+    "FederationInfo",
+    "FederationStatus",
+    "Health",
+    "ParticipantRecord",
+    "RoundRecord",
+    "RoundState",
+    "RoundStatus",
+    "TensorInfo",
+    "UpdateReceipt",
+]
+
+API_PREFIX = "/v1"
+
+RoundState = Literal["open", "aggregating", "closed"]
+FederationStatus = Literal["running", "completed"]
+
+_SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TensorInfo(_Model):
+    shape: list[int] = Field(description="Tensor shape.", examples=[[768]])
+    dtype: str = Field(description="torch dtype name.", examples=["float32"])
+
+
+class ErrorBody(_Model):
+    """Every 4xx/5xx body. `round` is set when the refusal depends on the current round."""
+
+    error: str = Field(description="Machine-readable code.", examples=["stale_base_version"])
+    detail: str = Field(
+        description="What went wrong and what to do.",
+        examples=[
+            "update was built on global version 1a2b…; download the current state and retrain"
+        ],
+    )
+    round: RoundStatus | None = Field(default=None, description="The current round, when relevant.")
+
+
+class FederationInfo(_Model):
+    id: str = Field(description="Federation id.", examples=["fed_3k9x2m"])
+    name: str = Field(examples=["cifar10-clip-bias"])
+    spec: FederationSpec
+    status: FederationStatus = Field(examples=["running"])
+    current_round: int = Field(
+        description="Round now open (or the last one when completed).", examples=[1]
+    )
+    global_version: str = Field(
+        description="sha256 of the current global trainable state.", examples=[_SHA]
+    )
+    manifest: dict[str, TensorInfo] = Field(
+        description="Trainable tensors: name -> shape and dtype.",
+        examples=[
+            {
+                "visual.transformer.resblocks.0.attn.in_proj_bias": {
+                    "shape": [2304],
+                    "dtype": "float32",
+                }
+            }
+        ],
+    )
+    base_fingerprint: str = Field(
+        description="sha256 over the frozen tensors in name order.", examples=[_SHA]
+    )
+    base_available: bool = Field(
+        description="Whether GET /base serves the frozen base.", examples=[True]
+    )
+    trainable_params: int = Field(examples=[102912])
+    total_params: int = Field(examples=[86389248])
+    created_at: datetime
+
+
+class EnrollmentTokenRequest(_Model):
+    uses: int = Field(
+        default=1, ge=1, le=10_000, description="How many registrations it allows.", examples=[1]
+    )
+    expires_in_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=60,
+        le=365 * 24 * 3600,
+        description="Lifetime in seconds.",
+        examples=[86400],
+    )
+
+
+class EnrollmentToken(_Model):
+    token: str = Field(
+        description="Give this to one organisation; shown once.", examples=["fte_Zx81..."]
+    )
+    federation_id: str = Field(examples=["fed_3k9x2m"])
+    uses: int = Field(examples=[1])
+    expires_at: datetime
+
+
+class ClientRegistration(_Model):
+    enrollment_token: str = Field(min_length=1, examples=["fte_Zx81..."])
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        description="Organisation name.",
+        examples=["st-marys-hospital"],
+    )
+
+
+class ClientRegistered(_Model):
+    client_id: str = Field(examples=["cli_7h2k"])
+    api_key: str = Field(
+        description="Bearer token for this client; shown only once.", examples=["ftk_..."]
+    )
+    federation_id: str = Field(examples=["fed_3k9x2m"])
+    name: str = Field(examples=["st-marys-hospital"])
+
+
+class ClientInfo(_Model):
+    client_id: str = Field(examples=["cli_7h2k"])
+    name: str = Field(examples=["st-marys-hospital"])
+    federation_id: str = Field(examples=["fed_3k9x2m"])
+    created_at: datetime
+    revoked: bool = Field(examples=[False])
+    updates: int = Field(default=0, description="Updates accepted from this client.", examples=[12])
+
+
+class RoundStatus(_Model):
+    federation_id: str = Field(examples=["fed_3k9x2m"])
+    federation_status: FederationStatus = Field(examples=["running"])
+    round: int = Field(description="Current round number, 1-based.", examples=[3])
+    total_rounds: int = Field(examples=[50])
+    status: RoundState = Field(examples=["open"])
+    global_version: str = Field(
+        description="sha256 of the state this round trains from.", examples=[_SHA]
+    )
+    quorum: int = Field(examples=[3])
+    min_updates: int = Field(examples=[2])
+    received: int = Field(description="Updates accepted so far this round.", examples=[1])
+    submitted: bool = Field(
+        description="Whether the calling client already submitted.", examples=[False]
+    )
+    deadline_at: datetime | None = Field(description="When the round may close on min_updates.")
+    revision: int = Field(
+        description="Counter that changes whenever anything in this object changes; pass it "
+        "back as ?revision= to long-poll for the next change.",
+        examples=[17],
+    )
+
+
+class UpdateReceipt(_Model):
+    federation_id: str = Field(examples=["fed_3k9x2m"])
+    round: int = Field(examples=[3])
+    client_id: str = Field(examples=["cli_7h2k"])
+    sha256: str = Field(examples=[_SHA])
+    bytes: int = Field(examples=[411648])
+    num_examples: int = Field(examples=[5000])
+    duplicate: bool = Field(
+        description="True when these exact bytes had already been accepted.", examples=[False]
+    )
+    received: int = Field(examples=[2])
+    quorum: int = Field(examples=[3])
+    round_status: RoundState = Field(examples=["open"])
+
+
+class ParticipantRecord(_Model):
+    client_id: str = Field(examples=["cli_7h2k"])
+    name: str = Field(examples=["st-marys-hospital"])
+    num_examples: int = Field(examples=[5000])
+    bytes: int = Field(examples=[411648])
+    sha256: str = Field(examples=[_SHA])
+    metrics: dict[str, float] = Field(examples=[{"train_loss": 0.41, "val_accuracy": 0.87}])
+    received_at: datetime
+
+
+class RoundRecord(_Model):
+    round: int = Field(examples=[3])
+    status: RoundState = Field(examples=["closed"])
+    base_version: str = Field(description="Global version the round trained from.", examples=[_SHA])
+    result_version: str | None = Field(
+        description="Global version it produced, once closed.", examples=[_SHA]
+    )
+    participants: list[ParticipantRecord]
+    bytes_in: int = Field(description="Update bytes accepted this round.", examples=[1234944])
+    bytes_out: int = Field(
+        description="State and base bytes served while the round was open.", examples=[822000]
+    )
+    metrics: dict[str, float] = Field(
+        description="Example-weighted means of the participants' metrics.",
+        examples=[{"train_loss": 0.39, "val_accuracy": 0.88}],
+    )
+    closed_by: Literal["quorum", "deadline"] | None = Field(examples=["quorum"])
+    opened_at: datetime
+    aggregation_started_at: datetime | None = None
+    closed_at: datetime | None = None
+    aggregation_seconds: float | None = Field(default=None, examples=[0.12])
+
+
+class Health(_Model):
+    status: Literal["ok", "unavailable"] = Field(examples=["ok"])
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+ErrorBody.model_rebuild()

@@ -1,0 +1,308 @@
+"""Tensor payloads on the wire and on disk: safetensors files, never pickles.
+
+Both sides read safetensors that came over the network, so the header is
+checked here, byte by byte, before any tensor is touched: its length, its JSON,
+the dtypes, and that the data offsets tile the body exactly. `torch.load` is
+never called on anything FedTune receives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import save, save_file
+
+__all__ = [
+    "DELTA_FORMAT",
+    "MAX_HEADER_BYTES",
+    "BlobError",
+    "DeltaMetadata",
+    "SafetensorsHeader",
+    "TensorEntry",
+    "atomic_save_state",
+    "atomic_write_bytes",
+    "dtype_name",
+    "encode_state",
+    "parse_header",
+    "read_header",
+    "sha256_file",
+    "torch_dtype",
+]
+
+DELTA_FORMAT = "fedtune-delta/1"
+MAX_HEADER_BYTES = 1 << 20
+_CHUNK = 1 << 20
+
+# safetensors dtype codes -> (torch dtype name, item size)
+_DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+}
+
+
+class BlobError(ValueError):
+    """A payload that is not a well-formed FedTune safetensors file."""
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """`torch.float32` -> `"float32"`."""
+    return str(dtype).removeprefix("torch.")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`"float32"` -> `torch.float32`."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise BlobError(f"unknown dtype {name!r}")
+    return dtype
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: str  # torch dtype name, e.g. "float32"
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    header_size: int  # bytes of JSON after the 8-byte length prefix
+    data_size: int
+
+    @property
+    def total_size(self) -> int:
+        return 8 + self.header_size + self.data_size
+
+
+def parse_header(
+    prefix: bytes, total_size: int, max_header: int = MAX_HEADER_BYTES
+) -> SafetensorsHeader:
+    """Check a safetensors header given the file's first bytes and its total size.
+
+    `prefix` must hold at least the 8-byte length and the JSON header. Raises
+    `BlobError` with a message a user can act on.
+    """
+    if total_size < 8 or len(prefix) < 8:
+        raise BlobError("body is not a safetensors file: shorter than the 8-byte header length")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > max_header:
+        raise BlobError(f"safetensors header is {n} bytes; the limit is {max_header}")
+    if 8 + n > total_size:
+        raise BlobError(
+            f"safetensors header length {n} runs past the end of the {total_size}-byte body "
+            "(truncated upload or not a safetensors file)"
+        )
+    if len(prefix) < 8 + n:
+        raise BlobError("internal: header prefix too short")
+    try:
+        raw = json.loads(prefix[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BlobError("safetensors header is not valid JSON (not a safetensors file?)") from None
+    if not isinstance(raw, dict):
+        raise BlobError("safetensors header must be a JSON object")
+    meta_raw = raw.pop("__metadata__", {}) or {}
+    if not isinstance(meta_raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta_raw.items()
+    ):
+        raise BlobError("safetensors __metadata__ must map strings to strings")
+    data_size = total_size - 8 - n
+    tensors: dict[str, TensorEntry] = {}
+    for name, info in raw.items():
+        tensors[name] = _parse_entry(name, info, data_size)
+    spans = sorted((t.start, t.end, t.name) for t in tensors.values())
+    cursor = 0
+    for start, end, name in spans:
+        if start != cursor:
+            kind = "overlaps another tensor" if start < cursor else "leaves a gap before it"
+            raise BlobError(f"tensor {name!r}: data offsets [{start}, {end}) {kind}")
+        cursor = end
+    if cursor != data_size:
+        raise BlobError(
+            f"tensor data covers {cursor} bytes but the body holds {data_size} "
+            "(truncated or padded upload)"
+        )
+    return SafetensorsHeader(tensors, dict(meta_raw), n, data_size)
+
+
+def _parse_entry(name: str, info: Any, data_size: int) -> TensorEntry:
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise BlobError(f"tensor {name!r}: header entry needs exactly dtype, shape, data_offsets")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if code not in _DTYPES:
+        raise BlobError(f"tensor {name!r}: unsupported dtype {code!r}")
+    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise BlobError(f"tensor {name!r}: shape must be a list of non-negative integers")
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+    ):
+        raise BlobError(f"tensor {name!r}: data_offsets must be [start, end]")
+    start, end = offsets
+    if not 0 <= start <= end <= data_size:
+        raise BlobError(f"tensor {name!r}: data offsets [{start}, {end}) out of range")
+    dtype, itemsize = _DTYPES[code]
+    if (end - start) != math.prod(shape) * itemsize:
+        raise BlobError(
+            f"tensor {name!r}: {end - start} bytes do not match shape {shape} of {dtype}"
+        )
+    return TensorEntry(name, dtype, tuple(shape), start, end)
+
+
+def read_header(path: str | Path, max_header: int = MAX_HEADER_BYTES) -> SafetensorsHeader:
+    """Read and check the header of a safetensors file on disk."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return parse_header(head, size, max_header)
+        (n,) = struct.unpack("<Q", head)
+        body = f.read(min(n, max_header + 1)) if n <= max_header else b""
+    return parse_header(head + body, size, max_header)
+
+
+class DeltaMetadata(BaseModel):
+    """`__metadata__` of an update blob (all values travel as strings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = Field(default=DELTA_FORMAT, description="Always fedtune-delta/1.")
+    federation: str = Field(description="Federation id the delta belongs to.")
+    round: int = Field(ge=1, description="Round the delta was trained for.")
+    base_version: str = Field(description="sha256 of the global state it started from.")
+    num_examples: int = Field(ge=1, description="Local examples trained on (aggregation weight).")
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="train_loss, train_accuracy, val_accuracy, examples_per_s, ...",
+    )
+
+    def to_safetensors(self) -> dict[str, str]:
+        return {
+            "format": self.format,
+            "federation": self.federation,
+            "round": str(self.round),
+            "base_version": self.base_version,
+            "num_examples": str(self.num_examples),
+            "metrics": json.dumps(self.metrics, sort_keys=True),
+        }
+
+    @classmethod
+    def from_safetensors(cls, meta: Mapping[str, str]) -> DeltaMetadata:
+        """Parse `__metadata__`; raises `BlobError` naming the missing or bad key."""
+        if meta.get("format") != DELTA_FORMAT:
+            raise BlobError(
+                f"metadata 'format' must be {DELTA_FORMAT!r}, got {meta.get('format')!r}"
+            )
+        data: dict[str, Any] = dict(meta)
+        for key in ("round", "num_examples"):
+            if key not in data:
+                raise BlobError(f"metadata '{key}' is missing")
+            try:
+                data[key] = int(data[key])
+            except ValueError:
+                raise BlobError(f"metadata '{key}' must be an integer, got {data[key]!r}") from None
+        try:
+            data["metrics"] = json.loads(data.get("metrics", "{}"))
+        except json.JSONDecodeError:
+            raise BlobError("metadata 'metrics' must be a JSON object of numbers") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise BlobError(f"metadata '{loc}': {first['msg']}") from None
+
+
+def encode_state(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """Serialise tensors to safetensors bytes (contiguous CPU copies, sorted names)."""
+    flat = {k: tensors[k].detach().to("cpu").contiguous() for k in sorted(tensors)}
+    return save(flat, metadata=dict(metadata) if metadata else None)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write-temp, fsync, rename: `path` holds either nothing or all of `data`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_state(
+    path: str | Path,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """`safetensors.torch.save_file` through a temp file, fsynced and renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        flat = {k: tensors[k].detach().to("cpu").contiguous() for k in sorted(tensors)}
+        save_file(flat, tmp, metadata=dict(metadata) if metadata else None)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        _hash_stream(f, h)
+    return h.hexdigest()
+
+
+def _hash_stream(f: BinaryIO, h: Any) -> None:
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)

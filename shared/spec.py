@@ -1,0 +1,267 @@
+"""The federation spec: everything a client needs to build the same model.
+
+One pydantic model, loaded from YAML or JSON, posted to the service and echoed
+to every client. Validation happens here, at the boundary; the rest of FedTune
+trusts a `FederationSpec` it is handed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AggregationSpec",
+    "FederationSpec",
+    "LocalTrainingSpec",
+    "MethodSpec",
+    "ModelSpec",
+    "RoundsSpec",
+    "SpecError",
+    "TaskSpec",
+    "TransportSpec",
+    "format_validation_error",
+    "load_spec",
+    "parse_spec",
+]
+
+Family = Literal["open_clip", "hf_vit"]
+MethodName = Literal["full", "head", "bias", "lora", "adapter", "vpt", "text_prompt"]
+StrategyName = Literal[
+    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean"
+]
+TransportDtype = Literal["float32", "float16", "bfloat16"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names the field and what is wrong."""
+
+
+class ModelSpec(_Strict):
+    family: Family = Field(description="Model library: open_clip or transformers ViT (hf_vit).")
+    arch: str = Field(
+        min_length=1,
+        description="open_clip architecture name, HF model id or local dir, or a FedTune tiny config.",
+    )
+    pretrained: str | None = Field(
+        default=None,
+        description="open_clip tag, local checkpoint file or directory; null = seeded random init.",
+    )
+    base_source: Literal["server", "local"] = Field(
+        default="server",
+        description="server: clients download the frozen base from the aggregator; "
+        "local: each client loads `pretrained` itself and the fingerprint is checked.",
+    )
+
+
+class TaskSpec(_Strict):
+    classes: list[str] = Field(min_length=1, description="Class names, in label order.")
+    prompt_template: str = Field(
+        default="a photo of a {}.",
+        description="CLIP only: the zero-shot head is built from these prompts.",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, classes: list[str]) -> list[str]:
+        if any(not c.strip() for c in classes):
+            raise ValueError("class names must not be empty")
+        dupes = sorted({c for c in classes if classes.count(c) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique; repeated: {', '.join(dupes)}")
+        return classes
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_has_slot(cls, template: str) -> str:
+        if "{}" not in template:
+            raise ValueError("prompt_template must contain '{}' where the class name goes")
+        return template
+
+
+class MethodSpec(_Strict):
+    name: MethodName = Field(
+        description="Tuning method: full, head, bias, lora, adapter, vpt, text_prompt."
+    )
+    train_head: bool = Field(
+        default=False, description="Also train the classifier head (hf_vit always trains it)."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Method options, e.g. lora {r: 8, alpha: 16, targets: [attn]}, vpt {tokens: 10, deep: true}.",
+    )
+
+
+class LocalTrainingSpec(_Strict):
+    epochs: int = Field(default=1, ge=1, le=1000, description="Local epochs per round.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Optional cap on optimiser steps per round."
+    )
+    batch_size: int = Field(default=32, ge=1, le=65536, description="Local mini-batch size.")
+    optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="Local optimiser.")
+    lr: float = Field(default=1e-3, gt=0, le=10, description="Local learning rate.")
+    weight_decay: float = Field(default=0.0, ge=0, description="Decoupled weight decay.")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+
+
+class RoundsSpec(_Strict):
+    total: int = Field(default=50, ge=1, le=100_000, description="Number of rounds to run.")
+    quorum: int = Field(default=3, ge=1, description="Updates that close a round at once.")
+    min_updates: int = Field(
+        default=2, ge=1, description="Updates that close a round when the deadline passes."
+    )
+    deadline_s: float = Field(
+        default=3600,
+        gt=0,
+        description="Seconds after a round opens before it may close on min_updates.",
+    )
+
+    @model_validator(mode="after")
+    def _quorum_covers_minimum(self) -> RoundsSpec:
+        if self.quorum < self.min_updates:
+            raise ValueError(
+                f"rounds.quorum ({self.quorum}) must be at least rounds.min_updates "
+                f"({self.min_updates})"
+            )
+        return self
+
+
+class FedAvgMOptions(_Strict):
+    server_lr: float = Field(default=1.0, gt=0, description="Server learning rate.")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="Server momentum.")
+
+
+class FedOptOptions(_Strict):
+    server_lr: float = Field(default=0.01, gt=0, description="Server learning rate (eta).")
+    beta1: float = Field(default=0.9, ge=0, lt=1, description="First-moment decay.")
+    beta2: float = Field(default=0.99, ge=0, lt=1, description="Second-moment decay.")
+    tau: float = Field(default=1e-3, gt=0, description="Adaptivity (epsilon) term.")
+
+
+class TrimmedMeanOptions(_Strict):
+    trim_fraction: float = Field(
+        default=0.1, ge=0, lt=0.5, description="Fraction cut from each end, per coordinate."
+    )
+
+
+class NoOptions(_Strict):
+    pass
+
+
+STRATEGY_OPTIONS: dict[str, type[_Strict]] = {
+    "fedavg": NoOptions,
+    "fedavgm": FedAvgMOptions,
+    "fedadam": FedOptOptions,
+    "fedyogi": FedOptOptions,
+    "fedadagrad": FedOptOptions,
+    "median": NoOptions,
+    "trimmed_mean": TrimmedMeanOptions,
+}
+
+
+class AggregationSpec(_Strict):
+    strategy: StrategyName = Field(default="fedavg", description="Aggregation strategy.")
+    weighting: Literal["num_examples", "uniform"] = Field(
+        default="num_examples", description="How client deltas are weighted."
+    )
+    clip_norm: float | None = Field(
+        default=None,
+        gt=0,
+        description="Optional per-update L2 norm bound applied before aggregation.",
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Strategy options.")
+
+    @model_validator(mode="after")
+    def _options_fit_strategy(self) -> AggregationSpec:
+        try:
+            STRATEGY_OPTIONS[self.strategy].model_validate(self.options)
+        except ValidationError as exc:
+            raise ValueError(
+                f"aggregation.options for {self.strategy}: {format_validation_error(exc)}"
+            ) from None
+        return self
+
+    def strategy_options(self) -> Any:
+        """The options parsed into the strategy's own typed model (defaults filled in)."""
+        return STRATEGY_OPTIONS[self.strategy].model_validate(self.options)
+
+
+class TransportSpec(_Strict):
+    dtype: TransportDtype = Field(default="float32", description="dtype of uploaded deltas.")
+
+
+class FederationSpec(_Strict):
+    """A federation: the model, the task, the method and how rounds run."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Human-readable federation name (letters, digits, . _ -).",
+    )
+    model: ModelSpec
+    task: TaskSpec
+    method: MethodSpec
+    local_training: LocalTrainingSpec = Field(default_factory=LocalTrainingSpec)
+    rounds: RoundsSpec = Field(default_factory=RoundsSpec)
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
+    transport: TransportSpec = Field(default_factory=TransportSpec)
+    seed: int = Field(default=0, ge=0, description="Seed for every random initialisation.")
+
+    @model_validator(mode="after")
+    def _method_fits_family(self) -> FederationSpec:
+        if self.method.name == "text_prompt" and self.model.family != "open_clip":
+            raise ValueError(
+                "method.name: text_prompt tunes the CLIP text encoder and needs "
+                "model.family open_clip"
+            )
+        if self.model.base_source == "local" and self.model.pretrained is None:
+            raise ValueError(
+                "model.base_source: local needs model.pretrained (clients load it themselves)"
+            )
+        return self
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the field: `rounds.quorum: must be ...`."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_spec(data: Any) -> FederationSpec:
+    """Validate a mapping into a spec, raising `SpecError` with a readable message."""
+    if not isinstance(data, dict):
+        raise SpecError("spec: expected a mapping of fields (name, model, task, method, ...)")
+    try:
+        return FederationSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc)) from None
+
+
+def load_spec(path: str | Path) -> FederationSpec:
+    """Load a spec from a YAML or JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    return parse_spec(data)
