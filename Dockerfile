@@ -1,0 +1,31 @@
+# The FedTune aggregator image. The service holds no GPU work: it builds the
+# initial state once per federation and averages deltas, so the CPU wheels of
+# torch are enough and keep the image small.
+FROM python:3.11-slim AS base
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    FEDTUNE_HOST=0.0.0.0 \
+    FEDTUNE_PORT=8443 \
+    FEDTUNE_DATA_DIR=/var/lib/fedtune
+
+RUN groupadd --system fedtune && useradd --system --gid fedtune --home /var/lib/fedtune fedtune \
+    && mkdir -p /var/lib/fedtune && chown fedtune:fedtune /var/lib/fedtune
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY shared ./shared
+COPY aggregator_service ./aggregator_service
+COPY client_sdk ./client_sdk
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch<=2.14.1" "torchvision<=0.29.1" \
+    && pip install ".[postgres]"
+
+USER fedtune
+VOLUME ["/var/lib/fedtune"]
+EXPOSE 8443
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
+    CMD python -c "import os,ssl,urllib.request as u; c=ssl._create_unverified_context(); s='https' if os.environ.get('FEDTUNE_SSL_CERTFILE') else 'http'; u.urlopen(f'{s}://127.0.0.1:{os.environ[\"FEDTUNE_PORT\"]}/healthz', context=c if s=='https' else None, timeout=2)"
+
+ENTRYPOINT ["fedtune-server"]
+CMD ["serve"]
