@@ -1,0 +1,181 @@
+"""`FedTuneClient`: one typed method per REST v1 operation.
+
+Every method returns the pydantic models of `shared.api` (never dicts) and
+raises the exceptions of `client_sdk._exceptions`.
+
+    client = FedTuneClient("https://agg.example.org", api_key="ftk_...", ca_cert="ca.pem")
+    status = client.current_round(fid, wait_s=30, revision=status.revision)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from client_sdk import _constants as C
+from client_sdk._base_client import BaseClient, Download
+from client_sdk._exceptions import APIResponseValidationError
+from shared.api import (
+    API_PREFIX,
+    ClientInfo,
+    ClientRegistered,
+    ClientRegistration,
+    EnrollmentToken,
+    EnrollmentTokenRequest,
+    FederationInfo,
+    Health,
+    RoundRecord,
+    RoundStatus,
+    UpdateReceipt,
+)
+from shared.spec import FederationSpec
+
+__all__ = ["Download", "FedTuneClient"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(model: type[M], data: Any, what: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise APIResponseValidationError(f"{what}: unexpected response body: {exc}") from None
+
+
+def _parse_list(model: type[M], data: Any, what: str) -> list[M]:
+    try:
+        return TypeAdapter(list[model]).validate_python(data)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise APIResponseValidationError(f"{what}: unexpected response body: {exc}") from None
+
+
+class FedTuneClient(BaseClient):
+    """Typed client of the FedTune aggregator's REST API v1.
+
+    `api_key` is a client's `ftk_…` key or the admin token. TLS verification is
+    always on; `ca_cert` trusts a private CA; plain `http://` needs `allow_http=True`.
+    """
+
+    # -- federations (admin creates; its clients read) --------------------------
+
+    def create_federation(self, spec: FederationSpec) -> FederationInfo:
+        data = self._request_json(
+            "POST", f"{API_PREFIX}/federations", json_body=spec.model_dump(mode="json")
+        )
+        return _parse(FederationInfo, data, "create federation")
+
+    def get_federation(self, federation_id: str) -> FederationInfo:
+        data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}")
+        return _parse(FederationInfo, data, "get federation")
+
+    def create_enrollment_token(
+        self, federation_id: str, *, uses: int = 1, expires_in_s: int | None = None
+    ) -> EnrollmentToken:
+        body = EnrollmentTokenRequest(uses=uses)
+        if expires_in_s is not None:
+            body = EnrollmentTokenRequest(uses=uses, expires_in_s=expires_in_s)
+        data = self._request_json(
+            "POST",
+            f"{API_PREFIX}/federations/{federation_id}/enrollment-tokens",
+            json_body=body.model_dump(mode="json"),
+        )
+        return _parse(EnrollmentToken, data, "create enrollment token")
+
+    # -- clients ----------------------------------------------------------------
+
+    def register_client(self, enrollment_token: str, name: str) -> ClientRegistered:
+        body = ClientRegistration(enrollment_token=enrollment_token, name=name)
+        data = self._request_json(
+            "POST", f"{API_PREFIX}/clients", json_body=body.model_dump(mode="json")
+        )
+        return _parse(ClientRegistered, data, "register client")
+
+    def list_clients(self, federation_id: str | None = None) -> list[ClientInfo]:
+        params = {"federation_id": federation_id} if federation_id else None
+        data = self._request_json("GET", f"{API_PREFIX}/clients", params=params)
+        return _parse_list(ClientInfo, data, "list clients")
+
+    def revoke_client(self, client_id: str) -> ClientInfo:
+        data = self._request_json("DELETE", f"{API_PREFIX}/clients/{client_id}")
+        return _parse(ClientInfo, data, "revoke client")
+
+    # -- rounds -----------------------------------------------------------------
+
+    def current_round(
+        self, federation_id: str, *, wait_s: float = 0, revision: int | None = None
+    ) -> RoundStatus:
+        """The open round; with `wait_s` > 0, long-polls until its `revision` changes."""
+        wait = max(0, min(int(wait_s), C.MAX_WAIT_S))
+        params: dict[str, Any] = {"wait_s": wait}
+        if revision is not None:
+            params["revision"] = revision
+        data = self._request_json(
+            "GET",
+            f"{API_PREFIX}/federations/{federation_id}/rounds/current",
+            params=params,
+            timeout=wait + C.LONG_POLL_MARGIN_S if wait else None,
+        )
+        return _parse(RoundStatus, data, "current round")
+
+    def list_rounds(self, federation_id: str) -> list[RoundRecord]:
+        data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}/rounds")
+        return _parse_list(RoundRecord, data, "list rounds")
+
+    def upload_update(
+        self, federation_id: str, round: int, delta_path: str | Path, *, progress: bool = False
+    ) -> UpdateReceipt:
+        """PUT a delta file. Retries send the same bytes; the server answers 200 duplicate."""
+        data = self._upload(
+            f"{API_PREFIX}/federations/{federation_id}/rounds/{round}/update",
+            Path(delta_path),
+            progress=progress,
+            label=f"upload round {round}",
+        )
+        return _parse(UpdateReceipt, data, "upload update")
+
+    # -- blobs ------------------------------------------------------------------
+
+    def download_state(
+        self,
+        federation_id: str,
+        dest: str | Path,
+        *,
+        version: str | int | None = None,
+        if_none_match: str | None = None,
+        progress: bool = False,
+    ) -> Download:
+        """Stream the global trainable state (or a past `version`) to `dest`.
+
+        With `if_none_match` set to the sha256 the caller already holds, an
+        unchanged state is not re-sent (`Download.not_modified`).
+        """
+        params = {"version": str(version)} if version is not None else None
+        return self._download(
+            f"{API_PREFIX}/federations/{federation_id}/state",
+            Path(dest),
+            params=params,
+            if_none_match=if_none_match,
+            progress=progress,
+            label="global state",
+        )
+
+    def download_base(
+        self, federation_id: str, dest: str | Path, *, progress: bool = False
+    ) -> Download:
+        """Stream the frozen base weights to `dest` (404 when the base is loaded locally)."""
+        return self._download(
+            f"{API_PREFIX}/federations/{federation_id}/base",
+            Path(dest),
+            progress=progress,
+            label="base model",
+        )
+
+    # -- service ----------------------------------------------------------------
+
+    def health(self) -> Health:
+        return _parse(Health, self._request_json("GET", "/healthz"), "health")
+
+    def ready(self) -> Health:
+        return _parse(Health, self._request_json("GET", "/readyz"), "ready")

@@ -1,0 +1,223 @@
+"""`fedtune-client`: register an organisation, train in a federation, show its status.
+
+Every failure a user can cause ends in one line on stderr and a non-zero exit,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from client_sdk import _constants as C
+from client_sdk import credentials as creds_mod
+from client_sdk._client import FedTuneClient
+from client_sdk._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    FedTuneError,
+)
+from client_sdk.credentials import Credentials
+
+__all__ = ["main"]
+
+PROG = "fedtune-client"
+log = logging.getLogger("client_sdk")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear the progress bars apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging(name: str | None) -> None:
+    handler = _TqdmHandler()
+    prefix = f"{PROG}[{name}]" if name else PROG
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix} %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Take part in a FedTune federation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, server_required: bool) -> None:
+        p.add_argument("--server", required=server_required, help="aggregator URL (https://…)")
+        p.add_argument(
+            "--credentials",
+            type=Path,
+            default=None,
+            help="credentials file (default: the user config dir, or $FEDTUNE_CREDENTIALS)",
+        )
+        p.add_argument("--ca-cert", type=Path, default=None, help="PEM of a private CA to trust")
+        p.add_argument(
+            "--insecure-http",
+            action="store_true",
+            help="allow a plain http:// server (only on a network you trust)",
+        )
+        p.add_argument(
+            "--max-retries",
+            type=int,
+            default=C.DEFAULT_MAX_RETRIES,
+            help="retries of a failed request (connection errors, 408, 429, 5xx)",
+        )
+
+    reg = sub.add_parser("register", help="join a federation with an enrollment token")
+    common(reg, server_required=True)
+    reg.add_argument("--enrollment-token", required=True, help="fte_… token from the operator")
+    reg.add_argument("--name", required=True, help="this organisation's name")
+    reg.add_argument("--force", action="store_true", help="overwrite existing credentials")
+
+    train = sub.add_parser("train", help="train in the federation until it completes")
+    common(train, server_required=False)
+    train.add_argument("--data", type=Path, required=True, help="ImageFolder dir or path,label CSV")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    train.add_argument("--work-dir", type=Path, default=None, help="default: ./.fedtune/<client>")
+    train.add_argument("--val-fraction", type=float, default=0.1, help="local validation split")
+    train.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
+
+    status = sub.add_parser("status", help="federation, current round, this client's updates")
+    common(status, server_required=False)
+    return parser
+
+
+def _same_server(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def _load_creds(args: argparse.Namespace) -> tuple[Credentials, str]:
+    path = args.credentials or creds_mod.default_credentials_path()
+    creds = creds_mod.load(path)
+    server = args.server or creds.server
+    if not _same_server(server, creds.server):
+        raise FedTuneError(
+            f"credentials in {path} are for {creds.server}, not {server}; pass the "
+            "--credentials file written when registering with that server"
+        )
+    return creds, server
+
+
+def _client(
+    args: argparse.Namespace, server: str, api_key: str | None, ca: str | None
+) -> FedTuneClient:
+    ca_cert = args.ca_cert or ca
+    return FedTuneClient(
+        server,
+        api_key=api_key,
+        ca_cert=ca_cert,
+        allow_http=args.insecure_http,
+        max_retries=max(0, args.max_retries),
+    )
+
+
+def _register(args: argparse.Namespace) -> int:
+    path = args.credentials or creds_mod.default_credentials_path()
+    if path.exists() and not args.force:
+        raise FedTuneError(
+            f"credentials already exist at {path}; pass --credentials NEW_FILE or --force"
+        )
+    with _client(args, args.server, None, None) as client:
+        reg = client.register_client(args.enrollment_token, args.name)
+    ca = str(args.ca_cert.resolve()) if args.ca_cert else None
+    creds = Credentials(
+        server=client.base_url,
+        client_id=reg.client_id,
+        api_key=reg.api_key,
+        federation_id=reg.federation_id,
+        name=reg.name,
+        ca_cert=ca,
+    )
+    creds_mod.save(creds, path)
+    print(
+        f"registered {reg.name} as {reg.client_id} in federation {reg.federation_id}; "
+        f"credentials saved to {path} (mode 0600)"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from client_sdk.participate import ParticipateOptions, participate
+
+    creds, server = _load_creds(args)
+    _setup_logging(creds.name)
+    options = ParticipateOptions(
+        federation_id=creds.federation_id,
+        data=args.data,
+        work_dir=args.work_dir or Path(".fedtune") / creds.client_id,
+        device=args.device,
+        val_fraction=args.val_fraction,
+        progress=not args.quiet,
+    )
+    with _client(args, server, creds.api_key, creds.ca_cert) as client:
+        final = participate(client, creds.client_id, options)
+    print(f"federation {creds.federation_id} completed; final trainable state saved to {final}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    creds, server = _load_creds(args)
+    with _client(args, server, creds.api_key, creds.ca_cert) as client:
+        info = client.get_federation(creds.federation_id)
+        current = client.current_round(info.id)
+        history = client.list_rounds(info.id)
+    print(f"federation {info.id} ({info.name}): {info.status}")
+    print(
+        f"round {current.round}/{current.total_rounds}: {current.status}, "
+        f"{current.received}/{current.quorum} updates, submitted by this client: "
+        f"{'yes' if current.submitted else 'no'}"
+    )
+    mine = [(rec, p) for rec in history for p in rec.participants if p.client_id == creds.client_id]
+    print(f"contributions of {creds.name} ({creds.client_id}): {len(mine)} round(s)")
+    for rec, p in mine:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(p.metrics.items()))
+        print(
+            f"  round {rec.round} [{rec.status}]: {p.num_examples} examples, {p.bytes} B; {metrics}"
+        )
+    return 0
+
+
+def _explain(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line a user can act on."""
+    if isinstance(exc, AuthenticationError):
+        if args.command == "register":
+            return f"enrollment refused: {exc.detail}"
+        return (
+            f"the server refused this client's API key ({exc.detail}); it may have been "
+            "revoked, or the credentials are for another server"
+        )
+    if isinstance(exc, APIStatusError):
+        return f"server answered {exc.status} {exc.code}: {exc.detail}"
+    if isinstance(exc, APIConnectionError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return str(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(None)
+    commands = {"register": _register, "train": _train, "status": _status}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (FedTuneError, OSError) as exc:
+        print(f"{PROG}: error: {_explain(exc, args)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

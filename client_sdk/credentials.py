@@ -1,0 +1,74 @@
+"""The credentials file `fedtune-client register` writes and `train`/`status` read.
+
+JSON with the server URL, client id, API key, federation id, organisation name
+and optional CA path; created with mode 0600 because the API key is a secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from client_sdk._exceptions import FedTuneError
+
+__all__ = ["Credentials", "CredentialsError", "default_credentials_path", "load", "save"]
+
+ENV_CREDENTIALS = "FEDTUNE_CREDENTIALS"
+
+
+class CredentialsError(FedTuneError):
+    """A credentials file that is missing, unreadable or malformed."""
+
+
+class Credentials(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    server: str = Field(description="Aggregator URL the client registered with.")
+    client_id: str
+    api_key: str = Field(description="Bearer token; a secret.")
+    federation_id: str
+    name: str = Field(description="Organisation name.")
+    ca_cert: str | None = Field(default=None, description="PEM of a private CA, if any.")
+
+
+def default_credentials_path() -> Path:
+    """`$FEDTUNE_CREDENTIALS`, else `credentials.json` in the user's config dir."""
+    env = os.environ.get(ENV_CREDENTIALS)
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_config_dir("fedtune")) / "credentials.json"
+
+
+def save(creds: Credentials, path: Path) -> None:
+    """Write with mode 0600 from the start (the key never sits world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(creds.model_dump_json(indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> Credentials:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CredentialsError(
+            f"no credentials at {path}; run `fedtune-client register` first "
+            "(or pass --credentials FILE)"
+        ) from None
+    except OSError as exc:
+        raise CredentialsError(f"cannot read credentials {path}: {exc.strerror}") from None
+    try:
+        return Credentials.model_validate(json.loads(text))
+    except (ValueError, ValidationError):
+        raise CredentialsError(
+            f"credentials file {path} is not valid (re-run `fedtune-client register`)"
+        ) from None

@@ -1,0 +1,177 @@
+"""The participate loop: poll, fetch, train, upload, until the federation completes.
+
+Every step is restart-safe through the work dir's journal (see `workdir`):
+an acknowledged round is never retrained, a written delta is re-sent unchanged,
+and a 409 (stale base, closed round) just moves on to the next round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from client_sdk import _constants as C
+from client_sdk._client import FedTuneClient
+from client_sdk._exceptions import ConflictError
+from client_sdk.data import load_local_data
+from client_sdk.sync import StateStore, prepare_model
+from client_sdk.training import LocalTrainer, resolve_device
+from client_sdk.workdir import JournalEntry, WorkDir
+from shared.api import RoundStatus
+from shared.blobs import atomic_save_state, sha256_file
+
+__all__ = ["Participant", "ParticipateOptions", "participate"]
+
+log = logging.getLogger("client_sdk")
+
+
+@dataclass(frozen=True)
+class ParticipateOptions:
+    federation_id: str
+    data: Path
+    work_dir: Path
+    device: str = "auto"
+    val_fraction: float = 0.1
+    progress: bool = True
+    wait_s: int = C.MAX_WAIT_S // 2
+
+
+class Participant:
+    """One client's part in a federation; `run()` returns the final model's path."""
+
+    def __init__(self, client: FedTuneClient, client_id: str, options: ParticipateOptions) -> None:
+        self.client, self.opts = client, options
+        self.info = client.get_federation(options.federation_id)
+        spec = self.info.spec
+        data = load_local_data(options.data, spec.task.classes)
+        counts = ", ".join(f"{k}={v}" for k, v in data.class_counts(spec.task.classes).items())
+        log.info(
+            "local data: %d images (%s)%s",
+            len(data.samples),
+            counts,
+            f"; skipped {len(data.skipped)} unreadable" if data.skipped else "",
+        )
+        self.skipped = len(data.skipped)
+        device = resolve_device(options.device)
+        self.workdir = WorkDir(options.work_dir, self.info.id, client_id)
+        bm = prepare_model(client, self.info, self.workdir, progress=options.progress)
+        log.info(
+            "model %s/%s, method %s: %d of %d parameters train; base fingerprint matches",
+            spec.model.family,
+            spec.model.arch,
+            spec.method.name,
+            self.info.trainable_params,
+            self.info.total_params,
+        )
+        self.trainer = LocalTrainer(
+            spec,
+            bm,
+            data,
+            device=device,
+            val_fraction=options.val_fraction,
+            progress=options.progress,
+        )
+        self.states = StateStore(client, self.info, self.workdir)
+
+    def run(self) -> Path:
+        fid = self.info.id
+        status = self.client.current_round(fid)
+        while status.federation_status != "completed":
+            if status.status == "open":
+                self.handle_round(status)
+            status = self.client.current_round(
+                fid, wait_s=self.opts.wait_s, revision=status.revision
+            )
+        return self.finish(status)
+
+    def handle_round(self, status: RoundStatus) -> None:
+        r = status.round
+        entry = self.workdir.entry(r)
+        if entry is not None and entry.status in ("uploaded", "abandoned"):
+            return
+        pending = entry is not None and entry.status == "written" and self._intact(r, entry)
+        if status.submitted and not pending:
+            log.info("round %d: the server already has this client's update", r)
+            return
+        if pending and entry is not None and entry.base_version == status.global_version:
+            log.info("round %d: re-sending the delta written before a restart", r)
+        else:
+            entry = self._train(status)
+        self._upload(r, entry)
+
+    def _intact(self, r: int, entry: JournalEntry) -> bool:
+        path = self.workdir.delta_path(r)
+        return path.exists() and sha256_file(path) == entry.sha256
+
+    def _train(self, status: RoundStatus) -> JournalEntry:
+        r = status.round
+        state = self.states.get(status.global_version, progress=self.opts.progress)
+        log.info(
+            "round %d/%d: training on %d examples",
+            r,
+            status.total_rounds,
+            self.trainer.num_examples,
+        )
+        result = self.trainer.run_round(
+            r,
+            state,
+            federation_id=self.info.id,
+            base_version=status.global_version,
+            dest=self.workdir.delta_path(r),
+        )
+        m = result.metrics
+        log.info(
+            "round %d: loss %.4f, local accuracy %.3f, global val accuracy %s, %.0f examples/s",
+            r,
+            m["train_loss"],
+            m["train_accuracy"],
+            f"{m['val_accuracy']:.3f}" if "val_accuracy" in m else "n/a",
+            m["examples_per_s"],
+        )
+        entry = JournalEntry("written", result.sha256, status.global_version, result.num_examples)
+        self.workdir.record(r, entry)
+        return entry
+
+    def _upload(self, r: int, entry: JournalEntry) -> None:
+        try:
+            receipt = self.client.upload_update(
+                self.info.id, r, self.workdir.delta_path(r), progress=self.opts.progress
+            )
+        except ConflictError as exc:
+            log.warning("round %d: update not taken (%s); moving on", r, exc.detail or exc.code)
+            entry.status, entry.detail = "abandoned", exc.code
+            self.workdir.record(r, entry)
+            return
+        entry.status = "uploaded"
+        self.workdir.record(r, entry)
+        log.info(
+            "round %d: update accepted%s (%d/%d received)",
+            r,
+            " (already had it)" if receipt.duplicate else "",
+            receipt.received,
+            receipt.quorum,
+        )
+
+    def finish(self, status: RoundStatus) -> Path:
+        """Save the final trainable state and the spec under `final/`."""
+        state = self.states.get(status.global_version, progress=self.opts.progress)
+        final = self.workdir.final_dir
+        final.mkdir(parents=True, exist_ok=True)
+        path = final / "trainable.safetensors"
+        atomic_save_state(
+            path, state, {"federation": self.info.id, "global_version": status.global_version}
+        )
+        spec_path = final / "spec.json"
+        spec_path.write_text(json.dumps(self.info.spec.model_dump(mode="json"), indent=2) + "\n")
+        base = self.workdir.base_path(self.info.base_fingerprint)
+        if base.exists():
+            shutil.copyfile(base, final / "base.safetensors")
+        return path
+
+
+def participate(client: FedTuneClient, client_id: str, options: ParticipateOptions) -> Path:
+    """Take part until the federation completes; returns the saved final model."""
+    return Participant(client, client_id, options).run()

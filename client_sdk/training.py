@@ -1,0 +1,205 @@
+"""Local training for one round: evaluate the global state, fine-tune, write the delta.
+
+Only the method's trainable tensors are optimised; the delta is
+`local_trainable - global_trainable` in the spec's transport dtype, written
+atomically as safetensors with `DeltaMetadata`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from client_sdk._exceptions import FedTuneError
+from client_sdk.data import ImageDataset, LocalData, split_train_val
+from shared.blobs import DeltaMetadata, atomic_save_state, sha256_file, torch_dtype
+from shared.spec import FederationSpec
+from shared.tuning import BuiltModel
+
+__all__ = ["DeviceError", "LocalTrainer", "RoundResult", "resolve_device"]
+
+log = logging.getLogger("client_sdk")
+EVAL_BATCH = 256
+
+
+class DeviceError(FedTuneError):
+    """A requested device that this machine does not have."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda: no CUDA device is available (use --device auto or cpu)")
+    if name == "mps" and not has_mps:
+        raise DeviceError("--device mps: Apple MPS is not available (use --device auto or cpu)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"--device must be auto, cpu, cuda or mps, not {name!r}")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    round: int
+    delta_path: Path
+    sha256: str
+    num_examples: int
+    metrics: dict[str, float]
+
+
+@dataclass
+class _EpochStats:
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    steps: int = 0
+
+
+class LocalTrainer:
+    """Holds the built model and the local split; runs one round at a time."""
+
+    def __init__(
+        self,
+        spec: FederationSpec,
+        bm: BuiltModel,
+        data: LocalData,
+        *,
+        device: torch.device,
+        val_fraction: float,
+        progress: bool = False,
+    ) -> None:
+        self.spec, self.bm, self.device, self.progress = spec, bm, device, progress
+        train, val = split_train_val(data.samples, val_fraction, seed=spec.seed)
+        self.train_set = ImageDataset(train, bm.transform(True), data.images)
+        self.val_set = ImageDataset(val, bm.transform(False), data.images)
+        self.model = bm.model.to(device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.train_set)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        """Accuracy of the current weights on the local validation split (None if empty)."""
+        if not len(self.val_set):
+            return None
+        self.model.eval()
+        correct = 0
+        for images, labels in DataLoader(self.val_set, batch_size=EVAL_BATCH):
+            with self._autocast():
+                logits = self.model(images.to(self.device))
+            correct += int((logits.argmax(-1).cpu() == labels).sum())
+        return correct / len(self.val_set)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        lt = self.spec.local_training
+        if lt.optimizer == "sgd":
+            return torch.optim.SGD(
+                self.params, lr=lt.lr, momentum=lt.momentum, weight_decay=lt.weight_decay
+            )
+        return torch.optim.AdamW(self.params, lr=lt.lr, weight_decay=lt.weight_decay)
+
+    def train(self, round: int) -> _EpochStats:
+        """`local_training.epochs` epochs over the train split, stopping at `max_steps`."""
+        lt = self.spec.local_training
+        optimizer = self._optimizer()
+        generator = torch.Generator().manual_seed(self.spec.seed * 100_003 + round)
+        loader = DataLoader(
+            self.train_set, batch_size=lt.batch_size, shuffle=True, generator=generator
+        )
+        stats = _EpochStats()
+        self.model.train()
+        start = time.perf_counter()
+        for epoch in range(1, lt.epochs + 1):
+            bar = tqdm(
+                loader,
+                desc=f"round {round} epoch {epoch}/{lt.epochs}",
+                unit="batch",
+                disable=not self.progress,
+                leave=False,
+            )
+            for images, labels in bar:
+                loss, correct = self._step(optimizer, images, labels)
+                stats.loss_sum += loss * len(labels)
+                stats.correct += correct
+                stats.seen += len(labels)
+                stats.steps += 1
+                rate = stats.seen / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}")
+                if lt.max_steps is not None and stats.steps >= lt.max_steps:
+                    return stats
+        return stats
+
+    def _step(
+        self, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[float, int]:
+        images, labels = images.to(self.device), labels.to(self.device)
+        with self._autocast():
+            logits = self.model(images)
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()), int((logits.argmax(-1) == labels).sum())
+
+    def run_round(
+        self,
+        round: int,
+        global_state: Mapping[str, torch.Tensor],
+        *,
+        federation_id: str,
+        base_version: str,
+        dest: Path,
+    ) -> RoundResult:
+        """Load the global state, evaluate it, train, and write the delta to `dest`."""
+        self.bm.load_trainable_state(global_state)
+        val_accuracy = self.evaluate()
+        started = time.perf_counter()
+        stats = self.train(round)
+        seconds = time.perf_counter() - started
+        metrics = {
+            "train_loss": stats.loss_sum / max(stats.seen, 1),
+            "train_accuracy": stats.correct / max(stats.seen, 1),
+            "examples_per_s": stats.seen / max(seconds, 1e-9),
+            "train_seconds": seconds,
+            "val_examples": float(len(self.val_set)),
+        }
+        if val_accuracy is not None:
+            metrics["val_accuracy"] = val_accuracy
+        delta = self.delta(global_state)
+        meta = DeltaMetadata(
+            federation=federation_id,
+            round=round,
+            base_version=base_version,
+            num_examples=self.num_examples,
+            metrics=metrics,
+        )
+        atomic_save_state(dest, delta, meta.to_safetensors())
+        return RoundResult(round, dest, sha256_file(dest), self.num_examples, metrics)
+
+    def delta(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`local - global` per trainable tensor, in the transport dtype."""
+        dtype = torch_dtype(self.spec.transport.dtype)
+        local = self.bm.trainable_state()
+        return {
+            name: (local[name].float() - global_state[name].float()).to(dtype) for name in local
+        }
