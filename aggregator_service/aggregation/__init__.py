@@ -1,6 +1,14 @@
 """Aggregation strategies, one file each; importing this package registers them all."""
 
-from aggregator_service.aggregation import fedavg  # noqa: F401
+from aggregator_service.aggregation import (  # noqa: F401
+    fedadagrad,
+    fedadam,
+    fedavg,
+    fedavgm,
+    fedyogi,
+    median,
+    trimmed_mean,
+)
 from aggregator_service.aggregation.base import (
     STRATEGIES,
     AggregationResult,

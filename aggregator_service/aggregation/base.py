@@ -5,11 +5,16 @@ updates (delta blobs on disk, in client-id order), the spec's aggregation
 section and the strategy's stored server state in; the next global state and
 the server state to store out. Deltas are read memory-mapped, one tensor at a
 time, so memory is O(model) whatever the number of clients.
+
+Determinism: deltas are always visited in client-id order and every per-element
+operation runs in a fixed order, so a round aggregates to the same bits however
+its updates arrived and however often it is recomputed.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -17,11 +22,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from shared.spec import AggregationSpec
 
 __all__ = [
+    "DEFAULT_CHUNK_BUDGET",
     "STRATEGIES",
     "AggregationResult",
     "DeltaReader",
@@ -31,6 +37,10 @@ __all__ = [
     "open_deltas",
     "register_strategy",
 ]
+
+# Elements held at once (across all deltas) by chunked, coordinate-wise strategies:
+# 2**24 float32 = 64 MiB, whatever the number of clients.
+DEFAULT_CHUNK_BUDGET = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -86,8 +96,13 @@ def get_strategy(name: str) -> Strategy:
 class DeltaReader:
     """The round's deltas, open memory-mapped, read one tensor at a time in client-id order.
 
-    `scales[i]` folds the per-update clip factor (1.0 when `clip_norm` is unset);
+    `scales[i]` is the per-update clip factor (1.0 when `clip_norm` is unset);
     `weights[i]` are the normalised aggregation weights (sum to 1).
+
+    The mapping is private copy-on-write: writing into a tensor it hands out
+    would not touch the file but would turn page cache into private memory and
+    be seen by the next read of that tensor. So nothing here writes into a
+    mapped tensor, and callers must not either.
     """
 
     def __init__(self, handles: list[Any], updates: Sequence[UpdateInput], spec: AggregationSpec):
@@ -96,45 +111,102 @@ class DeltaReader:
         self.weights = _weights(self.updates, spec)
         self.scales = [1.0] * len(handles)
         if spec.clip_norm is not None:
-            self.scales = [min(1.0, spec.clip_norm / n) if n > 0 else 1.0 for n in self.norms()]
+            clip = spec.clip_norm
+            self.scales = [clip / n if n > clip else 1.0 for n in self.norms()]
 
     def __len__(self) -> int:
         return len(self._handles)
 
-    def tensor(self, i: int, name: str) -> torch.Tensor:
-        """Delta `i`'s tensor `name` as float32, with its clip factor applied."""
-        t = self._handles[i].get_tensor(name).to(torch.float32)
-        if self.scales[i] != 1.0:
-            t.mul_(self.scales[i])
+    def raw(self, i: int, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
+        """Delta `i`'s tensor `name` as stored (a read-only view of the mapping; no clip)."""
+        try:
+            t: torch.Tensor = self._handles[i].get_tensor(name)
+        except SafetensorError:
+            raise ValueError(
+                f"update of client {self.updates[i].client_id} has no tensor {name!r}"
+            ) from None
+        if like is not None and t.shape != like.shape:
+            raise ValueError(
+                f"update of client {self.updates[i].client_id}: tensor {name!r} has shape "
+                f"{list(t.shape)}, the global state has {list(like.shape)}"
+            )
         return t
+
+    def tensor(self, i: int, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
+        """Delta `i`'s tensor `name` as float32 with its clip factor applied.
+
+        A fresh tensor when a conversion or clip was needed, else the mapped view:
+        treat it as read-only either way.
+        """
+        t = self.raw(i, name, like).to(torch.float32)
+        return t * self.scales[i] if self.scales[i] != 1.0 else t
 
     def tensors(self, name: str) -> Iterator[torch.Tensor]:
         for i in range(len(self._handles)):
             yield self.tensor(i, name)
 
     def norms(self) -> list[float]:
-        """L2 norm of each whole delta, computed tensor by tensor."""
+        """L2 norm of each whole delta, accumulated in float64 tensor by tensor."""
         out = []
         for h in self._handles:
             sq = 0.0
-            for name in h.keys():  # noqa: SIM118 - safe_open handles are not mappings
-                t = h.get_tensor(name).to(torch.float64)
-                sq += float(torch.dot(t.flatten(), t.flatten()))
+            for name in sorted(h.keys()):
+                t = h.get_tensor(name).to(torch.float64).reshape(-1)
+                sq += float(torch.dot(t, t))
             out.append(math.sqrt(sq))
         return out
 
     def weighted_mean(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """Weighted mean of tensor `name` over all deltas, summed in client-id order (float32)."""
-        acc = torch.zeros(like.shape, dtype=torch.float32)
+        """Σ_k w_k s_k Δ_k for tensor `name`, summed in client-id order, as a new float32 tensor.
+
+        The weight and clip factor fold into one coefficient, so each delta costs a
+        single fused multiply-add pass straight from the mapping: no copy of it.
+        """
+        acc: torch.Tensor | None = None
         for i in range(len(self._handles)):
-            acc.add_(self.tensor(i, name), alpha=self.weights[i])
+            t = self.raw(i, name, like)
+            if t.dtype != torch.float32:
+                t = t.to(torch.float32)
+            coef = self.weights[i] * self.scales[i]
+            if acc is None:
+                acc = torch.mul(t, coef)
+            else:
+                acc.add_(t, alpha=coef)
+        if acc is None:  # unreachable: open_deltas refuses an empty round
+            raise ValueError("cannot aggregate a round with no updates")
         return acc
+
+    def chunks(
+        self, name: str, like: torch.Tensor, budget: int = DEFAULT_CHUNK_BUDGET
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Tensor `name`, flattened, in slices: (where, block[n_updates, c]) float32, clipped.
+
+        Each block stacks at most `budget // n` elements of every delta, so
+        coordinate-wise statistics (median, trimmed mean) hold `budget` elements
+        at a time whatever the model size. The block buffer is reused between
+        chunks: consume it before asking for the next one.
+        """
+        n = len(self._handles)
+        numel = like.numel()
+        width = max(1, min(numel, budget // n))
+        flats = [self.raw(i, name, like).reshape(-1) for i in range(n)]
+        buf = torch.empty((n, width), dtype=torch.float32)
+        for start in range(0, numel, width):
+            stop = min(numel, start + width)
+            block = buf[:, : stop - start]
+            for i, flat in enumerate(flats):
+                block[i].copy_(flat[start:stop])
+                if self.scales[i] != 1.0:
+                    block[i].mul_(self.scales[i])
+            yield slice(start, stop), block
 
 
 def _weights(updates: Sequence[UpdateInput], spec: AggregationSpec) -> list[float]:
     if spec.weighting == "uniform":
         return [1.0 / len(updates)] * len(updates)
     total = sum(u.num_examples for u in updates)
+    if total <= 0 or any(u.num_examples < 0 for u in updates):
+        raise ValueError("weighting by num_examples needs positive example counts")
     return [u.num_examples / total for u in updates]
 
 
@@ -144,6 +216,9 @@ def open_deltas(updates: Sequence[UpdateInput], spec: AggregationSpec) -> Iterat
     if not updates:
         raise ValueError("cannot aggregate a round with no updates")
     ordered = sorted(updates, key=lambda u: u.client_id)
+    dupes = sorted(cid for cid, k in Counter(u.client_id for u in ordered).items() if k > 1)
+    if dupes:
+        raise ValueError(f"more than one update from client(s) {', '.join(dupes)} in one round")
     with ExitStack() as stack:
         handles = [
             stack.enter_context(safe_open(str(u.path), framework="pt", device="cpu"))

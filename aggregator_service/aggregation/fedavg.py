@@ -26,11 +26,11 @@ def fedavg(
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
 ) -> AggregationResult:
-    """new = old + Σ_k w_k Δ_k, one accumulator per tensor."""
+    """new = old + Σ_k w_k Δ_k, one accumulator per tensor (which becomes the result)."""
     out: dict[str, torch.Tensor] = {}
     with open_deltas(updates, spec) as deltas:
         for name in sorted(global_state):
             old = global_state[name]
             mean = deltas.weighted_mean(name, old)
-            out[name] = (old.to(torch.float32) + mean).to(old.dtype)
+            out[name] = mean.add_(old.to(torch.float32)).to(old.dtype)
     return AggregationResult(out)

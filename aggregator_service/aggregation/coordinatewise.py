@@ -1,0 +1,47 @@
+"""Coordinate-wise robust statistics over the round's deltas, computed chunk by chunk.
+
+A per-coordinate statistic needs every client's value of that coordinate at
+once, so the deltas are read in slices (`DeltaReader.chunks`): memory stays
+O(model + chunk budget) whatever the number of clients. Every update counts
+once: the spec's `weighting` does not apply, since weighting by self-reported
+example counts would let one client buy its way past the robust statistic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from aggregator_service.aggregation.base import AggregationResult, UpdateInput, open_deltas
+from shared.spec import AggregationSpec
+
+__all__ = ["BlockStatistic", "aggregate_coordinatewise", "ordered_rows"]
+
+# [n_updates, c] float32 block -> [c] statistic (a new tensor).
+BlockStatistic = Callable[[torch.Tensor], torch.Tensor]
+
+
+def ordered_rows(block: torch.Tensor) -> torch.Tensor:
+    """Each column of the block sorted ascending (values only; ties are equal values)."""
+    return torch.sort(block, dim=0).values
+
+
+def aggregate_coordinatewise(
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[UpdateInput],
+    spec: AggregationSpec,
+    statistic: BlockStatistic,
+    chunk_budget: int,
+) -> AggregationResult:
+    """new = old + statistic(Δ_1..Δ_n), coordinate by coordinate."""
+    out: dict[str, torch.Tensor] = {}
+    with open_deltas(updates, spec) as deltas:
+        for name in sorted(global_state):
+            old = global_state[name]
+            result = old.to(torch.float32, copy=True)
+            flat = result.view(-1)
+            for where, block in deltas.chunks(name, old, chunk_budget):
+                flat[where].add_(statistic(block))
+            out[name] = result.to(old.dtype)
+    return AggregationResult(out)

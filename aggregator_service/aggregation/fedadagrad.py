@@ -1,0 +1,29 @@
+"""FedAdagrad: Adagrad as the server optimiser on the averaged client delta.
+
+Reddi et al., "Adaptive Federated Optimization", ICLR 2021, Algorithm 2:
+v ← v + Δ² (β2 is not used). Shared update and state handling in `fedopt`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from aggregator_service.aggregation.base import AggregationResult, UpdateInput, register_strategy
+from aggregator_service.aggregation.fedopt import server_optimise
+from shared.spec import AggregationSpec
+
+
+def adagrad_second_moment(v: torch.Tensor, delta_sq: torch.Tensor, beta2: float) -> None:
+    v.add_(delta_sq)
+
+
+@register_strategy("fedadagrad")
+def fedadagrad(
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[UpdateInput],
+    spec: AggregationSpec,
+    server_state: Mapping[str, torch.Tensor],
+) -> AggregationResult:
+    return server_optimise(global_state, updates, spec, server_state, adagrad_second_moment)

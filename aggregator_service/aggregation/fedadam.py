@@ -1,0 +1,29 @@
+"""FedAdam: Adam as the server optimiser on the averaged client delta.
+
+Reddi et al., "Adaptive Federated Optimization", ICLR 2021, Algorithm 2:
+v ← β2 v + (1-β2) Δ². Shared update and state handling in `fedopt`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from aggregator_service.aggregation.base import AggregationResult, UpdateInput, register_strategy
+from aggregator_service.aggregation.fedopt import server_optimise
+from shared.spec import AggregationSpec
+
+
+def adam_second_moment(v: torch.Tensor, delta_sq: torch.Tensor, beta2: float) -> None:
+    v.mul_(beta2).add_(delta_sq, alpha=1.0 - beta2)
+
+
+@register_strategy("fedadam")
+def fedadam(
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[UpdateInput],
+    spec: AggregationSpec,
+    server_state: Mapping[str, torch.Tensor],
+) -> AggregationResult:
+    return server_optimise(global_state, updates, spec, server_state, adam_second_moment)
