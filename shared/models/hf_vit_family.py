@@ -1,0 +1,150 @@
+"""ViT through transformers, with a new linear head for the spec's classes.
+
+The architecture comes from `model.arch`: a FedTune config name or a known HF
+id shipped in `shared/model_configs/` (so it builds offline), a local
+directory with a `config.json`, or an HF id resolved by transformers. Weights
+come from `model.pretrained` through `ViTForImageClassification.from_pretrained`
+with that same config, so the server and every client get identical shapes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import ViTConfig, ViTForImageClassification, ViTModel
+
+from shared.models.base import Preprocess, VisionClassifier, seeded
+from shared.models.configs import hf_vit_config
+from shared.spec import FederationSpec
+
+__all__ = ["ViTClassifier", "build_hf_vit"]
+
+# ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN/STD, bilinear resize).
+_DEFAULT_MEAN = (0.5, 0.5, 0.5)
+_DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+class ViTClassifier(VisionClassifier):
+    """`ViTModel` and a linear head on the [CLS] token, as in ViTForImageClassification."""
+
+    family = "hf_vit"
+    backbone_name = "vit"
+    head_name = "classifier"
+    always_train_head = True
+    vit: Any
+    classifier: nn.Linear
+
+    def __init__(self, vit: ViTModel, classifier: nn.Linear, preprocess: Preprocess) -> None:
+        super().__init__()
+        self.vit = vit
+        self.classifier = classifier
+        self.preprocess = preprocess
+        self.config = vit.config
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.vit(pixel_values=pixel_values).last_hidden_state
+        return self.classifier(hidden[:, 0])
+
+    def blocks(self) -> Sequence[nn.Module]:
+        return list(self.vit.layers)
+
+    def block_mlp(self, block: Any) -> nn.Module:
+        return block.mlp
+
+    def lora_targets(self, kind: str) -> list[str]:
+        leaves = {"attn": ("attention.q_proj", "attention.v_proj"), "mlp": ("mlp.fc1", "mlp.fc2")}
+        return [
+            f"vit.layers.{i}.{leaf}" for i in range(len(self.vit.layers)) for leaf in leaves[kind]
+        ]
+
+    @property
+    def width(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def patch_size(self) -> int:
+        size = self.config.patch_size
+        return int(size[0] if isinstance(size, list | tuple) else size)
+
+
+def _is_dir(path: str | None) -> bool:
+    return path is not None and Path(path).is_dir()
+
+
+def resolve_config(spec: FederationSpec) -> ViTConfig:
+    """The ViT architecture named by `model.arch`, with one output per class."""
+    arch, pretrained = spec.model.arch, spec.model.pretrained
+    shipped = hf_vit_config(arch)
+    try:
+        if shipped is not None:
+            config = ViTConfig(**{k: v for k, v in shipped.items() if k != "model_type"})
+        elif _is_dir(arch):
+            config = ViTConfig.from_pretrained(arch)
+        elif pretrained is not None and _is_dir(pretrained):
+            config = ViTConfig.from_pretrained(pretrained)
+        else:
+            config = ViTConfig.from_pretrained(arch)
+    except OSError as exc:
+        raise ValueError(
+            f"model.arch: cannot find a ViT config for {arch!r} "
+            f"(not a FedTune config, local directory or reachable model id): {exc}"
+        ) from None
+    config.num_labels = len(spec.task.classes)
+    return config
+
+
+def _preprocess(config: ViTConfig, pretrained: str | None) -> Preprocess:
+    mean: Any = _DEFAULT_MEAN
+    std: Any = _DEFAULT_STD
+    if pretrained is not None and _is_dir(pretrained):
+        proc = Path(pretrained) / "preprocessor_config.json"
+        if proc.is_file():
+            data = json.loads(proc.read_text(encoding="utf-8"))
+            mean = tuple(data.get("image_mean", mean))
+            std = tuple(data.get("image_std", std))
+    size = config.image_size
+    size = size[0] if isinstance(size, list | tuple) else size
+    return Preprocess(int(size), mean, std, "bilinear")
+
+
+def _load_pretrained(pretrained: str, config: ViTConfig) -> ViTForImageClassification:
+    try:
+        loaded: Any = ViTForImageClassification.from_pretrained(
+            pretrained, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+    except OSError as exc:
+        raise ValueError(f"model.pretrained: cannot load {pretrained!r}: {exc}") from None
+    model, info = loaded
+    mismatched = [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])]
+    missing = list(info.get("missing_keys", [])) + mismatched
+    backbone = sorted(k for k in missing if not str(k).startswith("classifier."))
+    if backbone:
+        raise ValueError(
+            f"model.pretrained: {pretrained!r} does not fit model.arch {config.name_or_path or ''}"
+            f" ({len(backbone)} backbone tensors missing or reshaped, e.g. {backbone[0]})"
+        )
+    return model
+
+
+def build_hf_vit(
+    spec: FederationSpec, *, load_weights: bool, device: torch.device
+) -> ViTClassifier:
+    """Build the ViT (weights from `model.pretrained` when loading) and its new seeded head."""
+    config = resolve_config(spec)
+    pretrained = spec.model.pretrained
+    if load_weights and pretrained is not None:
+        hf = _load_pretrained(pretrained, config)
+    else:
+        with device:
+            hf = ViTForImageClassification(config)
+    classifier = hf.classifier
+    assert isinstance(classifier, nn.Linear)
+    with seeded(spec.seed, "head"), torch.no_grad():
+        nn.init.trunc_normal_(classifier.weight, std=config.initializer_range)
+        nn.init.zeros_(classifier.bias)
+    return ViTClassifier(hf.vit, classifier, _preprocess(config, pretrained))

@@ -1,0 +1,205 @@
+"""CLIP through open_clip, as an image classifier with a zero-shot head.
+
+The head is CLIP's zero-shot classifier: the normalised text embedding of
+`prompt_template.format(class)` for every class; logits are CLIP's logit scale
+times the cosine of the normalised image features with each row. Only the
+vision tower and that head stay in the model: the text tower is not needed to
+classify, so it is not part of the base the clients download, unless a method
+(CoOp text prompts) takes it over via `text_source`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.models.base import Preprocess, VisionClassifier
+from shared.models.configs import register_open_clip_configs
+from shared.spec import FederationSpec
+
+__all__ = ["ClipClassifier", "FixedHead", "TextTower", "build_open_clip"]
+
+register_open_clip_configs()
+
+
+class FixedHead(nn.Module):
+    """Class embeddings as a plain parameter [classes, dim]."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+
+class TextTower(nn.Module):
+    """The parts of an open_clip text transformer, runnable on token embeddings.
+
+    Holds the same modules open_clip uses in `encode_text`, so CoOp can feed
+    learned context vectors in place of some token embeddings.
+    """
+
+    def __init__(self, src: Any) -> None:
+        super().__init__()
+        if getattr(src, "cls_emb", None) is not None or not hasattr(src, "token_embedding"):
+            raise ValueError("text_prompt needs a CLIP-style text transformer (no HF text tower)")
+        self.token_embedding = src.token_embedding
+        self.positional_embedding = src.positional_embedding
+        self.transformer = src.transformer
+        self.ln_final = src.ln_final
+        self.text_projection = src.text_projection
+        self.register_buffer("attn_mask", src.attn_mask, persistent=False)
+        self.pool_type = getattr(src, "text_pool_type", getattr(src, "pool_type", "argmax"))
+        self.eos_id = getattr(src, "text_eos_id", getattr(src, "eos_id", None))
+
+    @property
+    def context_length(self) -> int:
+        return int(self.positional_embedding.shape[0])
+
+    token_embedding: Any
+    positional_embedding: Any
+    transformer: Any
+    ln_final: Any
+    text_projection: Any
+    attn_mask: Any
+
+    def encode(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [C, L, W] (and their ids, for pooling) -> features [C, D]."""
+        x = embeddings + self.positional_embedding.to(embeddings.dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = open_clip.transformer.text_global_pool(x, tokens, self.pool_type, self.eos_id)
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        if self.text_projection is not None:
+            return x @ self.text_projection
+        return x
+
+
+class ClipClassifier(VisionClassifier):
+    family = "open_clip"
+    backbone_name = "visual"
+    head_name = "head"
+    visual: Any
+    head: Any
+    logit_scale: torch.Tensor
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        head: nn.Module,
+        logit_scale: torch.Tensor,
+        preprocess: Preprocess,
+        text_source: tuple[nn.Module, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.visual = visual
+        self.head = head
+        self.register_buffer("logit_scale", logit_scale.detach().clone())
+        self.preprocess = preprocess
+        # (the CLIP model, its tokenizer): kept unregistered so that it is not
+        # part of the state unless a method adopts its text tower.
+        self.text_source = text_source
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        features = F.normalize(self.visual(pixel_values), dim=-1)
+        classes = self.head()
+        return self.logit_scale.exp() * features @ classes.t()
+
+    def blocks(self) -> Sequence[nn.Module]:
+        transformer = getattr(self.visual, "transformer", None)
+        blocks = getattr(transformer, "resblocks", None)
+        if blocks is None or not getattr(transformer, "batch_first", False):
+            raise ValueError(
+                "this method needs an open_clip ViT vision tower "
+                f"(got {type(self.visual).__name__})"
+            )
+        return list(blocks)
+
+    def block_mlp(self, block: Any) -> nn.Module:
+        return block.mlp
+
+    def lora_targets(self, kind: str) -> list[str]:
+        names = []
+        blocks: list[Any] = list(self.blocks())
+        for i, block in enumerate(blocks):
+            prefix = f"visual.transformer.resblocks.{i}"
+            if kind == "attn" and isinstance(block.attn, nn.MultiheadAttention):
+                names.append(f"{prefix}.attn")
+            elif kind == "mlp":
+                names += [f"{prefix}.mlp.c_fc", f"{prefix}.mlp.c_proj"]
+            else:
+                raise ValueError(f"LoRA cannot wrap {type(block.attn).__name__} attention")
+        return names
+
+    @property
+    def width(self) -> int:
+        return int(self.visual.class_embedding.shape[-1])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.visual.patch_size[0])
+
+
+def _preprocess_override(arch: str, tag: str | None) -> dict[str, Any] | None:
+    """The preprocessing a pretrained tag implies, without fetching its weights."""
+    if not tag:
+        return None
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    return {k: cfg[k] for k in keys if k in cfg} or None
+
+
+def _preprocess(clip: Any) -> Preprocess:
+    cfg = open_clip.get_model_preprocess_cfg(clip)
+    size = cfg.get("size", 224)
+    size = size[0] if isinstance(size, list | tuple) else size
+    mean: Any = tuple(cfg["mean"])
+    std: Any = tuple(cfg["std"])
+    return Preprocess(int(size), mean, std, str(cfg.get("interpolation", "bicubic")))
+
+
+@torch.no_grad()
+def _zero_shot_head(clip: Any, tokenizer: Any, spec: FederationSpec) -> torch.Tensor:
+    prompts = [spec.task.prompt_template.format(c) for c in spec.task.classes]
+    device = next(clip.parameters()).device
+    tokens = tokenizer(prompts).to(device)
+    return F.normalize(clip.encode_text(tokens), dim=-1)
+
+
+def build_open_clip(
+    spec: FederationSpec, *, load_weights: bool, device: torch.device
+) -> ClipClassifier:
+    """Create the CLIP model with open_clip's own factory and wrap it as a classifier.
+
+    `load_weights=False` builds the architecture only (seeded random init):
+    no file or network access, the caller loads a base afterwards.
+    """
+    arch, pretrained = spec.model.arch, spec.model.pretrained
+    try:
+        clip = open_clip.create_model(
+            arch,
+            pretrained=pretrained if load_weights else None,
+            load_weights=load_weights,
+            device=device,
+            force_preprocess_cfg=None if load_weights else _preprocess_override(arch, pretrained),
+        )
+    except RuntimeError as exc:
+        raise ValueError(
+            f"model: open_clip cannot build {arch!r} ({pretrained!r}): {exc}"
+        ) from None
+    tokenizer = open_clip.get_tokenizer(arch)
+    head = FixedHead(_zero_shot_head(clip, tokenizer, spec))
+    return ClipClassifier(
+        clip.visual,
+        head,
+        clip.logit_scale.detach().reshape(()),
+        _preprocess(clip),
+        text_source=(clip, tokenizer),
+    )

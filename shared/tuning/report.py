@@ -1,0 +1,106 @@
+"""What each method would cost for a spec: parameters trained and bytes per update.
+
+Counts come from building the model on the `meta` device (shapes only, no
+memory, no weights), so full-size architectures are reported offline in
+seconds. `trainable_params` is what the method itself trains (the number
+papers quote, e.g. BitFit's 0.12 % of ViT-B/16); `head_params` is the
+classifier trained alongside it (always for hf_vit's new head, for CLIP when
+`train_head` is set); `bytes_per_update` covers both, since both travel.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.blobs import torch_dtype
+from shared.spec import FederationSpec
+from shared.tuning.build import build_for_counting
+from shared.tuning.registry import get_method, method_names
+
+__all__ = ["MethodReport", "format_method_table", "method_reports"]
+
+
+class MethodReport(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    method: str = Field(description="Tuning method name.")
+    trainable_params: int = Field(description="Parameters the method itself trains.")
+    head_params: int = Field(description="Classifier parameters trained alongside the method.")
+    total_params: int = Field(description="All parameters of the classifier model.")
+    fraction: float = Field(description="trainable_params / total_params.")
+    bytes_per_update: int = Field(
+        description="(trainable_params + head_params) x item size of the transport dtype."
+    )
+
+
+def method_reports(spec: FederationSpec) -> list[MethodReport]:
+    """One report per method applicable to the spec's family, with that method's default options.
+
+    The spec's own method is reported with the spec's options; `train_head`
+    applies to every method that accepts it.
+    """
+    itemsize = torch_dtype(spec.transport.dtype).itemsize
+    reports = []
+    for name in method_names(spec.model.family):
+        method = get_method(name)
+        options = spec.method.options if name == spec.method.name else {}
+        train_head = spec.method.train_head and method.accepts_train_head
+        variant = spec.model_copy(
+            update={
+                "method": spec.method.model_copy(
+                    update={"name": name, "options": options, "train_head": train_head}
+                )
+            }
+        )
+        built = build_for_counting(variant)
+        own = sum(
+            p.numel() for n, p in built.model.named_parameters() if n in set(built.method_params)
+        )
+        head = sum(
+            p.numel() for n, p in built.model.named_parameters() if n in set(built.head_params)
+        )
+        total = built.num_total
+        reports.append(
+            MethodReport(
+                method=name,
+                trainable_params=own,
+                head_params=head,
+                total_params=total,
+                fraction=own / total if total else 0.0,
+                bytes_per_update=(own + head) * itemsize,
+            )
+        )
+    return reports
+
+
+def format_method_table(reports: list[MethodReport]) -> str:
+    """Aligned text table, one row per method."""
+    header = ("method", "trainable", "head", "total", "fraction", "bytes/update")
+    rows = [
+        (
+            r.method,
+            f"{r.trainable_params:,}",
+            f"{r.head_params:,}",
+            f"{r.total_params:,}",
+            f"{r.fraction * 100:.3f} %",
+            _human_bytes(r.bytes_per_update),
+        )
+        for r in reports
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
