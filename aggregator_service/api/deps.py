@@ -1,0 +1,64 @@
+"""Named dependencies: the app's Core and RoundRunner, and who the caller is."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from aggregator_service.services.access import Principal, authenticate
+from aggregator_service.services.context import Core
+from aggregator_service.services.runner import RoundRunner
+
+__all__ = ["AdminDep", "ClientOfDep", "CoreDep", "MemberDep", "PrincipalDep", "RunnerDep"]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="Admin token, or a client's API key (ftk_…) issued at registration.",
+)
+
+
+def get_core(request: Request) -> Core:
+    core: Core = request.app.state.core
+    return core
+
+
+def get_runner(request: Request) -> RoundRunner:
+    runner: RoundRunner = request.app.state.runner
+    return runner
+
+
+CoreDep = Annotated[Core, Depends(get_core)]
+RunnerDep = Annotated[RoundRunner, Depends(get_runner)]
+
+
+def get_principal(
+    core: CoreDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Principal:
+    return authenticate(core, f"Bearer {creds.credentials}" if creds else None)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    principal.require_admin()
+    return principal
+
+
+def require_member(fid: str, principal: PrincipalDep) -> Principal:
+    """A client of federation `fid`, or the admin."""
+    principal.require_member(fid)
+    return principal
+
+
+def require_client_of(fid: str, principal: PrincipalDep) -> Principal:
+    """A client of federation `fid` (not the admin: only clients submit updates)."""
+    principal.require_member(fid, allow_admin=False)
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
+MemberDep = Annotated[Principal, Depends(require_member)]
+ClientOfDep = Annotated[Principal, Depends(require_client_of)]

@@ -1,0 +1,84 @@
+"""Federations: create (admin), describe (members), issue enrollment tokens (admin)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from aggregator_service.api.deps import AdminDep, CoreDep, MemberDep
+from aggregator_service.errors import ApiError, error_responses
+from aggregator_service.services import access
+from aggregator_service.services.federations import create_federation, federation_info
+from shared.api import EnrollmentToken, EnrollmentTokenRequest, FederationInfo
+from shared.spec import SpecError, parse_spec
+
+router = APIRouter(prefix="/v1/federations", tags=["federations"])
+
+_SPEC_EXAMPLE = {
+    "name": "cifar10-clip-bias",
+    "model": {"family": "open_clip", "arch": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"},
+    "task": {"classes": ["airplane", "automobile", "bird"]},
+    "method": {"name": "bias"},
+    "rounds": {"total": 50, "quorum": 3, "min_updates": 2, "deadline_s": 3600},
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a federation from a spec",
+    description="Builds the model, stores the initial trainable state (and the frozen base when "
+    "`model.base_source` is `server`) and opens round 1.",
+    response_model=FederationInfo,
+    responses=error_responses(401, 403, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/FederationSpec"},
+                    "example": _SPEC_EXAMPLE,
+                }
+            },
+        }
+    },
+)
+async def create(request: Request, core: CoreDep, _admin: AdminDep) -> FederationInfo:
+    try:
+        data = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(422, "invalid_spec", "request body must be a JSON federation spec") from None
+    try:
+        spec = parse_spec(data)
+    except SpecError as exc:
+        raise ApiError(422, "invalid_spec", str(exc)) from None
+    return await asyncio.to_thread(create_federation, core, spec)
+
+
+@router.get(
+    "/{fid}",
+    summary="Describe a federation",
+    description="Spec, status, manifest of trainable tensors and the base fingerprint.",
+    response_model=FederationInfo,
+    responses=error_responses(401, 403, 404, 422),
+)
+def get(fid: str, core: CoreDep, _member: MemberDep) -> FederationInfo:
+    return federation_info(core, fid)
+
+
+@router.post(
+    "/{fid}/enrollment-tokens",
+    status_code=201,
+    summary="Issue an enrollment token",
+    description="A token lets organisations register as clients of this federation; "
+    "it is shown once.",
+    response_model=EnrollmentToken,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def enroll(
+    fid: str, req: EnrollmentTokenRequest, core: CoreDep, _admin: AdminDep
+) -> EnrollmentToken:
+    return await run_in_threadpool(access.create_enrollment_token, core, fid, req)

@@ -1,0 +1,95 @@
+"""Rounds: the current round (long-poll), history, and uploading a client's delta."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from aggregator_service.api.deps import ClientOfDep, CoreDep, MemberDep, RunnerDep
+from aggregator_service.errors import ApiError, error_responses
+from aggregator_service.services.history import list_rounds
+from aggregator_service.services.uploads import ingest, receive_body
+from shared.api import RoundRecord, RoundStatus, UpdateReceipt
+
+router = APIRouter(prefix="/v1/federations/{fid}/rounds", tags=["rounds"])
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The delta (local minus global trainable state) as a safetensors file: "
+        "keys and shapes of the manifest, dtype = spec.transport.dtype, and `__metadata__` "
+        "format=fedtune-delta/1, federation, round, base_version, num_examples, metrics (JSON).",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.get(
+    "/current",
+    summary="The current round (long-poll)",
+    description="With `wait_s` > 0 the answer is held until the round's `revision` differs from "
+    "the one passed (or from the current one) or `wait_s` passes.",
+    response_model=RoundStatus,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def current(
+    fid: str,
+    principal: MemberDep,
+    runner: RunnerDep,
+    wait_s: Annotated[float, Query(ge=0, le=60, description="Seconds to hold for a change.")] = 0,
+    revision: Annotated[
+        int | None, Query(description="Revision the caller already has; answer at once if stale.")
+    ] = None,
+) -> RoundStatus:
+    await asyncio.to_thread(runner.core.spec, fid)
+    return await runner.wait_for_change(fid, principal.client_id, wait_s, revision)
+
+
+@router.get(
+    "",
+    summary="Round history",
+    description="Participants, bytes in and out, example-weighted metrics and timings per round.",
+    response_model=list[RoundRecord],
+    responses=error_responses(401, 403, 404, 422),
+)
+def history(fid: str, core: CoreDep, _member: MemberDep) -> list[RoundRecord]:
+    return list_rounds(core, fid)
+
+
+@router.put(
+    "/{r}/update",
+    status_code=201,
+    summary="Upload this client's delta for round r",
+    description="Accepted updates are durable before the answer. The same bytes again answer "
+    "200 with `duplicate: true` (even after the round closed); different bytes answer 409.",
+    response_model=UpdateReceipt,
+    responses={
+        200: {"model": UpdateReceipt, "description": "These exact bytes were already accepted."},
+        **error_responses(400, 401, 403, 404, 409, 413, 422),
+    },
+    openapi_extra=_UPLOAD_BODY,
+)
+async def upload(
+    fid: str,
+    r: Annotated[int, Path(ge=1, description="Round number (1-based).")],
+    request: Request,
+    response: Response,
+    principal: ClientOfDep,
+    runner: RunnerDep,
+) -> UpdateReceipt:
+    core = runner.core
+    await asyncio.to_thread(core.spec, fid)
+    assert principal.client_id is not None
+    try:
+        body = await receive_body(core, request.stream(), request.headers.get("content-length"))
+        receipt = await asyncio.to_thread(ingest, core, principal.client_id, fid, r, body)
+    except ApiError as exc:
+        core.metrics.updates_refused.labels(exc.error).inc()
+        raise
+    if receipt.duplicate:
+        response.status_code = 200
+    elif receipt.round_status == "open" and await runner.maybe_close(fid, r):
+        receipt = receipt.model_copy(update={"round_status": "aggregating"})
+    return receipt

@@ -1,0 +1,90 @@
+"""Global trainable states and the frozen base, streamed from the blob store with ETags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from aggregator_service.api.deps import CoreDep, MemberDep
+from aggregator_service.errors import error_responses
+from aggregator_service.services.context import Core
+from aggregator_service.services.history import (
+    StateRef,
+    base_ref,
+    count_bytes_out,
+    resolve_state,
+)
+
+router = APIRouter(prefix="/v1/federations/{fid}", tags=["states"])
+
+_SAFETENSORS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A safetensors file.",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    304: {"description": "Not modified: If-None-Match names this blob."},
+}
+
+
+def _matches(if_none_match: str | None, digest: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = {t.strip().removeprefix("W/").strip('"') for t in if_none_match.split(",")}
+    return digest in tags or "*" in tags
+
+
+async def _serve(
+    core: Core, fid: str, ref: StateRef, if_none_match: str | None, headers: dict[str, str]
+) -> Response:
+    headers = {"ETag": f'"{ref.digest}"', **headers}
+    if _matches(if_none_match, ref.digest):
+        return Response(status_code=304, headers=headers)
+    path = core.blobs.path(ref.digest)
+    size = path.stat().st_size
+    await run_in_threadpool(count_bytes_out, core, fid, size)
+    return FileResponse(path, media_type="application/octet-stream", headers=headers)
+
+
+IfNoneMatch = Annotated[str | None, Header(description="ETag(s) the caller already holds.")]
+
+
+@router.get(
+    "/state",
+    summary="Download a global trainable state",
+    description="The newest state by default; `version` selects a past one by sha256 or by round "
+    "number (0 = initial). `ETag` is the sha256; `X-FedTune-Round` the round after which it "
+    "holds.",
+    response_class=Response,
+    responses={**_SAFETENSORS, **error_responses(401, 403, 404, 422)},
+)
+async def state(
+    fid: str,
+    core: CoreDep,
+    _member: MemberDep,
+    version: Annotated[
+        str | None, Query(description="sha256 hex digest, or a round number (0 = initial).")
+    ] = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    ref = await run_in_threadpool(resolve_state, core, fid, version)
+    return await _serve(core, fid, ref, if_none_match, {"X-FedTune-Round": str(ref.round)})
+
+
+@router.get(
+    "/base",
+    summary="Download the frozen base",
+    description="Served when the spec's `model.base_source` is `server`; 404 otherwise. "
+    "`X-FedTune-Base-Fingerprint` is the sha256 over the frozen tensors.",
+    response_class=Response,
+    responses={**_SAFETENSORS, **error_responses(401, 403, 404, 422)},
+)
+async def base(
+    fid: str, core: CoreDep, _member: MemberDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    ref = await run_in_threadpool(base_ref, core, fid)
+    return await _serve(
+        core, fid, ref, if_none_match, {"X-FedTune-Base-Fingerprint": ref.fingerprint}
+    )

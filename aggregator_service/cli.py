@@ -1,0 +1,180 @@
+"""`fedtune-server`: run the aggregator, and the few admin tasks that work offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from aggregator_service.errors import ApiError
+from aggregator_service.settings import Settings
+from shared.spec import SpecError, format_validation_error, load_spec
+
+__all__ = ["main", "openapi_document"]
+
+
+class CliError(Exception):
+    """A one-line message for stderr; exit status 2."""
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    fields = (
+        *("host", "port", "data_dir", "database_url", "ssl_certfile", "ssl_keyfile"),
+        *("admin_token_file", "max_upload_mb"),
+    )
+    given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+    try:
+        return Settings(**given, **extra)
+    except ValidationError as exc:
+        raise CliError(f"bad setting: {format_validation_error(exc)}") from None
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from aggregator_service.main import create_app
+
+    settings = _settings(args)
+    for name in ("ssl_certfile", "ssl_keyfile"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise CliError(f"--{name.replace('_', '-')} {path}: no such file")
+    if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
+        raise CliError("--ssl-certfile and --ssl-keyfile go together")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()
+
+
+def _create_federation(args: argparse.Namespace) -> None:
+    from aggregator_service.main import build_core
+    from aggregator_service.services.federations import create_federation
+
+    spec = load_spec(args.spec)
+    core = build_core(_settings(args))
+    info = create_federation(core, spec)
+    print(info.id)
+    print(info.model_dump_json(indent=2))
+
+
+def _enroll(args: argparse.Namespace) -> None:
+    from aggregator_service.main import build_core
+    from aggregator_service.services.access import create_enrollment_token
+    from shared.api import EnrollmentTokenRequest
+
+    try:
+        req = EnrollmentTokenRequest(uses=args.uses, expires_in_s=args.expires_in)
+    except ValidationError as exc:
+        raise CliError(format_validation_error(exc)) from None
+    core = build_core(_settings(args))
+    print(create_enrollment_token(core, args.federation, req).token)
+
+
+def openapi_document() -> str:
+    """The service's OpenAPI document as stable JSON (sorted keys, trailing newline)."""
+    from aggregator_service.main import create_app
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(Settings(data_dir=Path(tmp), admin_token="openapi-export"))
+        doc = app.openapi()
+        app.state.core.db.dispose()
+    return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _export_openapi(args: argparse.Namespace) -> None:
+    text = openapi_document()
+    if args.output == "-":
+        sys.stdout.write(text)
+        return
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
+
+
+def _methods(args: argparse.Namespace) -> None:
+    from shared.tuning import format_method_table, method_reports
+
+    reports = method_reports(load_spec(args.spec))
+    if args.json:
+        print(json.dumps([r.model_dump() for r in reports]))
+    else:
+        print(format_method_table(reports))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedtune-server", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_args(sp: argparse.ArgumentParser, required: bool) -> None:
+        sp.add_argument("--data-dir", type=Path, required=required, help="database and blobs")
+        sp.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in data dir)")
+
+    s = sub.add_parser("serve", help="run the aggregator service")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    data_args(s, required=False)
+    s.add_argument("--ssl-certfile", type=Path)
+    s.add_argument("--ssl-keyfile", type=Path)
+    s.add_argument("--admin-token-file", type=Path)
+    s.add_argument("--max-upload-mb", type=float)
+    s.set_defaults(run=_serve)
+
+    c = sub.add_parser("create-federation", help="create a federation offline from a spec file")
+    data_args(c, required=True)
+    c.add_argument("--spec", type=Path, required=True, help="YAML or JSON federation spec")
+    c.set_defaults(run=_create_federation)
+
+    e = sub.add_parser("enroll", help="issue an enrollment token offline (prints it)")
+    data_args(e, required=True)
+    e.add_argument("--federation", required=True, help="federation id")
+    e.add_argument("--uses", type=int, default=1)
+    e.add_argument("--expires-in", type=int, default=7 * 24 * 3600, help="seconds")
+    e.set_defaults(run=_enroll)
+
+    o = sub.add_parser("export-openapi", help="write the OpenAPI document")
+    o.add_argument("--output", default="docs/openapi.json", help="file, or - for stdout")
+    o.set_defaults(run=_export_openapi)
+
+    m = sub.add_parser("methods", help="trainable parameters and update size per tuning method")
+    m.add_argument("--spec", type=Path, required=True)
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(run=_methods)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (CliError, SpecError) as exc:
+        print(f"fedtune-server: {exc}", file=sys.stderr)
+        return 2
+    except ApiError as exc:
+        print(f"fedtune-server: {exc.detail}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"fedtune-server: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Every refusal is an `ApiError`; handlers turn it (and FastAPI's own errors) into `ErrorBody`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.api import ErrorBody, RoundStatus
+
+__all__ = ["ApiError", "error_responses", "install_error_handlers"]
+
+log = logging.getLogger("fedtune.server")
+
+_DESCRIPTIONS = {
+    400: "Malformed request body (e.g. not a safetensors file).",
+    401: "Missing, wrong or revoked token.",
+    403: "Authenticated, but not allowed here.",
+    404: "No such resource.",
+    409: "Conflicts with the current state; `round` holds the current round when relevant.",
+    413: "Body larger than the server accepts.",
+    422: "Invalid input; `detail` names the field and what is wrong.",
+}
+
+
+class ApiError(Exception):
+    """A 4xx the caller can act on: status, machine code, human detail, maybe the round."""
+
+    def __init__(
+        self, status: int, error: str, detail: str, round: RoundStatus | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.round = round
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(error=self.error, detail=self.detail, round=self.round)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries declaring ErrorBody for the given statuses."""
+    return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
+
+
+def _json(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _format_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_req: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return _json(exc.status, exc.body())
+
+    async def validation_error(_req: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _json(422, ErrorBody(error="validation_error", detail=_format_validation(exc)))
+
+    async def http_error(_req: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return _json(exc.status_code, ErrorBody(error=code, detail=detail), exc.headers)
+
+    async def unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _json(500, ErrorBody(error="internal_error", detail="internal server error"))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

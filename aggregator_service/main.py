@@ -1,0 +1,68 @@
+"""`create_app(settings)`: the FastAPI app with its own database, blob store and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from aggregator_service.api.routes import clients, federations, health, rounds, states
+from aggregator_service.errors import install_error_handlers
+from aggregator_service.metrics import Metrics
+from aggregator_service.services.context import Core, hash_token
+from aggregator_service.services.runner import RoundRunner
+from aggregator_service.settings import Settings, resolve_admin_token
+from aggregator_service.storage import Database, LocalBlobStore
+
+__all__ = ["build_core", "create_app"]
+
+_DESCRIPTION = (
+    "Federated parameter-efficient fine-tuning of CLIP and ViT. Clients long-poll the current "
+    "round, download the global trainable state, train locally and upload a safetensors delta; "
+    "the service aggregates each round when its quorum has arrived. Authenticate with "
+    "`Authorization: Bearer <token>`: the admin token, or a client API key from registration."
+)
+
+
+def build_core(settings: Settings) -> Core:
+    """Open (creating when missing) the data directory, database schema and blob store."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.sqlalchemy_url())
+    db.create_schema()
+    return Core(
+        settings=settings,
+        db=db,
+        blobs=LocalBlobStore(settings.data_dir / "blobs"),
+        metrics=Metrics(),
+        admin_token_hash=hash_token(resolve_admin_token(settings)),
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+    core = build_core(settings)
+    runner = RoundRunner(core)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runner.start()
+        try:
+            yield
+        finally:
+            await runner.stop()
+            core.db.dispose()
+
+    app = FastAPI(
+        title="FedTune aggregator",
+        version="1.0.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        separate_input_output_schemas=False,
+    )
+    app.state.core = core
+    app.state.runner = runner
+    install_error_handlers(app)
+    for module in (federations, clients, rounds, states, health):
+        app.include_router(module.router)
+    return app

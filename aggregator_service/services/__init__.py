@@ -1,0 +1,1 @@
+"""What the service does, apart from HTTP: federations, access, uploads, the round state machine."""

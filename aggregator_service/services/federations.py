@@ -1,0 +1,158 @@
+"""Creating federations (building the initial trainable state and base) and describing them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import torch
+from safetensors.torch import save_file
+from sqlalchemy import Connection, Row, insert, select
+
+from aggregator_service.errors import ApiError
+from aggregator_service.services.context import Core, now
+from aggregator_service.storage.tables import federations, rounds, state_versions
+from shared.api import FederationInfo, TensorInfo
+from shared.spec import FederationSpec
+
+__all__ = [
+    "create_federation",
+    "federation_info",
+    "federation_row",
+    "global_version",
+    "new_id",
+    "store_state",
+]
+
+log = logging.getLogger("fedtune.server")
+
+_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+
+
+def new_id(prefix: str, length: int = 10) -> str:
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+@dataclass(frozen=True)
+class _Built:
+    initial_version: str
+    base_digest: str | None
+    fingerprint: str
+    manifest: dict[str, TensorInfo]
+    trainable_params: int
+    total_params: int
+
+
+def store_state(core: Core, tensors: Mapping[str, torch.Tensor]) -> str:
+    """Write tensors as a safetensors blob; returns its digest."""
+    tmp = core.blobs.new_temp()
+    flat = {k: tensors[k].detach().to("cpu").contiguous().clone() for k in sorted(tensors)}
+    try:
+        save_file(flat, str(tmp))
+        return core.blobs.put_file(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _build(core: Core, spec: FederationSpec) -> _Built:
+    from shared.tuning import build  # heavy (torch models); imported when first needed
+
+    try:
+        bm = build(spec)
+    except (ValueError, OSError, KeyError) as exc:
+        raise ApiError(422, "invalid_spec", f"cannot build the model: {exc}") from None
+    initial = store_state(core, bm.trainable_state())
+    base = store_state(core, bm.base_state()) if spec.model.base_source == "server" else None
+    return _Built(
+        initial_version=initial,
+        base_digest=base,
+        fingerprint=bm.base_fingerprint(),
+        manifest=dict(bm.manifest()),
+        trainable_params=bm.num_trainable,
+        total_params=bm.num_total,
+    )
+
+
+def create_federation(core: Core, spec: FederationSpec) -> FederationInfo:
+    """Build the model, store initial state and base, and open round 1 (blocking: run in a thread)."""
+    built = _build(core, spec)
+    fid = new_id("fed_")
+    t = now()
+    with core.db.write() as conn:
+        conn.execute(
+            insert(federations).values(
+                id=fid,
+                name=spec.name,
+                spec=spec.model_dump_json(),
+                status="running",
+                current_round=1,
+                manifest=json.dumps({k: v.model_dump() for k, v in built.manifest.items()}),
+                base_fingerprint=built.fingerprint,
+                base_digest=built.base_digest,
+                initial_version=built.initial_version,
+                trainable_params=built.trainable_params,
+                total_params=built.total_params,
+                created_at=t,
+            )
+        )
+        conn.execute(
+            insert(state_versions).values(federation_id=fid, round=0, digest=built.initial_version)
+        )
+        conn.execute(
+            insert(rounds).values(
+                federation_id=fid,
+                number=1,
+                status="open",
+                base_version=built.initial_version,
+                received=0,
+                revision=1,
+                bytes_in=0,
+                bytes_out=0,
+                opened_at=t,
+                deadline_at=t + spec.rounds.deadline_s,
+            )
+        )
+    log.info("created federation %s (%s)", fid, spec.name)
+    return federation_info(core, fid)
+
+
+def federation_row(conn: Connection, fid: str) -> Row:
+    row = conn.execute(select(federations).where(federations.c.id == fid)).first()
+    if row is None:
+        raise ApiError(404, "not_found", f"no federation {fid!r}")
+    return row
+
+
+def global_version(conn: Connection, fed: Row) -> str:
+    """The newest global state: the open round's base, or the final result once completed."""
+    rnd = conn.execute(
+        select(rounds.c.base_version, rounds.c.result_version).where(
+            rounds.c.federation_id == fed.id, rounds.c.number == fed.current_round
+        )
+    ).one()
+    return str(rnd.result_version or rnd.base_version)
+
+
+def federation_info(core: Core, fid: str) -> FederationInfo:
+    with core.db.read() as conn:
+        fed = federation_row(conn, fid)
+        version = global_version(conn, fed)
+    manifest = {k: TensorInfo.model_validate(v) for k, v in json.loads(fed.manifest).items()}
+    return FederationInfo(
+        id=fed.id,
+        name=fed.name,
+        spec=core.spec(fid),
+        status=fed.status,
+        current_round=fed.current_round,
+        global_version=version,
+        manifest=manifest,
+        base_fingerprint=fed.base_fingerprint,
+        base_available=fed.base_digest is not None,
+        trainable_params=fed.trainable_params,
+        total_params=fed.total_params,
+        created_at=datetime.fromtimestamp(fed.created_at, UTC),
+    )

@@ -1,0 +1,137 @@
+"""Read models: which blob a state download means, bytes served, and the round history."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select, update
+
+from aggregator_service.errors import ApiError
+from aggregator_service.services.context import Core
+from aggregator_service.services.federations import federation_row
+from aggregator_service.storage.tables import clients, federations, rounds, state_versions, updates
+from shared.api import ParticipantRecord, RoundRecord
+
+__all__ = ["StateRef", "base_ref", "count_bytes_out", "list_rounds", "resolve_state"]
+
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class StateRef:
+    digest: str
+    round: int
+    fingerprint: str = ""
+
+
+def resolve_state(core: Core, fid: str, version: str | None) -> StateRef:
+    """`version`: None (newest), a round number (0 = initial) or a sha256 of a past state."""
+    query = select(state_versions.c.digest, state_versions.c.round).where(
+        state_versions.c.federation_id == fid
+    )
+    if version is None:
+        query = query.order_by(state_versions.c.round.desc()).limit(1)
+    elif version.isdigit():
+        query = query.where(state_versions.c.round == int(version))
+    elif _HEX.match(version.lower()):
+        query = query.where(state_versions.c.digest == version.lower())
+        query = query.order_by(state_versions.c.round).limit(1)
+    else:
+        raise ApiError(
+            422,
+            "validation_error",
+            "query.version: expected a sha256 hex digest or a round number (0 = initial state)",
+        )
+    with core.db.read() as conn:
+        federation_row(conn, fid)
+        row = conn.execute(query).first()
+    if row is None:
+        raise ApiError(404, "not_found", f"federation {fid} has no global state {version!r}")
+    return StateRef(row.digest, row.round)
+
+
+def base_ref(core: Core, fid: str) -> StateRef:
+    with core.db.read() as conn:
+        fed = federation_row(conn, fid)
+    if fed.base_digest is None:
+        raise ApiError(
+            404,
+            "not_found",
+            "this federation's base is not served (base_source: local); load model.pretrained",
+        )
+    return StateRef(fed.base_digest, 0, fed.base_fingerprint)
+
+
+def count_bytes_out(core: Core, fid: str, size: int) -> None:
+    """Charge served bytes to the federation's current round."""
+    current = select(federations.c.current_round).where(federations.c.id == fid)
+    with core.db.write() as conn:
+        conn.execute(
+            update(rounds)
+            .where(rounds.c.federation_id == fid, rounds.c.number == current.scalar_subquery())
+            .values(bytes_out=rounds.c.bytes_out + size)
+        )
+    core.metrics.bytes_out.inc(size)
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _weighted_means(parts: list[ParticipantRecord]) -> dict[str, float]:
+    sums: dict[str, float] = defaultdict(float)
+    weights: dict[str, float] = defaultdict(float)
+    for p in parts:
+        for key, value in p.metrics.items():
+            sums[key] += value * p.num_examples
+            weights[key] += p.num_examples
+    return {k: sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}
+
+
+def list_rounds(core: Core, fid: str) -> list[RoundRecord]:
+    with core.db.read() as conn:
+        federation_row(conn, fid)
+        round_rows = conn.execute(
+            select(rounds).where(rounds.c.federation_id == fid).order_by(rounds.c.number)
+        ).all()
+        update_rows = conn.execute(
+            select(updates, clients.c.name)
+            .join(clients, clients.c.id == updates.c.client_id)
+            .where(updates.c.federation_id == fid)
+            .order_by(updates.c.round, updates.c.client_id)
+        ).all()
+    by_round: dict[int, list[ParticipantRecord]] = defaultdict(list)
+    for u in update_rows:
+        by_round[u.round].append(
+            ParticipantRecord(
+                client_id=u.client_id,
+                name=u.name,
+                num_examples=u.num_examples,
+                bytes=u.bytes,
+                sha256=u.sha256,
+                metrics=json.loads(u.metrics),
+                received_at=datetime.fromtimestamp(u.received_at, UTC),
+            )
+        )
+    return [
+        RoundRecord(
+            round=r.number,
+            status=r.status,
+            base_version=r.base_version,
+            result_version=r.result_version,
+            participants=by_round[r.number],
+            bytes_in=r.bytes_in,
+            bytes_out=r.bytes_out,
+            metrics=_weighted_means(by_round[r.number]),
+            closed_by=r.closed_by,
+            opened_at=datetime.fromtimestamp(r.opened_at, UTC),
+            aggregation_started_at=_ts(r.aggregation_started_at),
+            closed_at=_ts(r.closed_at),
+            aggregation_seconds=r.aggregation_seconds,
+        )
+        for r in round_rows
+    ]

@@ -1,0 +1,247 @@
+"""The round state machine: open -> aggregating -> closed (next round opens) -> ... completed.
+
+Every transition is a conditional UPDATE whose row count says whether this
+process made it, so several service processes on one database aggregate each
+round exactly once. Aggregation itself is a blocking function (run it in a
+thread): it reads only durable inputs, so a round found `aggregating` at
+start-up is simply aggregated again, with a bit-identical result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from safetensors.torch import load_file
+from sqlalchemy import Connection, insert, select, update
+
+from aggregator_service.aggregation import UpdateInput, get_strategy
+from aggregator_service.services.context import Core, now
+from aggregator_service.services.federations import federation_row, store_state
+from aggregator_service.storage.tables import federations, rounds, state_versions, updates
+from shared.api import RoundStatus
+from shared.spec import FederationSpec
+
+__all__ = [
+    "aggregate_round",
+    "current_revision",
+    "due_rounds",
+    "read_status",
+    "round_status",
+    "start_aggregation",
+    "stuck_rounds",
+]
+
+log = logging.getLogger("fedtune.server")
+
+
+def read_status(
+    conn: Connection, spec: FederationSpec, fid: str, client_id: str | None
+) -> RoundStatus:
+    """The federation's current round as the API shows it (within the caller's transaction)."""
+    fed = federation_row(conn, fid)
+    rnd = conn.execute(
+        select(rounds).where(rounds.c.federation_id == fid, rounds.c.number == fed.current_round)
+    ).one()
+    submitted = client_id is not None and (
+        conn.execute(
+            select(updates.c.id).where(
+                updates.c.federation_id == fid,
+                updates.c.round == rnd.number,
+                updates.c.client_id == client_id,
+            )
+        ).first()
+        is not None
+    )
+    return RoundStatus(
+        federation_id=fid,
+        federation_status=fed.status,
+        round=rnd.number,
+        total_rounds=spec.rounds.total,
+        status=rnd.status,
+        global_version=rnd.result_version or rnd.base_version,
+        quorum=spec.rounds.quorum,
+        min_updates=spec.rounds.min_updates,
+        received=rnd.received,
+        submitted=submitted,
+        deadline_at=datetime.fromtimestamp(rnd.deadline_at, UTC),
+        revision=rnd.revision,
+    )
+
+
+def round_status(core: Core, fid: str, client_id: str | None = None) -> RoundStatus:
+    spec = core.spec(fid)
+    with core.db.read() as conn:
+        return read_status(conn, spec, fid, client_id)
+
+
+def current_revision(core: Core, fid: str) -> int | None:
+    """Cheap probe for long-polls: the current round's revision."""
+    with core.db.read() as conn:
+        return conn.execute(
+            select(rounds.c.revision)
+            .select_from(
+                rounds.join(
+                    federations,
+                    (federations.c.id == rounds.c.federation_id)
+                    & (federations.c.current_round == rounds.c.number),
+                )
+            )
+            .where(rounds.c.federation_id == fid)
+        ).scalar()
+
+
+def start_aggregation(core: Core, fid: str, number: int) -> str | None:
+    """open -> aggregating when quorum is met, or deadline passed with min_updates.
+
+    Returns the reason ("quorum" or "deadline") when this call made the transition.
+    """
+    spec = core.spec(fid)
+    t = now()
+    base = (
+        (rounds.c.federation_id == fid) & (rounds.c.number == number) & (rounds.c.status == "open")
+    )
+    change = {
+        "status": "aggregating",
+        "aggregation_started_at": t,
+        "revision": rounds.c.revision + 1,
+    }
+    with core.db.write() as conn:
+        for reason, cond in (
+            ("quorum", rounds.c.received >= spec.rounds.quorum),
+            (
+                "deadline",
+                (rounds.c.received >= spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
+            ),
+        ):
+            done = conn.execute(
+                update(rounds).where(base & cond).values(closed_by=reason, **change)
+            )
+            if done.rowcount == 1:
+                break
+        else:
+            return None
+    log.info("federation %s round %d: aggregating (%s)", fid, number, reason)
+    core.notifier.notify(fid)
+    return reason
+
+
+def due_rounds(core: Core) -> list[tuple[str, int]]:
+    """Open rounds past their deadline that hold at least min_updates."""
+    with core.db.read() as conn:
+        rows = conn.execute(
+            select(rounds.c.federation_id, rounds.c.number, rounds.c.received).where(
+                rounds.c.status == "open", rounds.c.deadline_at <= now()
+            )
+        ).all()
+    return [
+        (r.federation_id, r.number)
+        for r in rows
+        if r.received >= core.spec(r.federation_id).rounds.min_updates
+    ]
+
+
+def stuck_rounds(core: Core) -> list[tuple[str, int]]:
+    """Rounds left `aggregating` (a crash mid-aggregation): aggregate them again."""
+    with core.db.read() as conn:
+        rows = conn.execute(
+            select(rounds.c.federation_id, rounds.c.number).where(rounds.c.status == "aggregating")
+        ).all()
+    return [(r.federation_id, r.number) for r in rows]
+
+
+def aggregate_round(core: Core, fid: str, number: int) -> bool:
+    """Aggregate an `aggregating` round from its durable inputs and close it (blocking).
+
+    Returns False when the round was not (or no longer) aggregating here.
+    """
+    spec = core.spec(fid)
+    with core.db.read() as conn:
+        rnd = conn.execute(
+            select(rounds).where(rounds.c.federation_id == fid, rounds.c.number == number)
+        ).first()
+        if rnd is None or rnd.status != "aggregating":
+            return False
+        ups = conn.execute(
+            select(updates.c.client_id, updates.c.sha256, updates.c.num_examples)
+            .where(updates.c.federation_id == fid, updates.c.round == number)
+            .order_by(updates.c.client_id)
+        ).all()
+        server_digest = conn.execute(
+            select(state_versions.c.server_state_digest).where(
+                state_versions.c.federation_id == fid, state_versions.c.round == number - 1
+            )
+        ).scalar()
+    if core.settings.aggregation_delay_s > 0:
+        time.sleep(core.settings.aggregation_delay_s)
+    started = time.perf_counter()
+    global_state = load_file(str(core.blobs.path(rnd.base_version)))
+    server_state = load_file(str(core.blobs.path(server_digest))) if server_digest else {}
+    inputs = [UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples) for u in ups]
+    strategy = get_strategy(spec.aggregation.strategy)
+    result = strategy(global_state, inputs, spec.aggregation, server_state)
+    digest = store_state(core, result.state)
+    new_server = store_state(core, result.server_state) if result.server_state else None
+    seconds = time.perf_counter() - started
+    if not _close(core, spec, fid, number, digest, new_server, seconds):
+        return False
+    core.metrics.rounds_aggregated.inc()
+    core.metrics.aggregation_seconds.observe(seconds)
+    log.info("federation %s round %d closed -> %s (%.3fs)", fid, number, digest[:12], seconds)
+    core.notifier.notify(fid)
+    return True
+
+
+def _close(
+    core: Core,
+    spec: FederationSpec,
+    fid: str,
+    number: int,
+    digest: str,
+    server_digest: str | None,
+    seconds: float,
+) -> bool:
+    """One transaction: close the round, record the version, open the next or complete."""
+    t = now()
+    this = (rounds.c.federation_id == fid) & (rounds.c.number == number)
+    with core.db.write() as conn:
+        done = conn.execute(
+            update(rounds)
+            .where(this & (rounds.c.status == "aggregating"))
+            .values(
+                status="closed",
+                result_version=digest,
+                closed_at=t,
+                aggregation_seconds=seconds,
+                revision=rounds.c.revision + 1,
+            )
+        )
+        if done.rowcount != 1:
+            return False
+        conn.execute(
+            insert(state_versions).values(
+                federation_id=fid, round=number, digest=digest, server_state_digest=server_digest
+            )
+        )
+        fed = update(federations).where(federations.c.id == fid)
+        if number >= spec.rounds.total:
+            conn.execute(fed.values(status="completed"))
+            return True
+        revision: int = conn.execute(select(rounds.c.revision).where(this)).scalar_one()
+        conn.execute(
+            insert(rounds).values(
+                federation_id=fid,
+                number=number + 1,
+                status="open",
+                base_version=digest,
+                received=0,
+                revision=revision + 1,
+                bytes_in=0,
+                bytes_out=0,
+                opened_at=t,
+                deadline_at=t + spec.rounds.deadline_s,
+            )
+        )
+        conn.execute(fed.values(current_round=number + 1))
+    return True

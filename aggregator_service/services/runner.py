@@ -1,0 +1,100 @@
+"""Async side of the state machine: start-up recovery, the deadline ticker, aggregation threads,
+and long-polls that wake on in-process notifications or on a periodic database re-check
+(which also sees changes made by other service processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aggregator_service.services.context import Core
+from aggregator_service.services.rounds import (
+    aggregate_round,
+    current_revision,
+    due_rounds,
+    round_status,
+    start_aggregation,
+    stuck_rounds,
+)
+from shared.api import RoundStatus
+
+__all__ = ["RoundRunner"]
+
+log = logging.getLogger("fedtune.server")
+
+
+class RoundRunner:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Bind notifications to this loop, clean temp files, resume interrupted aggregations."""
+        self.core.notifier.bind(asyncio.get_running_loop())
+        removed = await asyncio.to_thread(self.core.blobs.remove_stale_temps)
+        if removed:
+            log.info("removed %d stale temp files from the blob store", removed)
+        for fid, number in await asyncio.to_thread(stuck_rounds, self.core):
+            log.warning(
+                "federation %s round %d was left aggregating: aggregating again", fid, number
+            )
+            self._spawn(fid, number)
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.core.notifier.bind(None)
+
+    async def maybe_close(self, fid: str, number: int) -> bool:
+        """Move the round to aggregating if it qualifies, and aggregate it in a thread."""
+        reason = await asyncio.to_thread(start_aggregation, self.core, fid, number)
+        if reason is None:
+            return False
+        self._spawn(fid, number)
+        return True
+
+    def _spawn(self, fid: str, number: int) -> None:
+        task = asyncio.create_task(asyncio.to_thread(aggregate_round, self.core, fid, number))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[bool]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("aggregation failed", exc_info=task.exception())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.core.settings.deadline_check_s)
+            try:
+                for fid, number in await asyncio.to_thread(due_rounds, self.core):
+                    await self.maybe_close(fid, number)
+            except Exception:
+                log.exception("deadline check failed")
+
+    async def wait_for_change(
+        self, fid: str, client_id: str | None, wait_s: float, revision: int | None
+    ) -> RoundStatus:
+        """The round status, held until its revision differs from `revision` or `wait_s` passes."""
+        loop = asyncio.get_running_loop()
+        notifier = self.core.notifier
+        event = notifier.event(fid)
+        status = await asyncio.to_thread(round_status, self.core, fid, client_id)
+        if wait_s <= 0 or (revision is not None and revision != status.revision):
+            return status
+        seen = status.revision
+        until = loop.time() + wait_s
+        while (left := until - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(left, self.core.settings.poll_recheck_s))
+            event = notifier.event(fid)
+            if await asyncio.to_thread(current_revision, self.core, fid) != seen:
+                break
+        return await asyncio.to_thread(round_status, self.core, fid, client_id)

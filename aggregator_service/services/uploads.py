@@ -1,0 +1,243 @@
+"""Receiving a client's delta: stream to a temp file, validate, then commit atomically.
+
+The body is hashed while it is written and never held in memory. Until the
+final transaction nothing is visible: a refused upload leaves no row, no blob
+and no counter change. The blob is renamed into the store inside the
+transaction that inserts its row, so a committed row always has its blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from aggregator_service.errors import ApiError
+from aggregator_service.services.context import Core, now
+from aggregator_service.services.rounds import read_status
+from aggregator_service.services.validation import validate_delta
+from aggregator_service.storage.tables import federations, rounds, state_versions, updates
+from shared.api import RoundStatus, TensorInfo, UpdateReceipt
+
+__all__ = ["Received", "ingest", "receive_body"]
+
+
+@dataclass(frozen=True)
+class Received:
+    path: Path
+    sha256: str
+    size: int
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, "payload_too_large", f"update body exceeds the server's limit of {limit} bytes"
+    )
+
+
+async def receive_body(
+    core: Core, chunks: AsyncIterator[bytes], content_length: str | None
+) -> Received:
+    """Stream the body into a temp file in the blob store, hashing it; 413 past the limit."""
+    limit = core.settings.max_upload_bytes
+    if content_length and content_length.isdigit() and int(content_length) > limit:
+        raise _too_large(limit)
+    tmp = core.blobs.new_temp()
+    h = hashlib.sha256()
+    size = 0
+    try:
+        with open(tmp, "wb") as f:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                h.update(chunk)
+                f.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Received(tmp, h.hexdigest(), size)
+
+
+class _Retry(Exception):
+    """The round or this client's row changed under us; re-evaluate from the top."""
+
+
+def ingest(core: Core, client_id: str, fid: str, number: int, body: Received) -> UpdateReceipt:
+    """Validate and commit one update (blocking). The temp file is consumed either way."""
+    try:
+        for _ in range(3):
+            try:
+                return _ingest_once(core, client_id, fid, number, body)
+            except _Retry:
+                continue
+        raise ApiError(409, "conflict", "the round changed while the update was stored; retry")
+    finally:
+        body.path.unlink(missing_ok=True)
+
+
+def _existing(conn: Connection, fid: str, number: int, client_id: str) -> str | None:
+    return conn.execute(
+        select(updates.c.sha256).where(
+            updates.c.federation_id == fid,
+            updates.c.round == number,
+            updates.c.client_id == client_id,
+        )
+    ).scalar()
+
+
+def _ingest_once(
+    core: Core, client_id: str, fid: str, number: int, body: Received
+) -> UpdateReceipt:
+    spec = core.spec(fid)
+    with core.db.read() as conn:
+        prior = _existing(conn, fid, number, client_id)
+        status = read_status(conn, spec, fid, client_id)
+        manifest_text: str = conn.execute(
+            select(federations.c.manifest).where(federations.c.id == fid)
+        ).scalar_one()
+    if prior is not None:
+        return _duplicate(core, client_id, fid, number, body, prior)
+    if status.federation_status == "completed":
+        raise ApiError(409, "federation_completed", "the federation has completed", status)
+    if number != status.round or status.status != "open":
+        raise ApiError(409, "round_closed", _closed_detail(number, status), status)
+    manifest = {k: TensorInfo.model_validate(v) for k, v in json.loads(manifest_text).items()}
+    meta = validate_delta(body.path, spec, manifest, fid, number, core.settings.max_num_examples)
+    if meta.base_version != status.global_version:
+        _refuse_base(core, fid, meta.base_version, status)
+    created = False
+    try:
+        with core.db.write() as conn:
+            bumped = conn.execute(
+                update(rounds)
+                .where(
+                    rounds.c.federation_id == fid,
+                    rounds.c.number == number,
+                    rounds.c.status == "open",
+                )
+                .values(
+                    received=rounds.c.received + 1,
+                    revision=rounds.c.revision + 1,
+                    bytes_in=rounds.c.bytes_in + body.size,
+                )
+            )
+            if bumped.rowcount != 1:
+                raise _Retry
+            try:
+                conn.execute(
+                    insert(updates).values(
+                        federation_id=fid,
+                        round=number,
+                        client_id=client_id,
+                        sha256=body.sha256,
+                        bytes=body.size,
+                        num_examples=meta.num_examples,
+                        metrics=json.dumps(meta.metrics, sort_keys=True),
+                        received_at=now(),
+                    )
+                )
+            except IntegrityError:
+                raise _Retry from None
+            received, state = conn.execute(
+                select(rounds.c.received, rounds.c.status).where(
+                    rounds.c.federation_id == fid, rounds.c.number == number
+                )
+            ).one()
+            created = core.blobs.commit_temp(body.path, body.sha256)
+    except BaseException:
+        if created:
+            core.blobs.remove(body.sha256)
+        raise
+    core.metrics.updates_accepted.inc()
+    core.metrics.bytes_in.inc(body.size)
+    core.notifier.notify(fid)
+    return UpdateReceipt(
+        federation_id=fid,
+        round=number,
+        client_id=client_id,
+        sha256=body.sha256,
+        bytes=body.size,
+        num_examples=meta.num_examples,
+        duplicate=False,
+        received=received,
+        quorum=spec.rounds.quorum,
+        round_status=state,
+    )
+
+
+def _closed_detail(number: int, status: RoundStatus) -> str:
+    if number > status.round:
+        return f"round {number} has not opened yet; the current round is {status.round}"
+    if number < status.round:
+        return f"round {number} is closed; the current round is {status.round}"
+    return f"round {number} is {status.status} and no longer accepts updates"
+
+
+def _refuse_base(core: Core, fid: str, base_version: str, status: RoundStatus) -> None:
+    with core.db.read() as conn:
+        known = conn.execute(
+            select(state_versions.c.round).where(
+                state_versions.c.federation_id == fid, state_versions.c.digest == base_version
+            )
+        ).first()
+    if known is None:
+        raise ApiError(
+            409,
+            "stale_base_version",
+            f"base_version {base_version[:16]}… is not a global version of this federation; "
+            f"download the current state ({status.global_version[:16]}…) and retrain",
+            status,
+        )
+    raise ApiError(
+        409,
+        "stale_base_version",
+        f"update was built on the global state after round {known.round}; round "
+        f"{status.round} trains from {status.global_version[:16]}…: download it and retrain",
+        status,
+    )
+
+
+def _duplicate(
+    core: Core, client_id: str, fid: str, number: int, body: Received, prior: str
+) -> UpdateReceipt:
+    if prior != body.sha256:
+        with core.db.read() as conn:
+            status = read_status(conn, core.spec(fid), fid, client_id)
+        raise ApiError(
+            409,
+            "conflict",
+            f"this client already submitted a different update ({prior[:16]}…) for round "
+            f"{number}; an update cannot be replaced",
+            status,
+        )
+    with core.db.read() as conn:
+        row = conn.execute(
+            select(updates.c.bytes, updates.c.num_examples).where(
+                updates.c.federation_id == fid,
+                updates.c.round == number,
+                updates.c.client_id == client_id,
+            )
+        ).one()
+        rnd = conn.execute(
+            select(rounds.c.received, rounds.c.status).where(
+                rounds.c.federation_id == fid, rounds.c.number == number
+            )
+        ).one()
+    return UpdateReceipt(
+        federation_id=fid,
+        round=number,
+        client_id=client_id,
+        sha256=prior,
+        bytes=row.bytes,
+        num_examples=row.num_examples,
+        duplicate=True,
+        received=rnd.received,
+        quorum=core.spec(fid).rounds.quorum,
+        round_status=rnd.status,
+    )

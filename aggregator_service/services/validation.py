@@ -1,0 +1,100 @@
+"""Checks on an uploaded delta before it is accepted: format, metadata, manifest, values.
+
+Runs on the temp file the body was streamed into; the tensors are read
+memory-mapped, one at a time. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from aggregator_service.errors import ApiError
+from shared.api import TensorInfo
+from shared.blobs import BlobError, DeltaMetadata, SafetensorsHeader, read_header
+from shared.spec import FederationSpec
+
+__all__ = ["validate_delta"]
+
+_SHOW = 5
+
+
+def _invalid(status: int, detail: str) -> ApiError:
+    return ApiError(status, "invalid_update", detail)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOW])
+    return shown + (f" (and {len(names) - _SHOW} more)" if len(names) > _SHOW else "")
+
+
+def _check_tensors(
+    header: SafetensorsHeader, manifest: Mapping[str, TensorInfo], dtype: str
+) -> None:
+    missing = sorted(set(manifest) - set(header.tensors))
+    extra = sorted(set(header.tensors) - set(manifest))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors: {_names(missing)}")
+        if extra:
+            parts.append(f"unexpected tensors: {_names(extra)}")
+        raise _invalid(422, "; ".join(parts) + " (keys must be exactly the federation manifest)")
+    for name in sorted(manifest):
+        entry, want = header.tensors[name], manifest[name]
+        if list(entry.shape) != list(want.shape):
+            raise _invalid(
+                422,
+                f"tensor {name!r} has shape {list(entry.shape)}; the manifest says {want.shape}",
+            )
+        if entry.dtype != dtype:
+            raise _invalid(
+                422,
+                f"tensor {name!r} is {entry.dtype}; this federation's transport.dtype is {dtype}",
+            )
+
+
+def _check_finite(path: Path, names: list[str]) -> None:
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for name in names:
+            t = f.get_tensor(name)
+            if not bool(torch.isfinite(t).all()):
+                kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+                raise _invalid(422, f"tensor {name!r} contains {kind} values")
+
+
+def validate_delta(
+    path: Path,
+    spec: FederationSpec,
+    manifest: Mapping[str, TensorInfo],
+    fid: str,
+    number: int,
+    max_num_examples: int,
+) -> DeltaMetadata:
+    """Return the delta's metadata, or raise `ApiError` (400 format, 422 content)."""
+    try:
+        header = read_header(path)
+    except BlobError as exc:
+        raise _invalid(400, f"update is not a valid safetensors file: {exc}") from None
+    try:
+        meta = DeltaMetadata.from_safetensors(header.metadata)
+    except BlobError as exc:
+        raise _invalid(422, f"bad update metadata: {exc}") from None
+    if meta.num_examples > max_num_examples:
+        raise _invalid(
+            422,
+            f"metadata 'num_examples' is {meta.num_examples}; the server accepts at most "
+            f"{max_num_examples}",
+        )
+    if meta.federation != fid:
+        raise _invalid(
+            422, f"metadata 'federation' is {meta.federation!r} but the URL names {fid!r}"
+        )
+    if meta.round != number:
+        raise _invalid(422, f"metadata 'round' is {meta.round} but the URL names round {number}")
+    _check_tensors(header, manifest, spec.transport.dtype)
+    _check_finite(path, sorted(manifest))
+    return meta

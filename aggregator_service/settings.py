@@ -1,0 +1,90 @@
+"""Service settings: one pydantic-settings class, every field also a `FEDTUNE_*` variable.
+
+Routes never read the environment; `create_app(settings)` is handed one of these.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "resolve_admin_token"]
+
+log = logging.getLogger("fedtune.server")
+
+
+class Settings(BaseSettings):
+    """How one aggregator process runs (flags of `fedtune-server serve`, or FEDTUNE_* env)."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDTUNE_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path("fedtune-data"), description="SQLite database and blob store."
+    )
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite (WAL) in data_dir."
+    )
+    ssl_certfile: Path | None = Field(default=None, description="TLS certificate chain (PEM).")
+    ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM).")
+    admin_token: SecretStr | None = Field(default=None, description="Admin bearer token.")
+    admin_token_file: Path | None = Field(
+        default=None, description="File holding the admin token (first line)."
+    )
+    max_upload_mb: float = Field(default=1024, gt=0, description="Largest accepted update body.")
+    max_num_examples: int = Field(
+        default=100_000_000, ge=1, description="Largest num_examples an update may claim."
+    )
+    aggregation_delay_s: float = Field(
+        default=0.0, ge=0, description="Sleep inside aggregation (crash testing only)."
+    )
+    deadline_check_s: float = Field(
+        default=0.5, gt=0, description="How often round deadlines are checked."
+    )
+    poll_recheck_s: float = Field(
+        default=0.3, gt=0, description="Long-poll database re-check interval (cross-process)."
+    )
+    log_level: str = Field(default="info", description="uvicorn log level.")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'fedtune.db'}"
+
+
+def resolve_admin_token(settings: Settings) -> str:
+    """The admin token: from the settings, from its file, or generated into data_dir (0600)."""
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    if settings.admin_token_file is not None:
+        try:
+            lines = settings.admin_token_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read admin token file {settings.admin_token_file}: {exc.strerror}"
+            ) from None
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"admin token file {settings.admin_token_file} is empty")
+        return token
+    path = settings.data_dir / "admin-token"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    token = "fta_" + secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process generated it first
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    log.warning("generated an admin token into %s (mode 0600)", path)
+    return token

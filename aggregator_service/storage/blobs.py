@@ -1,0 +1,146 @@
+"""Content-addressed blob store: `blobs/sha256/ab/cdef…`, written temp -> fsync -> rename.
+
+Everything the service keeps in bulk (global states, bases, client deltas,
+strategy server states) is a safetensors file named by its sha256. Temp files
+carry the writer's host and pid so start-up cleans only the leftovers of dead
+processes, never those of a live replica sharing the directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import socket
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["BlobStore", "LocalBlobStore"]
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+class BlobStore(Protocol):
+    def path(self, digest: str) -> Path: ...
+    def exists(self, digest: str) -> bool: ...
+    def size(self, digest: str) -> int: ...
+    def new_temp(self) -> Path: ...
+    def commit_temp(self, tmp: Path, digest: str) -> bool: ...
+    def put_bytes(self, data: bytes) -> str: ...
+    def put_file(self, path: Path) -> str: ...
+    def remove(self, digest: str) -> None: ...
+    def remove_stale_temps(self) -> int: ...
+    def writable(self) -> bool: ...
+
+
+class LocalBlobStore:
+    """Blobs under `<root>/sha256/`, temp files under `<root>/tmp/` (same filesystem)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "sha256"
+        self.tmp = root / "tmp"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self._tag = f"{socket.gethostname()}-{os.getpid()}"
+
+    def path(self, digest: str) -> Path:
+        if not _DIGEST.match(digest):
+            raise ValueError(f"not a sha256 hex digest: {digest!r}")
+        return self.objects / digest[:2] / digest[2:]
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        return self.path(digest).stat().st_size
+
+    def new_temp(self) -> Path:
+        """A fresh temp path in the store's filesystem (the caller writes it)."""
+        return self.tmp / f"{self._tag}-{secrets.token_hex(8)}.tmp"
+
+    def commit_temp(self, tmp: Path, digest: str) -> bool:
+        """fsync `tmp` and rename it to its digest; False when that blob already existed."""
+        dest = self.path(digest)
+        if dest.is_file():
+            tmp.unlink(missing_ok=True)
+            return False
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        return True
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        if self.exists(digest):
+            return digest
+        tmp = self.new_temp()
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            self.commit_temp(tmp, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest
+
+    def put_file(self, path: Path) -> str:
+        """Move a file written in `self.tmp` into the store; returns its digest."""
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        digest = h.hexdigest()
+        try:
+            self.commit_temp(path, digest)
+        finally:
+            path.unlink(missing_ok=True)
+        return digest
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def remove_stale_temps(self) -> int:
+        """Delete temp files left by dead processes of this host (or by this pid's past)."""
+        host = socket.gethostname()
+        removed = 0
+        for tmp in self.tmp.glob("*.tmp"):
+            owner_host, _, rest = tmp.name.rpartition("-")[0].rpartition("-")
+            pid = int(rest) if rest.isdigit() else -1
+            if owner_host == host and pid != os.getpid() and _alive(pid):
+                continue
+            tmp.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def writable(self) -> bool:
+        probe = self.new_temp()
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+            return True
+        except OSError:
+            return False
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

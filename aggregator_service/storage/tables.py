@@ -1,0 +1,110 @@
+"""The schema (SQLAlchemy Core, portable between SQLite and PostgreSQL).
+
+Times are stored as UNIX seconds (double) so comparisons are plain arithmetic
+on every backend; JSON travels as text.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+federations = Table(
+    "federations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("status", String(16), nullable=False),  # running | completed
+    Column("current_round", Integer, nullable=False),
+    Column("manifest", Text, nullable=False),
+    Column("base_fingerprint", String(64), nullable=False),
+    Column("base_digest", String(64)),  # null when base_source is local
+    Column("initial_version", String(64), nullable=False),
+    Column("trainable_params", BigInteger, nullable=False),
+    Column("total_params", BigInteger, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+rounds = Table(
+    "rounds",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("status", String(16), nullable=False),  # open | aggregating | closed
+    Column("base_version", String(64), nullable=False),
+    Column("result_version", String(64)),
+    Column("received", Integer, nullable=False, default=0),
+    Column("revision", BigInteger, nullable=False),
+    Column("bytes_in", BigInteger, nullable=False, default=0),
+    Column("bytes_out", BigInteger, nullable=False, default=0),
+    Column("opened_at", Double, nullable=False),
+    Column("deadline_at", Double, nullable=False),
+    Column("aggregation_started_at", Double),
+    Column("closed_at", Double),
+    Column("aggregation_seconds", Double),
+    Column("closed_by", String(16)),  # quorum | deadline
+)
+Index("ix_rounds_status_deadline", rounds.c.status, rounds.c.deadline_at)
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("federation_id", String(32), ForeignKey("federations.id"), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("revoked_at", Double),
+)
+
+enrollment_tokens = Table(
+    "enrollment_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("federation_id", String(32), ForeignKey("federations.id"), nullable=False),
+    Column("uses_left", Integer, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+updates = Table(
+    "updates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("federation_id", String(32), ForeignKey("federations.id"), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("client_id", String(32), ForeignKey("clients.id"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("num_examples", BigInteger, nullable=False),
+    Column("metrics", Text, nullable=False),
+    Column("received_at", Double, nullable=False),
+    UniqueConstraint("federation_id", "round", "client_id", name="uq_update_per_client_round"),
+)
+
+# Global state after each round (0 = initial) and the strategy's server state beside it.
+state_versions = Table(
+    "state_versions",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("server_state_digest", String(64)),
+)
+Index("ix_state_versions_digest", state_versions.c.federation_id, state_versions.c.digest)
