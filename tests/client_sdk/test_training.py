@@ -1,0 +1,96 @@
+"""One local round on the tiny ViT: the delta, its dtype and metadata, the step cap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from client_sdk.data import load_local_data
+from client_sdk.training import DeviceError, LocalTrainer, resolve_device
+from shared.blobs import DeltaMetadata, read_header
+from shared.spec import parse_spec
+from shared.tuning import build
+
+CLASSES = ["cat", "dog"]
+
+
+def _spec(dtype: str = "float32", max_steps: int | None = None):
+    return parse_spec(
+        {
+            "name": "t",
+            "model": {"family": "hf_vit", "arch": "fedtune-tiny-vit", "pretrained": None},
+            "task": {"classes": CLASSES},
+            "method": {"name": "bias"},
+            "local_training": {"epochs": 2, "batch_size": 2, "lr": 1e-2, "max_steps": max_steps},
+            "transport": {"dtype": dtype},
+        }
+    )
+
+
+def _folder(root: Path) -> Path:
+    for c, name in enumerate(CLASSES):
+        for i in range(4):
+            path = root / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (32, 32), (200 * c, 40 * i, 100)).save(path)
+    return root
+
+
+def _trainer(tmp_path: Path, spec) -> LocalTrainer:
+    bm = build(spec)
+    data = load_local_data(_folder(tmp_path / "data"), CLASSES)
+    return LocalTrainer(spec, bm, data, device=torch.device("cpu"), val_fraction=0.25)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_delta_is_local_minus_global_in_the_transport_dtype(tmp_path, dtype):
+    spec = _spec(dtype)
+    trainer = _trainer(tmp_path, spec)
+    global_state = trainer.bm.trainable_state()
+    dest = tmp_path / "round-1.delta.safetensors"
+
+    result = trainer.run_round(
+        1, global_state, federation_id="fed_x", base_version="ab" * 32, dest=dest
+    )
+
+    local = trainer.bm.trainable_state()
+    with safe_open(str(dest), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(global_state)
+        for name in global_state:
+            delta = f.get_tensor(name)
+            assert delta.dtype == getattr(torch, dtype)
+            expected = (local[name] - global_state[name]).to(delta.dtype)
+            torch.testing.assert_close(delta, expected)
+    assert any(float(v.abs().sum()) > 0 for v in local.values())
+    meta = DeltaMetadata.from_safetensors(read_header(dest).metadata)
+    assert (meta.federation, meta.round, meta.num_examples) == ("fed_x", 1, 6)
+    assert {"train_loss", "val_accuracy", "examples_per_s", "val_examples"} <= set(meta.metrics)
+    assert result.num_examples == 6 and result.metrics == meta.metrics
+
+
+def test_max_steps_caps_the_optimiser_steps(tmp_path):
+    trainer = _trainer(tmp_path, _spec(max_steps=2))
+
+    stats = trainer.train(1)
+
+    assert stats.steps == 2 and stats.seen == 4
+
+
+def test_only_trainable_parameters_change(tmp_path):
+    trainer = _trainer(tmp_path, _spec())
+    before = {k: v.clone() for k, v in trainer.bm.base_state().items()}
+
+    trainer.train(1)
+
+    after = trainer.bm.base_state()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_requesting_a_missing_cuda_device_is_a_clear_error():
+    with pytest.raises(DeviceError, match="no CUDA device"):
+        resolve_device("cuda")
