@@ -36,6 +36,9 @@ class ViTClassifier(VisionClassifier):
     backbone_name = "vit"
     head_name = "classifier"
     always_train_head = True
+    # transformers/peft treat a module with `config` as a transformers model and
+    # look this up when mapping weight names
+    base_model_prefix = "vit"
     vit: Any
     classifier: nn.Linear
 

@@ -97,8 +97,12 @@ class ClipClassifier(VisionClassifier):
         logit_scale: torch.Tensor,
         preprocess: Preprocess,
         text_source: tuple[nn.Module, Any] | None = None,
+        prompt_template: str = "{}",
+        class_names: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        self.prompt_template = prompt_template
+        self.class_names = list(class_names)
         self.visual = visual
         self.head = head
         self.register_buffer("logit_scale", logit_scale.detach().clone())
@@ -202,4 +206,6 @@ def build_open_clip(
         clip.logit_scale.detach().reshape(()),
         _preprocess(clip),
         text_source=(clip, tokenizer),
+        prompt_template=spec.task.prompt_template,
+        class_names=spec.task.classes,
     )

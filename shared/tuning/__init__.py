@@ -5,7 +5,7 @@ method would send per round. Importing this package registers every method and
 FedTune's model configs.
 """
 
-from shared.tuning import bias, full, head  # noqa: F401  (registers)
+from shared.tuning import adapter, bias, full, head, lora, text_prompt, vpt  # noqa: F401  (registers)
 from shared.tuning.build import build
 from shared.tuning.built import BuiltModel, fingerprint
 from shared.tuning.registry import TuningMethod, get_method, method_names, register_method

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.models.base import VisionClassifier
-from shared.spec import format_validation_error
+from shared.spec import MethodName, format_validation_error
 
 __all__ = [
     "NoOptions",
@@ -90,4 +90,6 @@ def get_method(name: str) -> TuningMethod:
 
 def method_names(family: str | None = None) -> list[str]:
     """Registered method names (those supporting `family` when given), in registry order."""
-    return [n for n, m in _METHODS.items() if family is None or family in m.families]
+    order = list(get_args(MethodName))
+    names = [n for n, m in _METHODS.items() if family is None or family in m.families]
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))

@@ -1,0 +1,157 @@
+"""`lora`: low-rank adaptation (Hu et al., 2021) of the attention and optionally MLP projections.
+
+Linear layers (transformers ViT's `q_proj`/`v_proj`, every MLP linear) are
+wrapped by `peft`'s own LoRA layer through `inject_adapter_in_model`.
+
+open_clip's attention is a fused `nn.MultiheadAttention` (one `in_proj_weight`
+for query, key and value). peft's LoRA for that module adapts the whole fused
+in_proj *and* out_proj with no way to pick query and value, and it works by
+merging the low-rank product into the frozen weight before each forward and
+subtracting it after: float round-off then changes the frozen base, which
+would break the base fingerprint every client checks. So open_clip attention
+gets a small hand-made wrapper instead: it leaves the fused weight untouched
+and adds low-rank terms to the query and value projections only, as in the
+LoRA paper and as peft does for the ViT. Both give r x (d_in + d_out)
+parameters per adapted projection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from pydantic import Field, field_validator
+from torch import nn
+
+from shared.models.base import VisionClassifier
+from shared.tuning.registry import Options, TuningMethod, register_method
+
+Target = Literal["attn", "mlp"]
+
+
+def _attn_only() -> list[Target]:
+    return ["attn"]
+
+
+class LoraOptions(Options):
+    r: int = Field(default=8, ge=1, le=4096, description="Rank of the low-rank update.")
+    alpha: float = Field(
+        default=16, gt=0, description="Scaling numerator: update is (alpha / r) B A x."
+    )
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    targets: list[Target] = Field(
+        default_factory=_attn_only,
+        min_length=1,
+        description="attn: query and value projections; mlp: both MLP linears.",
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, targets: list[str]) -> list[str]:
+        if len(set(targets)) != len(targets):
+            raise ValueError("targets must not repeat")
+        return targets
+
+
+class LowRank(nn.Module):
+    """`scaling * B(A(dropout(x)))` with A seeded (Kaiming) and B zero, so it starts as a no-op."""
+
+    def __init__(self, d_in: int, d_out: int, r: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(d_in, r, bias=False)
+        self.lora_B = nn.Linear(r, d_out, bias=False)
+        self.scaling = alpha / r
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=5**0.5)
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+
+class LoraMultiheadAttention(nn.Module):
+    """Self-attention of a frozen `nn.MultiheadAttention` with LoRA on query and value."""
+
+    def __init__(self, base: nn.MultiheadAttention, r: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        if not base._qkv_same_embed_dim:
+            raise ValueError("LoRA needs attention with one fused in_proj (same q/k/v width)")
+        self.base_layer = base
+        d = base.embed_dim
+        self.lora_q = LowRank(d, d, r, alpha, dropout)
+        self.lora_v = LowRank(d, d, r, alpha, dropout)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        **_: Any,
+    ) -> tuple[torch.Tensor, None]:
+        base = self.base_layer
+        if key_padding_mask is not None:
+            raise ValueError("LoRA attention does not support key_padding_mask")
+        if not base.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        w_q, w_k, w_v = base.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = base.in_proj_bias.chunk(3) if base.in_proj_bias is not None else (None,) * 3
+        q = F.linear(query, w_q, b_q) + self.lora_q(query)
+        k = F.linear(key, w_k, b_k)
+        v = F.linear(value, w_v, b_v) + self.lora_v(value)
+        batch, length, width = q.shape
+        heads = base.num_heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, -1, heads, width // heads).transpose(1, 2)
+
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # MHA: True = masked out
+            attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(
+                attn_mask, float("-inf")
+            )
+        out = F.scaled_dot_product_attention(
+            split(q),
+            split(k),
+            split(v),
+            attn_mask=attn_mask,
+            dropout_p=base.dropout if self.training else 0.0,
+        )
+        out = base.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        return (out if base.batch_first else out.transpose(0, 1)), None
+
+
+@register_method
+class Lora(TuningMethod):
+    name = "lora"
+    options_model = LoraOptions
+
+    def apply(self, model: VisionClassifier, options: LoraOptions) -> list[str]:
+        linears: list[str] = []
+        for kind in options.targets:
+            for name in model.lora_targets(kind):
+                module = model.get_submodule(name)
+                if isinstance(module, nn.MultiheadAttention):
+                    parent, _, leaf = name.rpartition(".")
+                    wrapped = LoraMultiheadAttention(
+                        module, options.r, options.alpha, options.dropout
+                    )
+                    setattr(model.get_submodule(parent), leaf, wrapped)
+                elif isinstance(module, nn.Linear):
+                    linears.append(name)
+                else:
+                    raise ValueError(f"LoRA cannot wrap {name} ({type(module).__name__})")
+        if linears:
+            config = LoraConfig(
+                r=options.r,
+                lora_alpha=options.alpha,  # type: ignore[arg-type]
+                lora_dropout=options.dropout,
+                target_modules=linears,
+                bias="none",
+            )
+            inject_adapter_in_model(config, model)
+        # wrapping renames the frozen weights (`...base_layer.weight`); the new ones are lora_*
+        return sorted(n for n, _ in model.named_parameters() if ".lora_" in n)

@@ -1,0 +1,76 @@
+"""`vpt`: visual prompt tuning (Jia et al., 2022), shallow or deep.
+
+`tokens` learnable prompt tokens are inserted right after the [CLS] token
+before the first transformer block (shallow); with `deep`, every block gets
+its own prompts, replacing the previous block's prompt outputs. The prompt
+outputs are dropped after the last block, so pooling and the head see the
+original sequence. Wiring uses forward hooks on the blocks (library parameter
+names stay unchanged); the prompts live at `<backbone>.vpt_prompts`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from shared.models.base import VisionClassifier
+from shared.tuning.registry import Options, TuningMethod, register_method
+
+
+class VptOptions(Options):
+    tokens: int = Field(default=10, ge=1, le=1024, description="Prompt tokens per block.")
+    deep: bool = Field(default=True, description="New prompts at every block (VPT-deep).")
+
+
+def _with_prompts(x: torch.Tensor, prompts: torch.Tensor, replace: int) -> torch.Tensor:
+    """[CLS], prompts, then x's tokens after the first `1 + replace`."""
+    expanded = prompts.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+    return torch.cat([x[:, :1], expanded, x[:, 1 + replace :]], dim=1)
+
+
+class _Insert:
+    """Forward pre-hook giving a block its prompts (inserted or replacing the previous ones)."""
+
+    def __init__(self, prompts: nn.Parameter, layer: int, replace: int) -> None:
+        self.prompts, self.layer, self.replace = prompts, layer, replace
+
+    def __call__(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        x = _with_prompts(args[0], self.prompts[self.layer], self.replace)
+        return (x, *args[1:]), kwargs
+
+
+class _Strip:
+    """Forward hook on the last block: drop the prompt outputs."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return torch.cat([output[:, :1], output[:, 1 + self.tokens :]], dim=1)
+
+
+@register_method
+class Vpt(TuningMethod):
+    name = "vpt"
+    options_model = VptOptions
+
+    def apply(self, model: VisionClassifier, options: VptOptions) -> list[str]:
+        blocks = model.blocks()
+        depth = len(blocks) if options.deep else 1
+        prompts = nn.Parameter(torch.empty(depth, options.tokens, model.width))
+        # VPT's init: uniform with the Xavier bound of a patch-embedding fan-in
+        bound = math.sqrt(6.0 / (3 * model.patch_size**2 + model.width))
+        nn.init.uniform_(prompts, -bound, bound)
+        model.backbone.register_parameter("vpt_prompts", prompts)
+        for i in range(depth):
+            blocks[i].register_forward_pre_hook(
+                _Insert(prompts, i, 0 if i == 0 else options.tokens), with_kwargs=True
+            )
+        blocks[-1].register_forward_hook(_Strip(options.tokens))
+        return [f"{model.backbone_name}.vpt_prompts"]
