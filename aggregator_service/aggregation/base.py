@@ -14,16 +14,18 @@ its updates arrived and however often it is recomputed.
 from __future__ import annotations
 
 import math
+import mmap
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
-from safetensors import SafetensorError, safe_open
 
+from shared.blobs import read_header, torch_dtype
 from shared.spec import AggregationSpec
 
 __all__ = [
@@ -41,6 +43,9 @@ __all__ = [
 # Elements held at once (across all deltas) by chunked, coordinate-wise strategies:
 # 2**24 float32 = 64 MiB, whatever the number of clients.
 DEFAULT_CHUNK_BUDGET = 1 << 24
+# Weighted sums run over slices of this many elements (4 MiB of float32), all
+# deltas per slice, so the accumulator slice stays in cache while the deltas stream.
+SUM_BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -93,35 +98,71 @@ def get_strategy(name: str) -> Strategy:
         ) from None
 
 
+class MappedDelta:
+    """One delta blob, memory-mapped: tensors are views of the page cache, never copies.
+
+    The header is checked by FedTune's own validator. The mapping is private
+    (copy-on-write): writing into a tensor handed out here would not touch the
+    file but would turn shared page cache into private memory and be seen by the
+    next read of that tensor, so nothing in aggregation writes into one.
+    """
+
+    def __init__(self, path: Path):
+        if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
+            raise RuntimeError("aggregation maps safetensors in place: needs a little-endian host")
+        header = read_header(path)
+        self.entries = header.tensors
+        self._base = 8 + header.header_size
+        with open(path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        entry = self.entries[name]
+        dtype = torch_dtype(entry.dtype)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        count = (entry.end - entry.start) // itemsize
+        offset = self._base + entry.start
+        if count == 0:
+            return torch.empty(entry.shape, dtype=dtype)
+        if offset % itemsize:  # a writer without safetensors' header padding: copy it aligned
+            raw = bytearray(self._map[offset : offset + count * itemsize])
+            return torch.frombuffer(raw, dtype=dtype).view(entry.shape)
+        return torch.frombuffer(self._map, dtype=dtype, count=count, offset=offset).view(
+            entry.shape
+        )
+
+
 class DeltaReader:
     """The round's deltas, open memory-mapped, read one tensor at a time in client-id order.
 
     `scales[i]` is the per-update clip factor (1.0 when `clip_norm` is unset);
-    `weights[i]` are the normalised aggregation weights (sum to 1).
-
-    The mapping is private copy-on-write: writing into a tensor it hands out
-    would not touch the file but would turn page cache into private memory and
-    be seen by the next read of that tensor. So nothing here writes into a
-    mapped tensor, and callers must not either.
+    `weights[i]` are the normalised aggregation weights (sum to 1). Tensors it
+    hands out may be views of the mapping (see `MappedDelta`): treat them as
+    read-only.
     """
 
-    def __init__(self, handles: list[Any], updates: Sequence[UpdateInput], spec: AggregationSpec):
-        self._handles = handles
+    def __init__(
+        self, blobs: Sequence[MappedDelta], updates: Sequence[UpdateInput], spec: AggregationSpec
+    ):
+        self._blobs = list(blobs)
         self.updates = list(updates)
         self.weights = _weights(self.updates, spec)
-        self.scales = [1.0] * len(handles)
+        self.scales = [1.0] * len(self._blobs)
         if spec.clip_norm is not None:
             clip = spec.clip_norm
             self.scales = [clip / n if n > clip else 1.0 for n in self.norms()]
 
     def __len__(self) -> int:
-        return len(self._handles)
+        return len(self._blobs)
 
     def raw(self, i: int, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
         """Delta `i`'s tensor `name` as stored (a read-only view of the mapping; no clip)."""
         try:
-            t: torch.Tensor = self._handles[i].get_tensor(name)
-        except SafetensorError:
+            t = self._blobs[i].get_tensor(name)
+        except KeyError:
             raise ValueError(
                 f"update of client {self.updates[i].client_id} has no tensor {name!r}"
             ) from None
@@ -142,39 +183,43 @@ class DeltaReader:
         return t * self.scales[i] if self.scales[i] != 1.0 else t
 
     def tensors(self, name: str) -> Iterator[torch.Tensor]:
-        for i in range(len(self._handles)):
+        for i in range(len(self._blobs)):
             yield self.tensor(i, name)
 
     def norms(self) -> list[float]:
         """L2 norm of each whole delta, accumulated in float64 tensor by tensor."""
         out = []
-        for h in self._handles:
+        for blob in self._blobs:
             sq = 0.0
-            for name in sorted(h.keys()):
-                t = h.get_tensor(name).to(torch.float64).reshape(-1)
+            for name in blob.names():
+                t = blob.get_tensor(name).to(torch.float64).reshape(-1)
                 sq += float(torch.dot(t, t))
             out.append(math.sqrt(sq))
         return out
 
     def weighted_mean(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """Σ_k w_k s_k Δ_k for tensor `name`, summed in client-id order, as a new float32 tensor.
+        """Σ_k w_k s_k Δ_k for tensor `name` as a new float32 tensor.
 
-        The weight and clip factor fold into one coefficient, so each delta costs a
-        single fused multiply-add pass straight from the mapping: no copy of it.
+        Every element is summed in client-id order (one fused multiply-add per
+        delta, weight and clip factor folded into one coefficient), straight from
+        the mapping. The sum runs block by block so the accumulator block stays in
+        cache; per element the order of operations is the same whatever the block.
         """
-        acc: torch.Tensor | None = None
-        for i in range(len(self._handles)):
-            t = self.raw(i, name, like)
-            if t.dtype != torch.float32:
-                t = t.to(torch.float32)
-            coef = self.weights[i] * self.scales[i]
-            if acc is None:
-                acc = torch.mul(t, coef)
-            else:
-                acc.add_(t, alpha=coef)
-        if acc is None:  # unreachable: open_deltas refuses an empty round
-            raise ValueError("cannot aggregate a round with no updates")
-        return acc
+        flats = [self.raw(i, name, like).reshape(-1) for i in range(len(self._blobs))]
+        coefs = [w * s for w, s in zip(self.weights, self.scales, strict=True)]
+        acc = torch.empty(like.numel(), dtype=torch.float32)
+        for start in range(0, acc.numel(), SUM_BLOCK):
+            stop = min(acc.numel(), start + SUM_BLOCK)
+            block = acc[start:stop]
+            for i, flat in enumerate(flats):
+                src = flat[start:stop]
+                if src.dtype != torch.float32:
+                    src = src.to(torch.float32)
+                if i == 0:
+                    torch.mul(src, coefs[0], out=block)
+                else:
+                    block.add_(src, alpha=coefs[i])
+        return acc.view(like.shape)
 
     def chunks(
         self, name: str, like: torch.Tensor, budget: int = DEFAULT_CHUNK_BUDGET
@@ -186,7 +231,7 @@ class DeltaReader:
         at a time whatever the model size. The block buffer is reused between
         chunks: consume it before asking for the next one.
         """
-        n = len(self._handles)
+        n = len(self._blobs)
         numel = like.numel()
         width = max(1, min(numel, budget // n))
         flats = [self.raw(i, name, like).reshape(-1) for i in range(n)]
@@ -212,16 +257,14 @@ def _weights(updates: Sequence[UpdateInput], spec: AggregationSpec) -> list[floa
 
 @contextmanager
 def open_deltas(updates: Sequence[UpdateInput], spec: AggregationSpec) -> Iterator[DeltaReader]:
-    """Open every update's delta blob memory-mapped, sorted by client id."""
+    """Open every update's delta blob memory-mapped, sorted by client id.
+
+    The mappings are released when the last tensor viewing them is freed.
+    """
     if not updates:
         raise ValueError("cannot aggregate a round with no updates")
     ordered = sorted(updates, key=lambda u: u.client_id)
     dupes = sorted(cid for cid, k in Counter(u.client_id for u in ordered).items() if k > 1)
     if dupes:
         raise ValueError(f"more than one update from client(s) {', '.join(dupes)} in one round")
-    with ExitStack() as stack:
-        handles = [
-            stack.enter_context(safe_open(str(u.path), framework="pt", device="cpu"))
-            for u in ordered
-        ]
-        yield DeltaReader(handles, ordered, spec)
+    yield DeltaReader([MappedDelta(Path(u.path)) for u in ordered], ordered, spec)
