@@ -78,7 +78,10 @@ def validate_delta(
     try:
         header = read_header(path)
     except BlobError as exc:
-        raise _invalid(400, f"update is not a valid safetensors file: {exc}") from None
+        size = path.stat().st_size
+        raise _invalid(
+            400, f"update is not a valid safetensors file ({size} bytes received): {exc}"
+        ) from None
     try:
         meta = DeltaMetadata.from_safetensors(header.metadata)
     except BlobError as exc:

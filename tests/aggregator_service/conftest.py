@@ -155,31 +155,49 @@ def make_delta(
     return encode_state(tensors, meta.to_safetensors())
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def delta() -> Callable[..., bytes]:
     """`make_delta` as a fixture (test modules cannot import conftest)."""
     return make_delta
 
 
-@pytest.fixture
-def start_app(tmp_path: Path) -> Iterator[Callable[..., LiveApp]]:
-    """Start apps on `tmp_path/data` (or `data_dir=`); all are stopped at teardown."""
-    apps: list[LiveApp] = []
+class AppPool:
+    """Starts apps on one data directory by default; stops them all at the end."""
 
-    def start(**overrides: Any) -> LiveApp:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.apps: list[LiveApp] = []
+
+    def __call__(self, **overrides: Any) -> LiveApp:
         values: dict[str, Any] = {
-            "data_dir": tmp_path / "data",
+            "data_dir": self.data_dir,
             "admin_token": ADMIN_TOKEN,
             "deadline_check_s": 0.1,
             **overrides,
         }
         app = LiveApp(Settings(**values))
-        apps.append(app)
+        self.apps.append(app)
         return app
 
-    yield start
-    for app in apps:
-        app.stop()
+    def stop_all(self) -> None:
+        for app in self.apps:
+            app.stop()
+
+
+@pytest.fixture
+def start_app(tmp_path: Path) -> Iterator[AppPool]:
+    """`start_app(**settings)` starts an app on `tmp_path/data` (or `data_dir=`)."""
+    pool = AppPool(tmp_path / "data")
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture(scope="module")
+def start_module_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppPool]:
+    """Like `start_app`, shared by a whole test module."""
+    pool = AppPool(tmp_path_factory.mktemp("data"))
+    yield pool
+    pool.stop_all()
 
 
 def create_federation(app: LiveApp, spec: dict[str, Any], clients: int) -> Federation:
@@ -200,10 +218,22 @@ def create_federation(app: LiveApp, spec: dict[str, Any], clients: int) -> Feder
 
 
 @pytest.fixture
-def federation(start_app: Callable[..., LiveApp]) -> Callable[..., Federation]:
+def federation(start_app: AppPool) -> Callable[..., Federation]:
     """Factory: `federation(clients=3, quorum=3, ...)` on a fresh app (or `app=`)."""
 
     def make(clients: int = 3, app: LiveApp | None = None, **rounds: Any) -> Federation:
         return create_federation(app or start_app(), tiny_spec(**rounds), clients)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def new_federation() -> Callable[..., Federation]:
+    """`create_federation(app, spec, clients)` as a fixture."""
+    return create_federation
+
+
+@pytest.fixture(scope="session")
+def spec_with() -> Callable[..., dict[str, Any]]:
+    """`tiny_spec(**rounds)` as a fixture."""
+    return tiny_spec
