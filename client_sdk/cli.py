@@ -38,6 +38,13 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+class _DropRandomInitNotice(logging.Filter):
+    """open_clip warns that it initialised randomly; the client then loads the real base."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
 def _setup_logging(name: str | None) -> None:
     handler = _TqdmHandler()
     prefix = f"{PROG}[{name}]" if name else PROG
@@ -45,6 +52,9 @@ def _setup_logging(name: str | None) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropRandomInitNotice) for f in root.filters):
+        root.addFilter(_DropRandomInitNotice())
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -147,6 +147,7 @@ class Participant:
             return
         entry.status = "uploaded"
         self.workdir.record(r, entry)
+        self.workdir.prune_deltas(before=r)
         log.info(
             "round %d: update accepted%s (%d/%d received)",
             r,

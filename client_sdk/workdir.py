@@ -92,6 +92,12 @@ class WorkDir:
     def delta_path(self, round: int) -> Path:
         return self.root / f"round-{round}.delta.safetensors"
 
+    def prune_deltas(self, before: int) -> None:
+        """Delete delta files of acknowledged rounds before `before` (the journal keeps their sha)."""
+        for r, entry in self.rounds.items():
+            if r < before and entry.status != "written":
+                self.delta_path(r).unlink(missing_ok=True)
+
     def state_path(self, sha256: str) -> Path:
         return self.root / "state" / f"{sha256}.safetensors"
 

@@ -1,0 +1,180 @@
+"""Run a whole federation on one machine: the aggregator and clients as processes.
+
+Used by `make demo`, the end-to-end tests and the client benchmark. The
+aggregator is started as its own `fedtune-server serve` process (never
+imported), clients as `fedtune-client` processes, all on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from client_sdk._client import FedTuneClient
+
+__all__ = ["ClientProcess", "ServerProcess", "client_command", "free_port", "start_server"]
+
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _script(name: str, module: str) -> list[str]:
+    """The installed console script beside this interpreter, else `python -m module`."""
+    candidate = Path(sys.executable).with_name(name)
+    return [str(candidate)] if candidate.exists() else [sys.executable, "-m", module]
+
+
+def client_command(*args: str) -> list[str]:
+    return [*_script("fedtune-client", "client_sdk.cli"), *args]
+
+
+def server_command(*args: str) -> list[str]:
+    return [*_script("fedtune-server", "aggregator_service.cli"), *args]
+
+
+def quiet_env(threads: int = 1, **extra: str) -> dict[str, str]:
+    """Environment for child processes: offline hubs, few threads each (cores are shared)."""
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ServerProcess:
+    """A running `fedtune-server serve`; `stop()` ends it (SIGTERM, then SIGKILL)."""
+
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    ca_cert: Path | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    def admin(self) -> FedTuneClient:
+        return FedTuneClient(
+            self.url,
+            api_key=self.admin_token,
+            ca_cert=self.ca_cert,
+            allow_http=self.ca_cert is None,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start_server(
+    data_dir: Path,
+    *,
+    port: int | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Start the aggregator and wait until `/readyz` answers. `tls` = (cert, key, CA)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
+    scheme, ca = "http", None
+    if tls is not None:
+        cert, key, ca = tls
+        args += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+        scheme = "https"
+    log_path = data_dir / "server.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        server_command(*args, *extra_args),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env or quiet_env(threads=1),
+    )
+    server = ServerProcess(f"{scheme}://127.0.0.1:{port}", data_dir, proc, log_path, ca, log)
+    _wait_ready(server)
+    return server
+
+
+def _wait_ready(server: ServerProcess) -> None:
+    verify: ssl.SSLContext | bool = True
+    if server.ca_cert is not None:
+        verify = ssl.create_default_context(cafile=str(server.ca_cert))
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"fedtune-server exited early:\n{server.log_tail()}")
+        try:
+            r = httpx.get(f"{server.url}/readyz", timeout=2, verify=verify)
+            if r.status_code == 200 and (server.data_dir / "admin-token").exists():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"fedtune-server not ready after {READY_TIMEOUT_S}s:\n{server.log_tail()}")
+
+
+@dataclass
+class ClientProcess:
+    """A running `fedtune-client train`, its output going to `log_path`."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_client(
+    name: str, args: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None
+) -> ClientProcess:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            client_command(*args), stdout=log, stderr=subprocess.STDOUT, env=env or quiet_env()
+        )
+    return ClientProcess(name, proc, log_path)

@@ -1,0 +1,116 @@
+"""A whole federation over TLS: a real aggregator process and three client processes.
+
+For both model families: `fedtune-server serve` with a trustme certificate,
+three organisations registered and trained with `fedtune-client` (trusting the
+CA through --ca-cert), two rounds with a quorum of three.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trustme
+from PIL import Image
+
+from client_sdk.local_federation import (
+    ServerProcess,
+    client_command,
+    quiet_env,
+    start_client,
+    start_server,
+)
+from shared.spec import FederationSpec, RoundsSpec, load_spec
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+ORGS = ["org-a", "org-b", "org-c"]
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(server cert chain, server key, CA cert) for 127.0.0.1."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    d = tmp_path_factory.mktemp("tls")
+    issued.private_key_pem.write_to_path(str(d / "key.pem"))
+    with (d / "cert.pem").open("wb") as f:
+        for blob in issued.cert_chain_pems:
+            f.write(blob.bytes())
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    return d / "cert.pem", d / "key.pem", d / "ca.pem"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tls) -> Iterator[ServerProcess]:
+    proc = start_server(tmp_path_factory.mktemp("server"), tls=tls)
+    yield proc
+    proc.stop()
+
+
+def write_image_folder(root: Path, classes: list[str], per_class: int, seed: int) -> Path:
+    """Synthetic images: each class a noisy colour of its own, 32x32 PNG."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        base = np.array([(40 * c) % 256, (90 * c + 60) % 256, (150 * c + 30) % 256])
+        for i in range(per_class):
+            pixels = np.clip(base + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+            path = root / name / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path)
+    return root
+
+
+def two_round_spec(example: str) -> FederationSpec:
+    spec = load_spec(EXAMPLES / example)
+    lt = spec.local_training.model_copy(update={"epochs": 1, "batch_size": 8, "max_steps": 4})
+    rounds = RoundsSpec(total=2, quorum=3, min_updates=3, deadline_s=600)
+    return spec.model_copy(update={"rounds": rounds, "local_training": lt})
+
+
+def register(server: ServerProcess, token: str, name: str, creds: Path, ca: Path) -> None:
+    cmd = client_command(
+        "register", "--server", server.url, "--enrollment-token", token,
+        "--name", name, "--credentials", str(creds), "--ca-cert", str(ca),
+    )  # fmt: skip
+    done = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("example", ["tiny-clip-bias.yaml", "tiny-vit-lora.yaml"])
+def test_three_clients_complete_two_rounds_over_tls(server, tls, tmp_path, example):
+    spec = two_round_spec(example)
+    admin = server.admin()
+    info = admin.create_federation(spec)
+    procs = []
+    for i, org in enumerate(ORGS):
+        token = admin.create_enrollment_token(info.id).token
+        creds = tmp_path / org / "credentials.json"
+        register(server, token, org, creds, tls[2])
+        data = write_image_folder(tmp_path / org / "data", spec.task.classes, 4, seed=i)
+        args = [
+            "train", "--server", server.url, "--credentials", str(creds), "--data", str(data),
+            "--work-dir", str(tmp_path / org / "work"), "--device", "cpu", "--quiet",
+        ]  # fmt: skip
+        procs.append(start_client(org, args, tmp_path / org / "client.log"))
+
+    codes = [p.wait(timeout=600) for p in procs]
+
+    assert codes == [0, 0, 0], "\n".join(p.output()[-3000:] for p in procs)
+    history = admin.list_rounds(info.id)
+    assert [(r.round, r.status, len(r.participants)) for r in history] == [
+        (1, "closed", 3),
+        (2, "closed", 3),
+    ]
+    versions = [info.global_version, *(r.result_version for r in history)]
+    assert len(set(versions)) == 3
+    for org in ORGS:
+        assert (tmp_path / org / "work" / "final" / "trainable.safetensors").is_file()
+        assert (
+            "completed; final trainable state saved to"
+            in (tmp_path / org / "client.log").read_text()
+        )
