@@ -186,6 +186,11 @@ def build_open_clip(
     no file or network access, the caller loads a base afterwards.
     """
     arch, pretrained = spec.model.arch, spec.model.pretrained
+    if ":" not in arch and open_clip.get_model_config(arch) is None:
+        raise ValueError(
+            f"model.arch: {arch!r} is not an open_clip architecture "
+            "(see open_clip.list_models(), or use hf-hub:/local-dir:)"
+        )
     try:
         clip = open_clip.create_model(
             arch,
@@ -196,7 +201,7 @@ def build_open_clip(
         )
     except RuntimeError as exc:
         raise ValueError(
-            f"model: open_clip cannot build {arch!r} ({pretrained!r}): {exc}"
+            f"model.pretrained: open_clip cannot load {pretrained!r} for {arch!r}: {exc}"
         ) from None
     tokenizer = open_clip.get_tokenizer(arch)
     head = FixedHead(_zero_shot_head(clip, tokenizer, spec))
