@@ -75,6 +75,7 @@ class Participant:
             progress=options.progress,
         )
         self.states = StateStore(client, self.info, self.workdir)
+        self._noted: set[int] = set()
 
     def run(self) -> Path:
         fid = self.info.id
@@ -91,16 +92,23 @@ class Participant:
         r = status.round
         entry = self.workdir.entry(r)
         if entry is not None and entry.status in ("uploaded", "abandoned"):
+            self._note(r, f"{entry.status} before; waiting for the next round")
             return
         pending = entry is not None and entry.status == "written" and self._intact(r, entry)
         if status.submitted and not pending:
-            log.info("round %d: the server already has this client's update", r)
+            self._note(r, "the server already has this client's update")
             return
         if pending and entry is not None and entry.base_version == status.global_version:
             log.info("round %d: re-sending the delta written before a restart", r)
         else:
             entry = self._train(status)
         self._upload(r, entry)
+
+    def _note(self, r: int, message: str) -> None:
+        """Log once per round (the loop wakes on every change of the round)."""
+        if r not in self._noted:
+            self._noted.add(r)
+            log.info("round %d: %s", r, message)
 
     def _intact(self, r: int, entry: JournalEntry) -> bool:
         path = self.workdir.delta_path(r)
