@@ -116,8 +116,8 @@ class Federation:
         until = time.monotonic() + timeout
         status = self.status()
         with self.app.client() as c:
-            while status["round"] < number or (
-                status["status"] != "open" and status["federation_status"] != "completed"
+            while status["federation_status"] != "completed" and (
+                status["round"] < number or status["status"] != "open"
             ):
                 assert time.monotonic() < until, f"round {number} never opened: {status}"
                 r = c.get(

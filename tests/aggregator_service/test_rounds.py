@@ -44,3 +44,82 @@ def test_quorum_of_three_gives_old_plus_example_weighted_mean(federation, delta)
     )
     assert sorted(p["client_id"] for p in r1["participants"]) == sorted(fed.keys)
     assert r2["status"] == "open" and r2["base_version"] == status["global_version"]
+
+
+def _history(fed) -> list[dict]:
+    with fed.app.client() as c:
+        rows: list[dict] = c.get(f"/v1/federations/{fed.id}/rounds").json()
+    return rows
+
+
+def test_deadline_closes_round_once_min_updates_have_arrived(federation, delta):
+    fed = federation(clients=3, quorum=3, min_updates=2, total=2, deadline_s=1.0)
+    c0, c1, _ = sorted(fed.keys)
+    base = fed.info.global_version
+    assert fed.upload(c0, 1, delta(fed.info, 1, base)).status_code == 201
+    with fed.app.client() as c:  # hold past the deadline: one update is not enough
+        held = c.get(
+            f"/v1/federations/{fed.id}/rounds/current",
+            params={"wait_s": 2.5, "revision": fed.status()["revision"]},
+        ).json()
+    assert held["round"] == 1 and held["status"] == "open" and held["received"] == 1
+
+    assert fed.upload(c1, 1, delta(fed.info, 1, base)).status_code == 201
+    status = fed.wait_round(2)
+
+    assert status["round"] == 2
+    first = _history(fed)[0]
+    assert first["closed_by"] == "deadline" and len(first["participants"]) == 2
+
+
+def test_federation_completes_after_the_last_round(federation, delta):
+    fed = federation(clients=1, quorum=1, min_updates=1, total=2)
+    (cid,) = fed.keys
+    version = fed.info.global_version
+    for rnd in (1, 2):
+        body = delta(fed.info, rnd, version, metrics={"train_loss": 1.0 / rnd})
+        assert fed.upload(cid, rnd, body).status_code == 201
+        version = fed.wait_round(rnd + 1)["global_version"]
+
+    status = fed.status()
+    late = fed.upload(cid, 3, delta(fed.info, 3, version))
+
+    assert status["federation_status"] == "completed"
+    assert (status["round"], status["status"], status["total_rounds"]) == (2, "closed", 2)
+    assert status["global_version"] == _history(fed)[-1]["result_version"] == version
+    assert fed.app.client().get(f"/v1/federations/{fed.id}").json()["status"] == "completed"
+    assert late.status_code == 409 and late.json()["error"] == "federation_completed"
+    assert [h["metrics"]["train_loss"] for h in _history(fed)] == [1.0, 0.5]
+
+
+def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, federation, delta):
+    from sqlalchemy import select, update
+
+    from aggregator_service.storage.tables import rounds, state_versions
+
+    fed = federation(clients=3, quorum=3, min_updates=2, total=2)
+    c0, c1, _ = sorted(fed.keys)
+    base = fed.info.global_version
+    old = fed.state()
+    assert fed.upload(c0, 1, delta(fed.info, 1, base, 10, 0.1)).status_code == 201
+    assert fed.upload(c1, 1, delta(fed.info, 1, base, 30, 0.5)).status_code == 201
+    fed.app.stop()
+    with fed.app.core.db.write() as conn:  # as if the process died mid-aggregation
+        conn.execute(
+            update(rounds)
+            .where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
+            .values(status="aggregating", closed_by="quorum")
+        )
+
+    fed.app = start_app()
+    fed.wait_round(2)
+
+    new = fed.state()
+    for name, t in old.items():
+        torch.testing.assert_close(new[name], t + 0.25 * 0.1 + 0.75 * 0.5, rtol=1e-6, atol=1e-7)
+    with fed.app.core.db.read() as conn:
+        versions = conn.execute(
+            select(state_versions.c.round).where(state_versions.c.federation_id == fed.id)
+        ).all()
+    assert sorted(v.round for v in versions) == [0, 1]
+    assert "fedtune_rounds_aggregated_total 1.0" in fed.app.client(None).get("/metrics").text
