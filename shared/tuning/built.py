@@ -12,12 +12,11 @@ from collections.abc import Callable, Mapping
 
 import torch
 from PIL import Image
-from torch import nn
 from torchvision import transforms as T
 
 from shared.api import TensorInfo
 from shared.blobs import dtype_name
-from shared.models.base import Preprocess
+from shared.models.base import Preprocess, VisionClassifier
 
 __all__ = ["BuiltModel", "fingerprint"]
 
@@ -43,7 +42,7 @@ class BuiltModel:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: VisionClassifier,
         preprocess: Preprocess,
         method_params: list[str],
         head_params: list[str],

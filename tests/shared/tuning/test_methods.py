@@ -24,13 +24,13 @@ Check = Callable[[BuiltModel, str], bool]
 
 
 def _in_backbone(bm: BuiltModel, name: str) -> bool:
-    return name.startswith(bm.model.backbone_name + ".")  # type: ignore[operator]
+    return name.startswith(bm.model.backbone_name + ".")
 
 
 # name -> does this parameter belong to what the method trains (head excluded)
 METHOD_PARAMS: dict[str, Check] = {
     "full": lambda bm, n: True,
-    "head": lambda bm, n: n in bm.model.head_param_names(),  # type: ignore[operator]
+    "head": lambda bm, n: n in bm.model.head_param_names(),
     "bias": lambda bm, n: _in_backbone(bm, n) and n.endswith("bias"),
     "lora": lambda bm, n: ".lora_" in n,
     "adapter": lambda bm, n: ".adapter." in n,
@@ -66,7 +66,7 @@ IDS = [
 
 @pytest.fixture(params=CASES, ids=IDS)
 def case(request: pytest.FixtureRequest) -> tuple[str, str, dict[str, Any], bool]:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 def _build(case: tuple[str, str, dict[str, Any], bool], seed: int = 0) -> BuiltModel:
@@ -88,7 +88,7 @@ def test_table_covers_every_registered_method() -> None:
 def test_exactly_the_intended_parameters_require_grad(case: Any) -> None:
     family, method, _, train_head = case
     bm = _build(case)
-    head = set(bm.model.head_param_names())  # type: ignore[operator]
+    head = set(bm.model.head_param_names())
     with_head = train_head or family == "hf_vit"
     expected = {
         n

@@ -8,6 +8,7 @@ open_clip: a safetensors state dict passed as `pretrained: <file>` to
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import open_clip
 import pytest
@@ -21,7 +22,7 @@ from shared.tuning import build, fingerprint
 from tests.shared.tuning.specs import DIGITS, tiny_spec
 
 
-def _write_clip_checkpoint(path: Path, seed: int) -> torch.nn.Module:
+def _write_clip_checkpoint(path: Path, seed: int) -> Any:
     torch.manual_seed(seed)
     clip = open_clip.create_model("fedtune-tiny-clip")
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
@@ -32,20 +33,21 @@ def _write_vit_checkpoint(directory: Path, seed: int) -> ViTForImageClassificati
     torch.manual_seed(seed)
     values = hf_vit_config("fedtune-tiny-vit")
     assert values is not None
-    config = ViTConfig(**{k: v for k, v in values.items() if k != "model_type"}, num_labels=3)
+    config = ViTConfig(**{k: v for k, v in values.items() if k != "model_type"})
+    config.num_labels = 3
     model = ViTForImageClassification(config)
     model.save_pretrained(directory)
     return model
 
 
 @torch.no_grad()
-def _expected_clip_base(clip: torch.nn.Module, base_names: list[str]) -> str:
+def _expected_clip_base(clip: Any, base_names: list[str]) -> str:
     """The fingerprint a bias-tuned classifier built from `clip` must have."""
     tokenizer = open_clip.get_tokenizer("fedtune-tiny-clip")
     prompts = [f"a photo of the digit {c}." for c in DIGITS]
-    state = {f"visual.{k}": v for k, v in clip.visual.state_dict().items()}  # type: ignore[operator]
-    state["head.weight"] = F.normalize(clip.encode_text(tokenizer(prompts)), dim=-1)  # type: ignore[operator]
-    state["logit_scale"] = clip.logit_scale.detach().reshape(())  # type: ignore[union-attr]
+    state = {f"visual.{k}": v for k, v in clip.visual.state_dict().items()}
+    state["head.weight"] = F.normalize(clip.encode_text(tokenizer(prompts)), dim=-1)
+    state["logit_scale"] = clip.logit_scale.detach().reshape(())
     return fingerprint({n: state[n] for n in base_names})
 
 
