@@ -47,7 +47,8 @@ def _serve(args: argparse.Namespace) -> None:
             raise CliError(f"--{name.replace('_', '-')} {path}: no such file")
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
         raise CliError("--ssl-certfile and --ssl-keyfile go together")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fedtune").setLevel(logging.INFO)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
