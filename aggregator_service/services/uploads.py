@@ -22,7 +22,8 @@ from aggregator_service.services.context import Core, now
 from aggregator_service.services.rounds import read_status
 from aggregator_service.services.validation import validate_delta
 from aggregator_service.storage.tables import federations, rounds, state_versions, updates
-from shared.api import RoundStatus, TensorInfo, UpdateReceipt
+from shared.api import RoundState, RoundStatus, TensorInfo, UpdateReceipt
+from shared.blobs import DeltaMetadata
 
 __all__ = ["Received", "ingest", "receive_body"]
 
@@ -111,6 +112,28 @@ def _ingest_once(
     meta = validate_delta(body.path, spec, manifest, fid, number, core.settings.max_num_examples)
     if meta.base_version != status.global_version:
         _refuse_base(core, fid, meta.base_version, status)
+    received, state = _commit(core, client_id, fid, number, body, meta)
+    core.metrics.updates_accepted.inc()
+    core.metrics.bytes_in.inc(body.size)
+    core.notifier.notify(fid)
+    return UpdateReceipt(
+        federation_id=fid,
+        round=number,
+        client_id=client_id,
+        sha256=body.sha256,
+        bytes=body.size,
+        num_examples=meta.num_examples,
+        duplicate=False,
+        received=received,
+        quorum=spec.rounds.quorum,
+        round_status=state,
+    )
+
+
+def _commit(
+    core: Core, client_id: str, fid: str, number: int, body: Received, meta: DeltaMetadata
+) -> tuple[int, RoundState]:
+    """One transaction: bump the open round, insert the row, rename the blob into the store."""
     created = False
     try:
         with core.db.write() as conn:
@@ -144,7 +167,7 @@ def _ingest_once(
                 )
             except IntegrityError:
                 raise _Retry from None
-            received, state = conn.execute(
+            row = conn.execute(
                 select(rounds.c.received, rounds.c.status).where(
                     rounds.c.federation_id == fid, rounds.c.number == number
                 )
@@ -154,21 +177,7 @@ def _ingest_once(
         if created:
             core.blobs.remove(body.sha256)
         raise
-    core.metrics.updates_accepted.inc()
-    core.metrics.bytes_in.inc(body.size)
-    core.notifier.notify(fid)
-    return UpdateReceipt(
-        federation_id=fid,
-        round=number,
-        client_id=client_id,
-        sha256=body.sha256,
-        bytes=body.size,
-        num_examples=meta.num_examples,
-        duplicate=False,
-        received=received,
-        quorum=spec.rounds.quorum,
-        round_status=state,
-    )
+    return int(row.received), row.status
 
 
 def _closed_detail(number: int, status: RoundStatus) -> str:
