@@ -122,7 +122,7 @@ class BaseClient:
 
     def _should_retry(self, err: FedTuneError) -> bool:
         if isinstance(err, APIConnectionError):
-            return True
+            return err.retryable
         if isinstance(err, APIStatusError):
             return err.status in C.RETRYABLE_STATUSES or err.status >= 500
         return False
@@ -190,7 +190,7 @@ class BaseClient:
                 f"request to {request.url} timed out", url=str(request.url)
             ) from exc
         except httpx.TransportError as exc:
-            raise APIConnectionError(_describe(exc, request), url=str(request.url)) from exc
+            raise _connection_error(exc, request) from exc
         try:
             if response.status_code >= 400:
                 raise make_status_error(response)
@@ -198,7 +198,7 @@ class BaseClient:
         except httpx.TimeoutException as exc:
             raise APITimeoutError(f"reading {request.url} timed out", url=str(request.url)) from exc
         except httpx.TransportError as exc:
-            raise APIConnectionError(_describe(exc, request), url=str(request.url)) from exc
+            raise _connection_error(exc, request) from exc
         finally:
             response.close()
 
@@ -291,14 +291,18 @@ def _decode_json(body: bytes, what: str) -> Any:
         raise APIResponseValidationError(f"{what} answered without a JSON body") from None
 
 
-def _describe(exc: httpx.TransportError, request: httpx.Request) -> str:
+def _connection_error(exc: httpx.TransportError, request: httpx.Request) -> APIConnectionError:
     reason = str(exc) or type(exc).__name__
+    url = str(request.url)
     if "CERTIFICATE_VERIFY_FAILED" in reason:
-        return (
+        return APIConnectionError(
             f"TLS certificate of {request.url.host} could not be verified ({reason}); "
-            "pass --ca-cert with the CA that signed it"
+            "pass --ca-cert with the CA that signed it",
+            url=url,
+            retryable=False,
         )
-    return f"cannot reach {request.url.scheme}://{request.url.netloc.decode()}: {reason}"
+    netloc = request.url.netloc.decode()
+    return APIConnectionError(f"cannot reach {request.url.scheme}://{netloc}: {reason}", url=url)
 
 
 def _stream_to_file(

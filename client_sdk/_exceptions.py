@@ -53,9 +53,10 @@ class APIResponseValidationError(FedTuneError):
 class APIConnectionError(FedTuneError):
     """The request got no HTTP answer."""
 
-    def __init__(self, message: str, *, url: str | None = None) -> None:
+    def __init__(self, message: str, *, url: str | None = None, retryable: bool = True) -> None:
         super().__init__(message)
         self.url = url
+        self.retryable = retryable  # False for failures no retry can fix (untrusted certificate)
 
 
 class APITimeoutError(APIConnectionError):

@@ -198,12 +198,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _explain(exc: BaseException, args: argparse.Namespace) -> str:
     """One line a user can act on."""
+    if isinstance(exc, APIStatusError) and exc.code == "enrollment_invalid":
+        return f"enrollment refused: {exc.detail}"
     if isinstance(exc, AuthenticationError):
-        if args.command == "register":
-            return f"enrollment refused: {exc.detail}"
         return (
-            f"the server refused this client's API key ({exc.detail}); it may have been "
-            "revoked, or the credentials are for another server"
+            f"the server refused this client's API key: {exc.detail} "
+            "(revoked, or credentials of another server?)"
         )
     if isinstance(exc, APIStatusError):
         return f"server answered {exc.status} {exc.code}: {exc.detail}"

@@ -16,6 +16,7 @@ import pytest
 import trustme
 from PIL import Image
 
+from client_sdk.credentials import Credentials, save
 from client_sdk.local_federation import (
     ServerProcess,
     client_command,
@@ -92,6 +93,7 @@ def test_three_clients_complete_two_rounds_over_tls(server, tls, tmp_path, examp
         creds = tmp_path / org / "credentials.json"
         register(server, token, org, creds, tls[2])
         data = write_image_folder(tmp_path / org / "data", spec.task.classes, 4, seed=i)
+        (data / spec.task.classes[0] / "broken.png").write_bytes(b"not an image")
         args = [
             "train", "--server", server.url, "--credentials", str(creds), "--data", str(data),
             "--work-dir", str(tmp_path / org / "work"), "--device", "cpu", "--quiet",
@@ -110,7 +112,28 @@ def test_three_clients_complete_two_rounds_over_tls(server, tls, tmp_path, examp
     assert len(set(versions)) == 3
     for org in ORGS:
         assert (tmp_path / org / "work" / "final" / "trainable.safetensors").is_file()
-        assert (
-            "completed; final trainable state saved to"
-            in (tmp_path / org / "client.log").read_text()
-        )
+        log = (tmp_path / org / "client.log").read_text()
+        assert "skipped 1 unreadable" in log
+        assert "completed; final trainable state saved to" in log
+    status = subprocess.run(
+        client_command("status", "--credentials", str(tmp_path / ORGS[0] / "credentials.json")),
+        env=quiet_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert f"federation {info.id}" in status.stdout and ": completed" in status.stdout
+    assert "2 round(s)" in status.stdout
+
+
+def test_server_certificate_from_an_unknown_ca_is_refused_with_a_hint(server, tmp_path):
+    creds = tmp_path / "creds.json"
+    fields = {"client_id": "cli_x", "api_key": "ftk_x", "federation_id": "fed_x", "name": "x"}
+    save(Credentials(server=server.url, **fields), creds)
+
+    done = subprocess.run(
+        client_command("status", "--credentials", str(creds)),
+        env=quiet_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "could not be verified" in lines[0] and "--ca-cert" in lines[0]
