@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     aggregation_delay_s: float = Field(
         default=0.0, ge=0, description="Sleep inside aggregation (crash testing only)."
     )
+    aggregation_stale_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="An aggregation running longer than this (its process died) is taken over.",
+    )
     deadline_check_s: float = Field(
         default=0.5, gt=0, description="How often round deadlines are checked."
     )

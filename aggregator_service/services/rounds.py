@@ -31,6 +31,7 @@ __all__ = [
     "round_status",
     "start_aggregation",
     "stuck_rounds",
+    "take_over_stale",
 ]
 
 log = logging.getLogger("fedtune.server")
@@ -149,6 +150,38 @@ def stuck_rounds(core: Core) -> list[tuple[str, int]]:
             select(rounds.c.federation_id, rounds.c.number).where(rounds.c.status == "aggregating")
         ).all()
     return [(r.federation_id, r.number) for r in rows]
+
+
+def take_over_stale(core: Core) -> list[tuple[str, int]]:
+    """Claim rounds whose aggregation started too long ago (its process died or failed).
+
+    Renewing `aggregation_started_at` is the claim, a conditional update like every
+    transition, so one process takes each over; re-aggregating is deterministic.
+    """
+    t = now()
+    with core.db.read() as conn:
+        rows = conn.execute(
+            select(rounds.c.federation_id, rounds.c.number, rounds.c.aggregation_started_at).where(
+                rounds.c.status == "aggregating",
+                rounds.c.aggregation_started_at < t - core.settings.aggregation_stale_s,
+            )
+        ).all()
+    claimed = []
+    for r in rows:
+        with core.db.write() as conn:
+            done = conn.execute(
+                update(rounds)
+                .where(
+                    rounds.c.federation_id == r.federation_id,
+                    rounds.c.number == r.number,
+                    rounds.c.status == "aggregating",
+                    rounds.c.aggregation_started_at == r.aggregation_started_at,
+                )
+                .values(aggregation_started_at=t)
+            )
+        if done.rowcount == 1:
+            claimed.append((r.federation_id, r.number))
+    return claimed
 
 
 def aggregate_round(core: Core, fid: str, number: int) -> bool:

@@ -16,6 +16,7 @@ from aggregator_service.services.rounds import (
     round_status,
     start_aggregation,
     stuck_rounds,
+    take_over_stale,
 )
 from shared.api import RoundStatus
 
@@ -28,6 +29,7 @@ class RoundRunner:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._running: set[tuple[str, int]] = set()
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -61,14 +63,18 @@ class RoundRunner:
         return True
 
     def _spawn(self, fid: str, number: int) -> None:
+        if (fid, number) in self._running:
+            return
+        self._running.add((fid, number))
         task = asyncio.create_task(asyncio.to_thread(aggregate_round, self.core, fid, number))
         self._tasks.add(task)
-        task.add_done_callback(self._done)
+        task.add_done_callback(lambda t: self._done(t, (fid, number)))
 
-    def _done(self, task: asyncio.Task[bool]) -> None:
+    def _done(self, task: asyncio.Task[bool], key: tuple[str, int]) -> None:
         self._tasks.discard(task)
+        self._running.discard(key)
         if not task.cancelled() and task.exception() is not None:
-            log.error("aggregation failed", exc_info=task.exception())
+            log.error("aggregation of %s round %d failed", *key, exc_info=task.exception())
 
     async def _tick(self) -> None:
         while True:
@@ -76,6 +82,10 @@ class RoundRunner:
             try:
                 for fid, number in await asyncio.to_thread(due_rounds, self.core):
                     await self.maybe_close(fid, number)
+                for fid, number in await asyncio.to_thread(take_over_stale, self.core):
+                    if (fid, number) not in self._running:
+                        log.warning("taking over the stale aggregation of %s round %d", fid, number)
+                        self._spawn(fid, number)
             except Exception:
                 log.exception("deadline check failed")
 

@@ -123,3 +123,28 @@ def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, federat
         ).all()
     assert sorted(v.round for v in versions) == [0, 1]
     assert "fedtune_rounds_aggregated_total 1.0" in fed.app.client(None).get("/metrics").text
+
+
+def test_running_app_takes_over_an_aggregation_whose_process_died(start_app, federation, delta):
+    import time
+
+    from sqlalchemy import update
+
+    from aggregator_service.storage.tables import rounds
+
+    fed = federation(clients=3, quorum=3, min_updates=2, app=start_app(aggregation_stale_s=1.0))
+    c0, c1, _ = sorted(fed.keys)
+    for cid in (c0, c1):
+        assert fed.upload(cid, 1, delta(fed.info, 1, fed.info.global_version)).status_code == 201
+    with fed.app.core.db.write() as conn:  # another replica claimed it, then died
+        conn.execute(
+            update(rounds)
+            .where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
+            .values(
+                status="aggregating", closed_by="quorum", aggregation_started_at=time.time() - 60
+            )
+        )
+
+    status = fed.wait_round(2)
+
+    assert status["round"] == 2 and _history(fed)[0]["status"] == "closed"

@@ -1,0 +1,43 @@
+"""Settings come from FEDTUNE_* variables; explicit values win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aggregator_service.settings import Settings, resolve_admin_token
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "field", "expected"),
+    [
+        ("FEDTUNE_MAX_UPLOAD_MB", "12.5", "max_upload_mb", 12.5),
+        ("FEDTUNE_AGGREGATION_DELAY_S", "3", "aggregation_delay_s", 3.0),
+        (
+            "FEDTUNE_DATABASE_URL",
+            "postgresql+psycopg://db/fedtune",
+            "database_url",
+            "postgresql+psycopg://db/fedtune",
+        ),
+        ("FEDTUNE_DATA_DIR", "/srv/fedtune", "data_dir", Path("/srv/fedtune")),
+    ],
+)
+def test_environment_sets_each_field(monkeypatch, var, value, field, expected):
+    monkeypatch.setenv(var, value)
+    assert getattr(Settings(), field) == expected
+
+
+def test_explicit_value_wins_over_environment(monkeypatch):
+    monkeypatch.setenv("FEDTUNE_PORT", "9000")
+    assert Settings(port=8123).port == 8123
+
+
+def test_admin_token_is_generated_once_with_private_mode(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+
+    first = resolve_admin_token(settings)
+    second = resolve_admin_token(settings)
+
+    assert first == second and first.startswith("fta_")
+    assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600
