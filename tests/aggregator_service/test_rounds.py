@@ -148,3 +148,36 @@ def test_running_app_takes_over_an_aggregation_whose_process_died(start_app, fed
     status = fed.wait_round(2)
 
     assert status["round"] == 2 and _history(fed)[0]["status"] == "closed"
+
+
+def test_server_optimiser_state_survives_a_restart_bit_for_bit(
+    tmp_path, start_app, new_federation, spec_with, delta
+):
+    from sqlalchemy import select
+
+    from aggregator_service.storage.tables import state_versions
+
+    spec = {**spec_with(quorum=1, min_updates=1, total=2), "aggregation": {"strategy": "fedadam"}}
+
+    def run(data_dir, restart: bool) -> str:
+        app = start_app(data_dir=data_dir)
+        fed = new_federation(app, spec, 1)
+        (cid,) = fed.keys
+        version = fed.info.global_version
+        for rnd in (1, 2):
+            if rnd == 2 and restart:
+                fed.app.stop()
+                fed.app = start_app(data_dir=data_dir)
+            body = delta(fed.info, rnd, version, 10, _random_fill(rnd))
+            assert fed.upload(cid, rnd, body).status_code == 201
+            version = fed.wait_round(rnd + 1)["global_version"]
+        with fed.app.core.db.read() as conn:
+            stored = conn.execute(
+                select(state_versions.c.server_state_digest).where(
+                    state_versions.c.federation_id == fed.id, state_versions.c.round > 0
+                )
+            ).all()
+        assert len(stored) == 2 and all(row.server_state_digest for row in stored)
+        return str(version)
+
+    assert run(tmp_path / "straight", False) == run(tmp_path / "restarted", True)
