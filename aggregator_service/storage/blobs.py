@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -20,6 +21,8 @@ __all__ = ["BlobStore", "LocalBlobStore"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+# A replica on another host may still be writing its temp files; only old ones are dead.
+_FOREIGN_TEMP_MAX_AGE_S = 24 * 3600
 
 
 class BlobStore(Protocol):
@@ -104,16 +107,19 @@ class LocalBlobStore:
         self.path(digest).unlink(missing_ok=True)
 
     def remove_stale_temps(self) -> int:
-        """Delete temp files left by dead processes of this host (or by this pid's past)."""
+        """Delete temp files of dead processes: this host's by pid, other hosts' by age."""
         host = socket.gethostname()
         removed = 0
         for tmp in self.tmp.glob("*.tmp"):
             owner_host, _, rest = tmp.name.rpartition("-")[0].rpartition("-")
             pid = int(rest) if rest.isdigit() else -1
-            if owner_host == host and pid != os.getpid() and _alive(pid):
-                continue
-            tmp.unlink(missing_ok=True)
-            removed += 1
+            if owner_host == host:
+                keep = pid != os.getpid() and _alive(pid)
+            else:
+                keep = pid > 0 and time.time() - tmp.stat().st_mtime < _FOREIGN_TEMP_MAX_AGE_S
+            if not keep:
+                tmp.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     def writable(self) -> bool:

@@ -36,8 +36,11 @@ def test_startup_cleanup_removes_only_temps_of_dead_processes(tmp_path):
     (store.tmp / f"{host}-{dead_pid}-aa.tmp").write_bytes(b"x")
     (store.tmp / f"{host}-{live_pid}-bb.tmp").write_bytes(b"x")
     (store.tmp / "garbage.tmp").write_bytes(b"x")
+    (store.tmp / "other-host-123-cc.tmp").write_bytes(b"x")  # a live replica elsewhere
 
     removed = store.remove_stale_temps()
 
     assert removed == 2
-    assert [p.name for p in store.tmp.iterdir()] == [f"{host}-{live_pid}-bb.tmp"]
+    assert sorted(p.name for p in store.tmp.iterdir()) == sorted(
+        [f"{host}-{live_pid}-bb.tmp", "other-host-123-cc.tmp"]
+    )
