@@ -11,6 +11,7 @@ per-round table with the global model's accuracy on the held-out split.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import subprocess
@@ -221,7 +222,7 @@ def run(root: Path, spec: FederationSpec) -> float:
         f"\ndemo: final held-out accuracy {final:.3f} (target {TARGET_ACCURACY}) on "
         f"{len(test.labels)} images in {time.monotonic() - started:.0f}s"
     )
-    _explain(root, server)
+    _explain(root)
     return final
 
 
@@ -238,14 +239,20 @@ def _accuracies(
     return accuracy
 
 
-def _explain(root: Path, server: ServerProcess) -> None:
+def _explain(root: Path) -> None:
+    with contextlib.suppress(ValueError):
+        root = root.relative_to(Path.cwd())
+    server, clients = root / "server", root / "clients"
+    db = next(iter(sorted(server.glob("*.db"))), server / "<database>.db")
     print(
-        f"demo: the aggregator's data is left in {root / 'server'} (SQLite database, "
-        "content-addressed blobs under blobs/sha256/, server.log, admin-token);\n"
-        f"      each organisation's work dir (journal, deltas, final model) is in "
-        f"{root / 'clients'}/<org>/work, its log in {root / 'clients'}/<org>/client.log.\n"
-        f"      Serve it again with: fedtune-server serve --data-dir {root / 'server'} "
-        "--host 127.0.0.1 --port 8000"
+        f"demo: the aggregator's data is left in {server}:\n"
+        f"      sqlite3 {db} .tables     # federations, rounds, updates, clients\n"
+        f"      ls {server / 'blobs' / 'sha256'}   # content-addressed states and deltas\n"
+        f"      less {server / 'server.log'}\n"
+        f"      each organisation's work dir (journal, deltas, final model) is under "
+        f"{clients}/<org>/work, its log in {clients}/<org>/client.log.\n"
+        f"      Serve it again: fedtune-server serve --data-dir {server} --host 127.0.0.1 "
+        "--port 8000"
     )
 
 
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().addFilter(
         lambda r: not str(r.msg).startswith("No pretrained weights loaded")
     )
-    accuracy = run(root.resolve(), parse_spec(DEMO_SPEC))
+    accuracy = run(root.absolute(), parse_spec(DEMO_SPEC))
     return 0 if accuracy >= TARGET_ACCURACY else 1
 
 
