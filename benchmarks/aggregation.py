@@ -2,7 +2,7 @@
 
 N deltas of S MiB (float32, shaped like transformer blocks) are written as
 safetensors blobs into a temporary directory, then averaged, on the same
-inputs in the same process, by:
+inputs in the same benchmark run, by:
 
 - FedTune: `get_strategy("fedavg")` over the blob paths (deltas memory-mapped,
   one accumulator per tensor);
@@ -10,14 +10,18 @@ inputs in the same process, by:
   client results (`safetensors.numpy.load_file`), then
   `flwr.server.strategy.aggregate.aggregate`.
 
-Both timings start from the blob paths, with the files warm in the page cache
-(they were just written). Throughput is input bytes read (N x S) per second,
-best of --repeat. Peak extra memory is the growth of the process's resident
-*anonymous* memory (`RssAnon` in /proc/self/status, sampled every 0.5 ms by a
-thread, plus once when the call returns, result still alive) over its value
-just before the call. Anonymous memory is what the aggregation itself owns:
-memory-mapped blob pages are page cache (`RssFile`), shared and reclaimable, so
-they are reported separately, not counted.
+Every timed run happens in a fresh worker process (this script with
+--worker), the two sides interleaved, so neither inherits the other's heap and
+both see the same machine load. Timings start from the blob paths, with the
+files warm in the page cache (they were just written). Throughput is input
+bytes read (N x S) per second, best of the warm calls (the median and the
+cold first call are printed too).
+Peak extra memory is the growth of the worker's resident *anonymous* memory
+(`RssAnon` in /proc/self/status, sampled every 0.5 ms by a thread, plus once
+when the call returns, result still alive) over its value just before the
+call. Anonymous memory is what the aggregation itself owns: memory-mapped blob
+pages are page cache (`RssFile`), shared and reclaimable, so they are reported
+separately, not counted.
 
 Usage: python benchmarks/aggregation.py [--n 16] [--size-mb 64] [--repeat 3] [--sweep]
 """
@@ -27,21 +31,24 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import json
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,6 +59,7 @@ from shared.spec import AggregationSpec
 MIB = 1 << 20
 GIB = 1 << 30
 SWEEP = (4, 16, 32)
+WORKERS = 2  # fresh worker processes per side, interleaved fedtune, flower, fedtune, flower
 
 # One ViT-B/16 encoder block's trainable tensors (d=768, mlp=3072): about 27 MiB.
 BLOCK = {
@@ -152,103 +160,160 @@ class PeakMemory:
 
 @dataclass
 class Run:
-    seconds: float
+    """One worker process: a cold first call (memory, time) then warm timed calls."""
+
+    cold_seconds: float
+    warm_seconds: list[float]
     extra_anon: int
     extra_file: int
-    result: dict[str, np.ndarray]
+    digests: list[str]
 
 
-def run_fedtune(old: dict[str, torch.Tensor], updates: list[UpdateInput]) -> tuple[Run, str]:
+def _inputs(root: Path) -> tuple[dict[str, torch.Tensor], list[UpdateInput]]:
+    manifest = json.loads((root / "inputs.json").read_text())
+    updates = [UpdateInput(u["client_id"], Path(u["path"]), u["num_examples"]) for u in manifest]
+    return load_file(root / "global.safetensors"), updates
+
+
+def _fedtune_call(
+    old: dict[str, torch.Tensor], updates: list[UpdateInput], seed: int
+) -> Callable[[], dict[str, torch.Tensor]]:
     fedavg = get_strategy("fedavg")
-    order = random.sample(updates, len(updates))  # arrival order must not matter
-    with PeakMemory() as mem:
-        start = time.perf_counter()
-        result = fedavg(old, order, AggregationSpec(weighting="num_examples"), {})
-        seconds = time.perf_counter() - start
-    digest = hashlib.sha256(encode_state(result.state)).hexdigest()
-    arrays = {k: v.numpy() for k, v in result.state.items()}
-    return Run(seconds, mem.extra(), mem.extra("RssFile"), arrays), digest
+    order = random.Random(seed).sample(updates, len(updates))  # arrival order must not matter
+    return lambda: fedavg(old, order, AggregationSpec(weighting="num_examples"), {}).state
 
 
-def run_flower(
-    old: dict[str, torch.Tensor], updates: list[UpdateInput], aggregate: Callable[..., Any]
-) -> Run:
-    from safetensors.numpy import load_file
+def _flower_call(
+    old: dict[str, torch.Tensor], updates: list[UpdateInput]
+) -> Callable[[], list[np.ndarray]]:
+    from flwr.server.strategy.aggregate import aggregate
+    from safetensors.numpy import load_file as load_numpy
 
     names = sorted(old)
-    with PeakMemory() as mem:
-        start = time.perf_counter()
+
+    def call() -> list[np.ndarray]:
         results = []
         for u in updates:
-            arrays = load_file(str(u.path))
+            arrays = load_numpy(str(u.path))
             results.append(([arrays[k] for k in names], u.num_examples))
-        mean = aggregate(results)
-        seconds = time.perf_counter() - start
-    del results
-    out = {k: old[k].numpy() + m for k, m in zip(names, mean, strict=True)}
-    return Run(seconds, mem.extra(), mem.extra("RssFile"), out)
+        return aggregate(results)
+
+    return call
+
+
+def worker(side: str, root: Path, seed: int, warm: int) -> None:
+    """In this fresh process: one cold call under the memory sampler, then `warm` timed calls.
+
+    Prints a JSON `Run` and leaves the last result (the new global state) in `root`.
+    """
+    old, updates = _inputs(root)
+    names = sorted(old)
+    seconds, digests = [], []
+    out: dict[str, torch.Tensor] = {}
+    for i in range(1 + warm):
+        call: Callable[[], Any] = (
+            _fedtune_call(old, updates, seed + i)
+            if side == "fedtune"
+            else _flower_call(old, updates)
+        )
+        if i == 0:  # the sampler thread only watches the cold call: it costs CPU
+            with PeakMemory() as cold:
+                start = time.perf_counter()
+                result = call()
+                seconds.append(time.perf_counter() - start)
+        else:
+            start = time.perf_counter()
+            result = call()
+            seconds.append(time.perf_counter() - start)
+        if side == "flower":
+            result = {k: old[k] + torch.from_numpy(m) for k, m in zip(names, result, strict=True)}
+        out = result
+        digests.append(hashlib.sha256(encode_state(out)).hexdigest())
+        del result
+        gc.collect()
+    (root / f"result-{side}.safetensors").write_bytes(encode_state(out))
+    run = Run(seconds[0], seconds[1:], cold.extra(), cold.extra("RssFile"), digests)
+    print(json.dumps(asdict(run)))
+
+
+def _spawn(side: str, root: Path, seed: int, warm: int) -> Run:
+    cmd = [sys.executable, __file__, "--worker", side, "--dir", str(root)]
+    cmd += ["--seed", str(seed), "--repeat", str(warm), "--threads", str(torch.get_num_threads())]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{side} worker failed:\n{done.stderr}")
+    return Run(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def _gib_s(n_bytes: int, seconds: float) -> float:
     return n_bytes / GIB / seconds
 
 
-def bench(n: int, size_mb: float, repeat: int, root: Path, flower: Callable | None) -> dict:
-    """Write the deltas, time both sides `repeat` times, check they agree; print and return."""
+def _report(label: str, runs: list[Run], total: int, delta_bytes: int) -> tuple[float, int]:
+    """Print one side's line; returns (best warm GiB/s, peak extra RssAnon of the cold calls)."""
+    warm = [t for r in runs for t in r.warm_seconds]
+    cold = [r.cold_seconds for r in runs]
+    peak = max(r.extra_anon for r in runs)
+    best = _gib_s(total, min(warm))
+    print(
+        f"{label} : {min(warm):.3f} s best of {len(warm)} warm -> {best:.2f} GiB/s "
+        f"(median {_gib_s(total, median(warm)):.2f}, cold first call {_gib_s(total, min(cold)):.2f});"
+        f" peak extra RssAnon {peak / MIB:.1f} MiB ({peak / delta_bytes:.2f}x one delta), "
+        f"RssFile +{max(r.extra_file for r in runs) / MIB:.0f} MiB"
+    )
+    return best, peak
+
+
+def bench(n: int, size_mb: float, repeat: int, root: Path, with_flower: bool) -> dict:
+    """Write the deltas, run both sides in interleaved fresh workers, check they agree."""
     shapes = model_layout(int(size_mb * MIB))
     delta_bytes = 4 * sum(int(np.prod(s)) for s in shapes.values())
     updates = write_deltas(root, n, shapes)
-    os.sync()  # no writeback of the fresh blobs competing with either side's timing
+    (root / "inputs.json").write_text(
+        json.dumps([{**asdict(u), "path": str(u.path)} for u in updates])
+    )
     gen = torch.Generator().manual_seed(12345)
-    old = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+    save_file(
+        {k: torch.randn(s, generator=gen) for k, s in shapes.items()},
+        str(root / "global.safetensors"),
+    )
+    os.sync()  # no writeback of the fresh blobs competing with either side's timing
     total = n * delta_bytes
     print(
         f"\ninputs: {n} deltas x {delta_bytes / MIB:.1f} MiB float32 ({len(shapes)} tensors each),"
-        f" {total / MIB:.0f} MiB in all, page cache warm"
+        f" {total / MIB:.0f} MiB in all, page cache warm; per side {WORKERS} fresh worker"
+        f" processes (interleaved), each 1 cold + {repeat} warm calls"
     )
-
-    ours, digests = [], set()
-    for _ in range(repeat):
-        run, digest = run_fedtune(old, updates)
-        ours.append(run)
-        digests.add(digest)
-        gc.collect()
-    best = min(ours, key=lambda r: r.seconds)
-    peak = max(r.extra_anon for r in ours)
-    row: dict[str, Any] = {"n": n, "ours_gib_s": _gib_s(total, best.seconds), "ours_peak": peak}
+    ours: list[Run] = []
+    theirs: list[Run] = []
+    for i in range(WORKERS):
+        ours.append(_spawn("fedtune", root, seed=100 * i, warm=repeat))
+        if with_flower:
+            theirs.append(_spawn("flower", root, seed=100 * i, warm=repeat))
+    row: dict[str, Any] = {"n": n}
+    row["ours_gib_s"], row["ours_peak"] = _report("fedtune fedavg  ", ours, total, delta_bytes)
+    digests = {d for r in ours for d in r.digests}
+    runs = sum(len(r.digests) for r in ours)
     print(
-        f"fedtune fedavg   : {best.seconds:.3f} s best of {repeat} -> "
-        f"{row['ours_gib_s']:.2f} GiB/s; peak extra RssAnon {peak / MIB:.1f} MiB "
-        f"({peak / delta_bytes:.2f}x one delta); RssFile +{best.extra_file / MIB:.0f} MiB "
-        "(mapped page cache, not counted)"
+        f"deterministic    : {'yes' if len(digests) == 1 else 'NO'} ({runs} runs, each in its "
+        f"own shuffled arrival order: {len(digests)} distinct result sha256)"
     )
-    print(
-        f"deterministic    : {'yes' if len(digests) == 1 else 'NO'} ({repeat} runs in shuffled "
-        f"arrival order, {len(digests)} distinct result sha256)"
-    )
-    if flower is None:
+    if not with_flower:
         print("flower           : not importable; install the `bench` extra to compare")
         return row
-
-    theirs = []
-    for _ in range(repeat):
-        theirs.append(run_flower(old, updates, flower))
-        gc.collect()
-    fbest = min(theirs, key=lambda r: r.seconds)
-    fpeak = max(r.extra_anon for r in theirs)
-    row.update(flower_gib_s=_gib_s(total, fbest.seconds), flower_peak=fpeak)
-    print(
-        f"flower aggregate : {fbest.seconds:.3f} s best of {repeat} -> "
-        f"{row['flower_gib_s']:.2f} GiB/s (load_file + aggregate); peak extra RssAnon "
-        f"{fpeak / MIB:.1f} MiB ({fpeak / delta_bytes:.2f}x one delta)"
+    row["flower_gib_s"], row["flower_peak"] = _report(
+        "flower aggregate", theirs, total, delta_bytes
     )
-    diff = max(float(np.max(np.abs(best.result[k] - fbest.result[k]))) for k in old)
-    same = all(np.allclose(best.result[k], fbest.result[k], rtol=1e-6, atol=1e-7) for k in old)
+    a = load_file(root / "result-fedtune.safetensors")
+    b = load_file(root / "result-flower.safetensors")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    same = all(np.allclose(a[k].numpy(), b[k].numpy(), rtol=1e-6, atol=1e-7) for k in a)
     print(
         f"same average     : {'yes' if same else 'NO'} (max |diff| {diff:.2e}; "
         "np.allclose rtol=1e-6 atol=1e-7)"
     )
     speed = row["ours_gib_s"] / row["flower_gib_s"]
+    peak, fpeak = row["ours_peak"], row["flower_peak"]
     print(
         f"vs Flower        : {speed:.1f}x throughput, {peak / fpeak:.3f}x peak extra memory "
         f"(Flower needs {fpeak / max(peak, 1):.1f}x ours)"
@@ -287,20 +352,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=16, help="number of deltas (default 16)")
     parser.add_argument("--size-mb", type=float, default=64, help="MiB per delta (default 64)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per side (default 3)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="warm timed runs per worker process (default 3)"
+    )
     parser.add_argument(
         "--sweep", action="store_true", help=f"run N = {', '.join(map(str, SWEEP))}"
     )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads in the workers (default: torch's)"
+    )
+    parser.add_argument("--worker", choices=["fedtune", "flower"], help=argparse.SUPPRESS)
+    parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(args.worker, args.dir, args.seed, args.repeat)
+        return
     if args.n < 1 or args.size_mb <= 0 or args.repeat < 1:
         parser.error("--n and --repeat must be at least 1 and --size-mb positive")
 
     print(_machine())
-    flower = _flower_aggregate()
+    with_flower = _flower_aggregate() is not None
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedtune-bench-agg-") as tmp:
         for n in SWEEP if args.sweep else (args.n,):
-            rows.append(bench(n, args.size_mb, args.repeat, Path(tmp), flower))
+            rows.append(bench(n, args.size_mb, args.repeat, Path(tmp), with_flower))
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f} (1 min)")
     if len(rows) > 1:
         print("\nsweep (peak extra RssAnon in MiB; throughput in GiB/s):")

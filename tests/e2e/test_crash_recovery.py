@@ -1,7 +1,8 @@
 """The aggregator survives SIGKILL: mid-upload and mid-aggregation, with nothing lost or doubled.
 
-One federation (tiny CLIP, 3 rounds, quorum 3) runs on a real `fedtune-server
-serve` process that is killed twice:
+One federation (tiny CLIP, 3 rounds, quorum 3, FedAdam with clipping, so the
+server optimiser's stored moments must carry across the crashes too) runs on a
+real `fedtune-server serve` process that is killed twice:
 
 (a) round 1: one client's upload has been accepted and two more are half-way
     through their bodies when the server gets SIGKILL. It restarts on the same
@@ -199,6 +200,8 @@ class Fed:
 def _spec() -> dict[str, Any]:
     spec: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "tiny-clip-bias.yaml").read_text())
     spec["rounds"] = {"total": ROUNDS, "quorum": 3, "min_updates": 3, "deadline_s": 600}
+    # a strategy with server state (FedAdam's moments) and clipping: both must survive the kills
+    spec["aggregation"] = {"strategy": "fedadam", "options": {"server_lr": 0.05}, "clip_norm": 0.3}
     return spec
 
 
