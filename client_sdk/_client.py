@@ -73,9 +73,8 @@ class FedTuneClient(BaseClient):
     def create_enrollment_token(
         self, federation_id: str, *, uses: int = 1, expires_in_s: int | None = None
     ) -> EnrollmentToken:
-        body = EnrollmentTokenRequest(uses=uses)
-        if expires_in_s is not None:
-            body = EnrollmentTokenRequest(uses=uses, expires_in_s=expires_in_s)
+        extra = {} if expires_in_s is None else {"expires_in_s": expires_in_s}
+        body = EnrollmentTokenRequest(uses=uses, **extra)
         data = self._request_json(
             "POST",
             f"{API_PREFIX}/federations/{federation_id}/enrollment-tokens",
