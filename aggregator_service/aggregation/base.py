@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 # Elements held at once (across all deltas) by chunked, coordinate-wise strategies:
-# 2**24 float32 = 64 MiB, whatever the number of clients.
-DEFAULT_CHUNK_BUDGET = 1 << 24
+# 2**22 float32 = 16 MiB per block (sorting it adds values and int64 indices, so
+# about 64 MiB at the peak), whatever the number of clients or the model size.
+DEFAULT_CHUNK_BUDGET = 1 << 22
 # Weighted sums run over slices of this many elements (4 MiB of float32), all
 # deltas per slice, so the accumulator slice stays in cache while the deltas stream.
 SUM_BLOCK = 1 << 20
