@@ -72,11 +72,17 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     ca_cert: Path | None = None
+    admin_token_path: Path | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
+    def admin_token_file(self) -> Path:
+        """The token file passed with --admin-token-file, else the one serve generates."""
+        return self.admin_token_path or self.data_dir / "admin-token"
+
+    @property
     def admin_token(self) -> str:
-        return (self.data_dir / "admin-token").read_text().strip()
+        return self.admin_token_file.read_text().strip()
 
     def admin(self) -> FedTuneClient:
         return FedTuneClient(
@@ -112,8 +118,12 @@ def start_server(
     tls: tuple[Path, Path, Path] | None = None,
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    admin_token_file: Path | None = None,
 ) -> ServerProcess:
-    """Start the aggregator and wait until `/readyz` answers. `tls` = (cert, key, CA)."""
+    """Start the aggregator and wait until `/readyz` answers. `tls` = (cert, key, CA).
+
+    Without `admin_token_file` the server generates its admin token in the data dir.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
@@ -122,6 +132,8 @@ def start_server(
         cert, key, ca = tls
         args += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
         scheme = "https"
+    if admin_token_file is not None:
+        args += ["--admin-token-file", str(admin_token_file)]
     log_path = data_dir / "server.log"
     log = log_path.open("ab")
     proc = subprocess.Popen(
@@ -130,7 +142,9 @@ def start_server(
         stderr=subprocess.STDOUT,
         env=env or quiet_env(threads=1),
     )
-    server = ServerProcess(f"{scheme}://127.0.0.1:{port}", data_dir, proc, log_path, ca, log)
+    server = ServerProcess(
+        f"{scheme}://127.0.0.1:{port}", data_dir, proc, log_path, ca, admin_token_file, log
+    )
     _wait_ready(server)
     return server
 
@@ -145,7 +159,7 @@ def _wait_ready(server: ServerProcess) -> None:
             raise RuntimeError(f"fedtune-server exited early:\n{server.log_tail()}")
         try:
             r = httpx.get(f"{server.url}/readyz", timeout=2, verify=verify)
-            if r.status_code == 200 and (server.data_dir / "admin-token").exists():
+            if r.status_code == 200 and server.admin_token_file.exists():
                 return
         except httpx.HTTPError:
             pass

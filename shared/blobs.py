@@ -14,14 +14,13 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors.torch import save, save_file
 
 __all__ = [
     "DELTA_FORMAT",
@@ -38,6 +37,7 @@ __all__ = [
     "read_header",
     "sha256_file",
     "torch_dtype",
+    "write_state",
 ]
 
 DELTA_FORMAT = "fedtune-delta/1"
@@ -235,29 +235,65 @@ class DeltaMetadata(BaseModel):
             raise BlobError(f"metadata '{loc}': {first['msg']}") from None
 
 
+_CODES = {name: code for code, (name, _) in _DTYPES.items()}
+
+
+def _layout(
+    tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None
+) -> tuple[bytes, list[torch.Tensor]]:
+    """The safetensors header and the tensors in file order, both fixed by the inputs alone.
+
+    safetensors' own writer emits `__metadata__` keys in no fixed order, so the
+    same delta would give different bytes (and a different sha256) each time.
+    """
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = {k: str(metadata[k]) for k in sorted(metadata)}
+    ordered: list[torch.Tensor] = []
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        code = _CODES.get(dtype_name(t.dtype))
+        if code is None:
+            raise BlobError(f"tensor {name!r}: dtype {dtype_name(t.dtype)} cannot be stored")
+        size = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": code,
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        ordered.append(t)
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, ordered
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    return t.reshape(-1).view(torch.uint8).numpy().data
+
+
 def encode_state(
     tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> bytes:
-    """Serialise tensors to safetensors bytes (contiguous CPU copies, sorted names)."""
-    flat = {k: tensors[k].detach().to("cpu").contiguous() for k in sorted(tensors)}
-    return save(flat, metadata=dict(metadata) if metadata else None)
+    """Serialise tensors to safetensors bytes; the same inputs always give the same bytes."""
+    head, ordered = _layout(tensors, metadata)
+    return head + b"".join(_tensor_bytes(t) for t in ordered)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write-temp, fsync, rename: `path` holds either nothing or all of `data`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def write_state(
+    f: BinaryIO, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write a safetensors file to an open binary file, tensor by tensor (no whole copy)."""
+    head, ordered = _layout(tensors, metadata)
+    f.write(head)
+    for t in ordered:
+        f.write(_tensor_bytes(t))
 
 
 def atomic_save_state(
@@ -265,15 +301,18 @@ def atomic_save_state(
     tensors: Mapping[str, torch.Tensor],
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """`safetensors.torch.save_file` through a temp file, fsynced and renamed."""
+    """`write_state` through a temp file, fsynced and renamed into place."""
+    _atomic_write(path, lambda f: write_state(f, tensors, metadata))
+
+
+def _atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        flat = {k: tensors[k].detach().to("cpu").contiguous() for k in sorted(tensors)}
-        save_file(flat, tmp, metadata=dict(metadata) if metadata else None)
-        with open(tmp, "rb+") as f:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)

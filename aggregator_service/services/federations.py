@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import torch
-from safetensors.torch import save_file
 from sqlalchemy import Connection, Row, insert, select
 
 from aggregator_service.errors import ApiError
 from aggregator_service.services.context import Core, now
 from aggregator_service.storage.tables import federations, rounds, state_versions
 from shared.api import FederationInfo, TensorInfo
+from shared.blobs import write_state
 from shared.spec import FederationSpec
 
 __all__ = [
@@ -50,9 +50,9 @@ class _Built:
 def store_state(core: Core, tensors: Mapping[str, torch.Tensor]) -> str:
     """Write tensors as a safetensors blob; returns its digest."""
     tmp = core.blobs.new_temp()
-    flat = {k: tensors[k].detach().to("cpu").contiguous().clone() for k in sorted(tensors)}
     try:
-        save_file(flat, str(tmp))
+        with open(tmp, "wb") as f:
+            write_state(f, tensors)
         return core.blobs.put_file(tmp)
     finally:
         tmp.unlink(missing_ok=True)

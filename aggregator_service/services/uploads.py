@@ -8,11 +8,13 @@ transaction that inserts its row, so a committed row always has its blob.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -26,6 +28,8 @@ from shared.api import RoundState, RoundStatus, TensorInfo, UpdateReceipt
 from shared.blobs import DeltaMetadata
 
 __all__ = ["Received", "ingest", "receive_body"]
+
+_WRITE_BATCH = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -44,21 +48,35 @@ def _too_large(limit: int) -> ApiError:
 async def receive_body(
     core: Core, chunks: AsyncIterator[bytes], content_length: str | None
 ) -> Received:
-    """Stream the body into a temp file in the blob store, hashing it; 413 past the limit."""
+    """Stream the body into a temp file in the blob store, hashing it; 413 past the limit.
+
+    Chunks are gathered into 1 MiB batches that a worker thread hashes and writes,
+    so a large upload never blocks the event loop and is never held whole.
+    """
     limit = core.settings.max_upload_bytes
     if content_length and content_length.isdigit() and int(content_length) > limit:
         raise _too_large(limit)
     tmp = core.blobs.new_temp()
     h = hashlib.sha256()
     size = 0
+    batch = bytearray()
+
+    def flush(f: BinaryIO, data: bytes) -> None:
+        h.update(data)
+        f.write(data)
+
     try:
         with open(tmp, "wb") as f:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > limit:
                     raise _too_large(limit)
-                h.update(chunk)
-                f.write(chunk)
+                batch += chunk
+                if len(batch) >= _WRITE_BATCH:
+                    await asyncio.to_thread(flush, f, bytes(batch))
+                    batch.clear()
+            if batch:
+                await asyncio.to_thread(flush, f, bytes(batch))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -148,3 +148,15 @@ def test_missing_num_examples_is_named() -> None:
     raw = {"format": DELTA_FORMAT, "federation": "f", "round": "1", "base_version": "0" * 64}
     with pytest.raises(BlobError, match="num_examples"):
         DeltaMetadata.from_safetensors(raw)
+
+
+def test_same_state_and_metadata_always_encode_to_the_same_bytes(tmp_path: Path) -> None:
+    state = {"b": torch.randn(3), "a": torch.arange(4, dtype=torch.bfloat16)}
+    meta = DeltaMetadata(
+        federation="f", round=1, base_version="0" * 64, num_examples=7
+    ).to_safetensors()
+    encodings = {encode_state(state, meta) for _ in range(10)}
+    atomic_save_state(tmp_path / "d.safetensors", state, meta)
+    assert encodings == {(tmp_path / "d.safetensors").read_bytes()}
+    loaded = load(encodings.pop())
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
