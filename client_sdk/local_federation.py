@@ -65,7 +65,10 @@ def quiet_env(threads: int = 1, **extra: str) -> dict[str, str]:
 
 @dataclass
 class ServerProcess:
-    """A running `fedtune-server serve`; `stop()` ends it (SIGTERM, then SIGKILL)."""
+    """A running `fedtune-server serve`; `stop()` ends it (SIGTERM, then SIGKILL).
+
+    `restart()` serves the same data dir with the same arguments again, on a new port.
+    """
 
     url: str
     data_dir: Path
@@ -74,6 +77,8 @@ class ServerProcess:
     ca_cert: Path | None = None
     admin_token_path: Path | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
+    _args: Sequence[str] = field(default=(), repr=False)
+    _env: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def admin_token_file(self) -> Path:
@@ -92,6 +97,15 @@ class ServerProcess:
             allow_http=self.ca_cert is None,
         )
 
+    def http(self, api_key: str | None = None, timeout: float = 60) -> httpx.Client:
+        """A raw HTTP client on the server, sending `api_key` (default: the admin token)."""
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {api_key or self.admin_token}"},
+            verify=_verify(self.ca_cert),
+            timeout=timeout,
+        )
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -103,6 +117,22 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: the server gets no chance to clean up."""
+        self.stop(signal.SIGKILL)
+
+    def restart(self, env: dict[str, str] | None = None) -> ServerProcess:
+        """Stop if running, then start again on a new port; `env` replaces the environment."""
+        self.stop()
+        if env is not None:
+            self._env = env
+        port = free_port()
+        self.url = _url(port, self.ca_cert)
+        self._log = self.log_path.open("ab")
+        self.proc = _spawn(self._args, port, self._log, self._env)
+        _wait_ready(self)
+        return self
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -126,33 +156,45 @@ def start_server(
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
-    scheme, ca = "http", None
+    args = ["--data-dir", str(data_dir)]
+    ca = None
     if tls is not None:
         cert, key, ca = tls
         args += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
-        scheme = "https"
     if admin_token_file is not None:
         args += ["--admin-token-file", str(admin_token_file)]
+    args += extra_args
     log_path = data_dir / "server.log"
     log = log_path.open("ab")
-    proc = subprocess.Popen(
-        server_command(*args, *extra_args),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env or quiet_env(threads=1),
-    )
+    proc = _spawn(args, port, log, env)
     server = ServerProcess(
-        f"{scheme}://127.0.0.1:{port}", data_dir, proc, log_path, ca, admin_token_file, log
+        _url(port, ca), data_dir, proc, log_path, ca, admin_token_file, log, args, env
     )
     _wait_ready(server)
     return server
 
 
+def _url(port: int, ca_cert: Path | None) -> str:
+    return f"{'http' if ca_cert is None else 'https'}://127.0.0.1:{port}"
+
+
+def _spawn(
+    args: Sequence[str], port: int, log: IO[bytes], env: dict[str, str] | None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        server_command("serve", "--host", "127.0.0.1", "--port", str(port), *args),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env or quiet_env(threads=1),
+    )
+
+
+def _verify(ca_cert: Path | None) -> ssl.SSLContext | bool:
+    return True if ca_cert is None else ssl.create_default_context(cafile=str(ca_cert))
+
+
 def _wait_ready(server: ServerProcess) -> None:
-    verify: ssl.SSLContext | bool = True
-    if server.ca_cert is not None:
-        verify = ssl.create_default_context(cafile=str(server.ca_cert))
+    verify = _verify(server.ca_cert)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
