@@ -1,7 +1,7 @@
 """Real aggregator apps on 127.0.0.1: `create_app(settings)` served by uvicorn in a thread.
 
 `start_app` starts one per call on a free port; `federation` creates a tiny CLIP
-federation over HTTP with registered clients; `make_delta` writes the
+federation over HTTP with registered clients; `delta` is `make_delta`, the
 safetensors bytes a client would upload.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from aggregator_service.main import create_app
 from aggregator_service.services.context import Core
 from aggregator_service.settings import Settings
 from shared.api import FederationInfo
-from shared.blobs import DeltaMetadata, encode_state
+from tests.deltas import make_delta
 
 ADMIN_TOKEN = "fta_test-admin-token"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -128,36 +128,9 @@ class Federation:
         return status
 
 
-def make_delta(
-    info: FederationInfo,
-    rnd: int,
-    base_version: str,
-    num_examples: int = 10,
-    fill: float | Callable[[str, torch.Size], torch.Tensor] = 0.01,
-    metrics: Mapping[str, float] | None = None,
-    federation: str | None = None,
-) -> bytes:
-    """A well-formed delta for `info`'s manifest; `fill` a constant or a tensor factory."""
-    tensors = {}
-    for name, t in info.manifest.items():
-        shape = torch.Size(t.shape)
-        if callable(fill):
-            tensors[name] = fill(name, shape).to(torch.float32)
-        else:
-            tensors[name] = torch.full(shape, fill, dtype=torch.float32)
-    meta = DeltaMetadata(
-        federation=federation or info.id,
-        round=rnd,
-        base_version=base_version,
-        num_examples=num_examples,
-        metrics=dict(metrics or {}),
-    )
-    return encode_state(tensors, meta.to_safetensors())
-
-
 @pytest.fixture(scope="session")
 def delta() -> Callable[..., bytes]:
-    """`make_delta` as a fixture (test modules cannot import conftest)."""
+    """`tests.deltas.make_delta` as a fixture."""
     return make_delta
 
 

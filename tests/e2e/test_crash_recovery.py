@@ -21,14 +21,9 @@ so both servers sum the same tensors in the same order.
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +33,9 @@ import pytest
 import torch
 import yaml
 
+from client_sdk.local_federation import ServerProcess, quiet_env, start_server
 from shared.api import FederationInfo, RoundRecord, RoundStatus
-from shared.blobs import DeltaMetadata, encode_state
+from tests.deltas import make_delta
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,68 +44,11 @@ ADMIN_TOKEN = "fta_crash-recovery-admin-token"
 ROUNDS = 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    """`fedtune-server serve` as a child process on 127.0.0.1; a new port on every start."""
-
-    data_dir: Path
-    token_file: Path
-    proc: subprocess.Popen[bytes] | None = None
-    url: str = ""
-    starts: int = 0
-
-    def start(self, **env: str) -> Server:
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.starts += 1
-        cmd = [sys.executable, "-m", "aggregator_service.cli", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--data-dir", str(self.data_dir)]
-        cmd += ["--admin-token-file", str(self.token_file)]
-        child_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **env}
-        with (self.data_dir.parent / f"server-{self.starts}.log").open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early, see {log.name}"
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server not ready after 120 s")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def client(self, token: str = ADMIN_TOKEN) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-        )
-
-
 @dataclass
 class Fed:
     """A federation on one server, its clients ordered by id (the aggregation order)."""
 
-    server: Server
+    server: ServerProcess
     info: FederationInfo
     keys: dict[str, str]
     accepted: dict[int, set[str]] = field(default_factory=dict)  # round -> clients with a 2xx
@@ -120,7 +59,7 @@ class Fed:
         return sorted(self.keys)
 
     def status(self) -> RoundStatus:
-        with self.server.client() as c:
+        with self.server.http() as c:
             r = c.get(f"/v1/federations/{self.info.id}/rounds/current")
         assert r.status_code == 200, r.text
         return RoundStatus.model_validate(r.json())
@@ -128,26 +67,19 @@ class Fed:
     def delta(self, rnd: int, cid: str, base_version: str) -> bytes:
         """Client `cid`'s delta for round `rnd`: seeded by (round, rank of the client id).
 
-        Encoded once and kept, as a client keeps the file it wrote: safetensors
-        writes `__metadata__` keys in no fixed order, so re-encoding the same
-        tensors and metadata can give different bytes.
+        Encoded once and kept, as a client keeps the file it wrote and re-sends it.
         """
-        if (rnd, cid) in self.written:
-            return self.written[rnd, cid]
-        rank = self.clients.index(cid)
-        gen = torch.Generator().manual_seed(1000 * rnd + rank)
-        tensors = {
-            name: torch.randn(t.shape, generator=gen).mul_(0.01)
-            for name, t in self.info.manifest.items()
-        }
-        meta = DeltaMetadata(
-            federation=self.info.id,
-            round=rnd,
-            base_version=base_version,
-            num_examples=10 + 7 * rank,
-            metrics={"train_loss": 1.0 / (rnd + rank)},
-        )
-        self.written[rnd, cid] = encode_state(tensors, meta.to_safetensors())
+        if (rnd, cid) not in self.written:
+            rank = self.clients.index(cid)
+            gen = torch.Generator().manual_seed(1000 * rnd + rank)
+            self.written[rnd, cid] = make_delta(
+                self.info,
+                rnd,
+                base_version,
+                num_examples=10 + 7 * rank,
+                fill=lambda _, shape: torch.randn(shape, generator=gen).mul_(0.01),
+                metrics={"train_loss": 1.0 / (rnd + rank)},
+            )
         return self.written[rnd, cid]
 
     def upload(self, rnd: int, cid: str, body: bytes, stall: threading.Event | None = None) -> int:
@@ -160,7 +92,7 @@ class Fed:
             yield body[len(body) // 2 :]
 
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(body))}
-        with self.server.client(self.keys[cid]) as c:
+        with self.server.http(self.keys[cid]) as c:
             r = c.put(
                 f"/v1/federations/{self.info.id}/rounds/{rnd}/update",
                 content=halves() if stall else body,
@@ -186,7 +118,7 @@ class Fed:
             assert self.upload(rnd, cid, self.delta(rnd, cid, base)) == 201
 
     def history(self) -> list[RoundRecord]:
-        with self.server.client() as c:
+        with self.server.http() as c:
             r = c.get(f"/v1/federations/{self.info.id}/rounds")
         assert r.status_code == 200, r.text
         return [RoundRecord.model_validate(x) for x in r.json()]
@@ -205,8 +137,8 @@ def _spec() -> dict[str, Any]:
     return spec
 
 
-def _create_federation(server: Server) -> Fed:
-    with server.client() as c:
+def _create_federation(server: ServerProcess) -> Fed:
+    with server.http() as c:
         r = c.post("/v1/federations", json=_spec())
         assert r.status_code == 201, r.text
         info = FederationInfo.model_validate(r.json())
@@ -225,21 +157,21 @@ def _create_federation(server: Server) -> Fed:
     return Fed(server, info, keys)
 
 
-def _new_server(tmp_path: Path, name: str) -> Server:
-    token_file = tmp_path / f"{name}-admin-token"
-    token_file.write_text(ADMIN_TOKEN + "\n")
-    token_file.chmod(0o600)
-    return Server(tmp_path / name / "data", token_file)
-
-
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[Server, Server]]:
-    crashed, steady = _new_server(tmp_path, "crashed"), _new_server(tmp_path, "steady")
-    for s in (crashed, steady):
-        s.data_dir.mkdir(parents=True)
-    yield crashed, steady
-    crashed.stop()
-    steady.stop()
+def launch(tmp_path: Path) -> Iterator[Callable[[str], ServerProcess]]:
+    """`launch(name)`: a server on `tmp_path/name/data` with a known admin token."""
+    started: list[ServerProcess] = []
+
+    def start(name: str) -> ServerProcess:
+        token_file = tmp_path / f"{name}-admin-token"
+        token_file.write_text(ADMIN_TOKEN + "\n")
+        token_file.chmod(0o600)
+        started.append(start_server(tmp_path / name / "data", admin_token_file=token_file))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 def _crash_mid_upload(fed: Fed) -> set[str]:
@@ -303,14 +235,13 @@ def _assert_blob_store_clean(data_dir: Path) -> None:
             assert digest == path.parent.name + path.name, f"corrupt blob {path}"
 
 
-def test_sigkill_mid_upload_and_mid_aggregation_loses_and_doubles_nothing(servers):
-    crashed, steady = servers
-
+def test_sigkill_mid_upload_and_mid_aggregation_loses_and_doubles_nothing(launch):
     # (a) killed while uploads of round 1 are in flight
-    fed = _create_federation(crashed.start())
+    crashed = launch("crashed")
+    fed = _create_federation(crashed)
     missing = _crash_mid_upload(fed)
     assert len(missing) == 2
-    crashed.start(FEDTUNE_AGGREGATION_DELAY_S="3")
+    crashed.restart(env=quiet_env(FEDTUNE_AGGREGATION_DELAY_S="3"))
     assert list((crashed.data_dir / "blobs" / "tmp").glob("*")) == []
     assert fed.status().received == 1  # the accepted update survived, the stalled ones left nothing
     base = fed.status().global_version
@@ -320,7 +251,7 @@ def test_sigkill_mid_upload_and_mid_aggregation_loses_and_doubles_nothing(server
 
     # (b) killed while round 2 is aggregating
     _crash_mid_aggregation(fed)
-    crashed.start()
+    crashed.restart(env=quiet_env())
     fed.wait_round(3)
     assert fed.rounds_aggregated_metric() == 1.0  # round 2, recovered at start-up
     base2 = fed.history()[1].base_version
@@ -337,7 +268,7 @@ def test_sigkill_mid_upload_and_mid_aggregation_loses_and_doubles_nothing(server
         assert sorted(ids) == sorted(set(ids)) == sorted(fed.accepted[record.round])
         assert record.status == "closed" and record.result_version is not None
     assert final.global_version == history[-1].result_version
-    with crashed.client() as c:
+    with crashed.http() as c:
         for record in history:
             r = c.get(f"/v1/federations/{fed.info.id}/state", params={"version": record.round})
             assert r.status_code == 200
@@ -347,7 +278,7 @@ def test_sigkill_mid_upload_and_mid_aggregation_loses_and_doubles_nothing(server
     _assert_blob_store_clean(crashed.data_dir)
 
     # the same federation and deltas, never interrupted
-    ref = _create_federation(steady.start())
+    ref = _create_federation(launch("steady"))
     assert ref.info.global_version == fed.info.global_version  # same seeded initial state
     for rnd in range(1, ROUNDS + 1):
         ref.run_round(rnd)
