@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import trustme
 from PIL import Image
 
 from client_sdk.credentials import Credentials, save
@@ -30,20 +29,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ORGS = ["org-a", "org-b", "org-c"]
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """(server cert chain, server key, CA cert) for 127.0.0.1."""
-    ca = trustme.CA()
-    issued = ca.issue_cert("127.0.0.1", "localhost")
-    d = tmp_path_factory.mktemp("tls")
-    issued.private_key_pem.write_to_path(str(d / "key.pem"))
-    with (d / "cert.pem").open("wb") as f:
-        for blob in issued.cert_chain_pems:
-            f.write(blob.bytes())
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    return d / "cert.pem", d / "key.pem", d / "ca.pem"
 
 
 @pytest.fixture(scope="module")
