@@ -26,10 +26,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +41,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from client_sdk.local_federation import ServerProcess, start_server
 from shared.api import FederationInfo, RoundStatus
 from shared.blobs import DeltaMetadata
 
@@ -70,43 +68,17 @@ def spec(rank: int, clients: int) -> dict:
     }
 
 
-class Server:
-    """`fedtune-server serve` as a child process, killed at the end."""
-
-    def __init__(self, data_dir: Path, max_upload_mb: float):
-        token = data_dir.parent / "admin-token"
-        token.write_text(ADMIN + "\n")
-        token.chmod(0o600)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "aggregator_service.cli", "serve", "--port", str(port)]
-        cmd += ["--host", "127.0.0.1", "--data-dir", str(data_dir)]
-        cmd += ["--admin-token-file", str(token), "--max-upload-mb", str(max_upload_mb)]
-        self.log = (data_dir.parent / "server.log").open("wb")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "FEDTUNE_LOG_LEVEL": "warning"}
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited early; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit("server not ready after 120 s")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def start(data_dir: Path, max_upload_mb: float) -> ServerProcess:
+    """A fresh `fedtune-server serve` with a known admin token and the given upload limit."""
+    token = data_dir.parent / "admin-token"
+    token.write_text(ADMIN + "\n")
+    token.chmod(0o600)
+    return start_server(
+        data_dir,
+        admin_token_file=token,
+        extra_args=["--max-upload-mb", str(max_upload_mb)],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "FEDTUNE_LOG_LEVEL": "warning"},
+    )
 
 
 def _rss(proc: psutil.Process) -> tuple[int, int]:
@@ -177,9 +149,8 @@ class Delta:
             yield self.data[start : start + CHUNK]
 
 
-def setup(server: Server, rank: int, clients: int) -> tuple[FederationInfo, dict[str, str]]:
-    admin = {"Authorization": f"Bearer {ADMIN}"}
-    with httpx.Client(base_url=server.url, headers=admin, timeout=600) as c:
+def setup(server: ServerProcess, rank: int, clients: int) -> tuple[FederationInfo, dict[str, str]]:
+    with server.http(timeout=600) as c:
         r = c.post("/v1/federations", json=spec(rank, clients))
         r.raise_for_status()
         info = FederationInfo.model_validate(r.json())
@@ -194,10 +165,10 @@ def setup(server: Server, rank: int, clients: int) -> tuple[FederationInfo, dict
     return info, keys
 
 
-def upload_all(server: Server, info: FederationInfo, keys: dict[str, str]) -> dict:
+def upload_all(server: ServerProcess, info: FederationInfo, keys: dict[str, str]) -> dict:
     """Every client PUTs its delta at once; returns wall time, statuses and memory growth."""
     delta = Delta.for_manifest(info)
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+    with server.http() as c:
         status = RoundStatus.model_validate(
             c.get(f"/v1/federations/{info.id}/rounds/current").json()
         )
@@ -217,12 +188,8 @@ def upload_all(server: Server, info: FederationInfo, keys: dict[str, str]) -> di
 
     def put(cid: str) -> None:
         size = len(prefixes[cid]) + len(delta.data)
-        headers = {
-            "Authorization": f"Bearer {keys[cid]}",
-            "Content-Type": "application/octet-stream",
-            "Content-Length": str(size),
-        }
-        with httpx.Client(base_url=server.url, timeout=600) as c:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        with server.http(keys[cid], timeout=600) as c:
             start_gate.wait()
             try:
                 r = c.put(
@@ -253,7 +220,7 @@ def bench(size_mb: float, clients: int, root: Path) -> dict:
     rank = lora_rank(size_mb)
     work = root / f"size-{size_mb:g}"
     (work / "data").mkdir(parents=True)
-    server = Server(work / "data", max_upload_mb=size_mb * 1.25 + 1)
+    server = start(work / "data", max_upload_mb=size_mb * 1.25 + 1)
     try:
         info, keys = setup(server, rank, clients)
         out = upload_all(server, info, keys)
