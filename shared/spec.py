@@ -128,8 +128,7 @@ class RoundsSpec(_Strict):
     def _quorum_covers_minimum(self) -> RoundsSpec:
         if self.quorum < self.min_updates:
             raise ValueError(
-                f"rounds.quorum ({self.quorum}) must be at least rounds.min_updates "
-                f"({self.min_updates})"
+                f"quorum ({self.quorum}) must be at least min_updates ({self.min_updates})"
             )
         return self
 
@@ -234,9 +233,9 @@ def format_validation_error(exc: ValidationError) -> str:
     """One line per problem, naming the field: `rounds.quorum: must be ...`."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "spec"
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 
