@@ -37,7 +37,7 @@ BAD_SPECS = [
     ),
     (_set("task.classes", []), r"^task\.classes: "),
     (_set("task.classes", ["a", "a"]), r"^task\.classes: .*repeated: a"),
-    (_set("rounds.quorum", 1), r"rounds\.quorum \(1\) must be at least rounds\.min_updates \(2\)"),
+    (_set("rounds.quorum", 1), r"rounds: quorum \(1\) must be at least min_updates \(2\)"),
     (_set("model.family", "timm"), r"^model\.family: "),
     (_set("local_training.optimizer", "adam"), r"^local_training\.optimizer: "),
     (_set("surprise", 1), r"^surprise: Extra inputs"),
