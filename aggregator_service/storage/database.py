@@ -1,9 +1,16 @@
-"""Engine set-up: SQLite in WAL mode by default, any SQLAlchemy URL (PostgreSQL) otherwise.
+"""Engine set-up: SQLite in WAL mode by default, or PostgreSQL.
 
 Writes go through `write()`, reads through `read()`. On SQLite a write
 transaction starts with `BEGIN IMMEDIATE`, so it takes the write lock up front
 and waits (busy timeout) instead of failing when several processes share the
 file; reads never block writers in WAL mode.
+
+On PostgreSQL writes run READ COMMITTED: every state transition is a
+conditional UPDATE, and a concurrent one waits for the row lock and then
+re-checks its WHERE against the committed row, so exactly one of several
+processes sees rowcount 1 (a stricter level would abort the loser with a
+serialisation error instead). Reads are READ ONLY at REPEATABLE READ: one
+snapshot for the whole block, as a SQLite read transaction sees.
 """
 
 from __future__ import annotations
@@ -12,32 +19,73 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from aggregator_service.storage.tables import metadata
 
-__all__ = ["Database"]
+__all__ = ["Database", "parse_database_url"]
 
 _BUSY_TIMEOUT_S = 30
+_CONNECT_TIMEOUT_S = 10
+# Held while creating the schema, so processes starting together on one database take turns.
+_SCHEMA_LOCK_KEY = 0x66656474756E65  # "fedtune"
+
+
+def parse_database_url(url: str) -> URL:
+    """A SQLite or PostgreSQL URL; `postgresql://` means the psycopg (3) driver.
+
+    Raises ValueError with a one-line reason for anything else.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            "database URL: expected e.g. postgresql://user:password@host/db or sqlite:///file.db"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        return parsed
+    if backend not in ("postgresql", "postgres"):
+        raise ValueError(f"database URL: unsupported backend {backend!r}; use postgresql or sqlite")
+    if driver not in ("", "psycopg"):
+        raise ValueError(
+            f"database URL: driver {driver!r} is not supported; use postgresql:// (psycopg 3)"
+        )
+    return parsed.set(drivername="postgresql+psycopg")
 
 
 class Database:
     """A pair of engines over one database: `read()` and `write()` connections."""
 
     def __init__(self, url: str) -> None:
+        parsed = parse_database_url(url)
         self.url = url
-        self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
-            self._reader = _sqlite_engine(url, begin="BEGIN")
-            self._writer = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
+            self._reader = _sqlite_engine(parsed, begin="BEGIN")
+            self._writer = _sqlite_engine(parsed, begin="BEGIN IMMEDIATE")
         else:
-            self._reader = self._writer = create_engine(url, pool_pre_ping=True)
+            self._reader = _postgres_engine(parsed, "REPEATABLE READ", readonly=True)
+            self._writer = _postgres_engine(parsed, "READ COMMITTED", readonly=False)
 
     def create_schema(self) -> None:
-        """Create missing tables (serialised, so concurrent starters do not collide)."""
-        with self._writer.begin() as conn:
-            metadata.create_all(conn, checkfirst=True)
+        """Create missing tables (serialised, so concurrent starters do not collide).
+
+        Raises ValueError naming the database when it cannot be reached.
+        """
+        try:
+            with self._writer.begin() as conn:
+                if not self.is_sqlite:
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
+                    )
+                metadata.create_all(conn, checkfirst=True)
+        except OperationalError as exc:
+            where = self._writer.url.render_as_string(hide_password=True)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise ValueError(f"cannot open the database {where}: {reason}") from None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -56,11 +104,25 @@ class Database:
 
     def dispose(self) -> None:
         self._reader.dispose()
-        if self._writer is not self._reader:
-            self._writer.dispose()
+        self._writer.dispose()
 
 
-def _sqlite_engine(url: str, begin: str) -> Engine:
+def _postgres_engine(url: URL, isolation: str, readonly: bool) -> Engine:
+    try:
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            isolation_level=isolation,
+            execution_options={"postgresql_readonly": readonly},
+            connect_args={"connect_timeout": _CONNECT_TIMEOUT_S},
+        )
+    except ImportError:
+        raise ValueError(
+            "PostgreSQL needs the psycopg driver: pip install 'fedtune[postgres]'"
+        ) from None
+
+
+def _sqlite_engine(url: URL, begin: str) -> Engine:
     engine = create_engine(
         url, connect_args={"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False}
     )
