@@ -10,10 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.api import ErrorBody, RoundStatus
 
-__all__ = ["ApiError", "error_responses", "install_error_handlers"]
+__all__ = ["ApiError", "RejectNul", "error_responses", "install_error_handlers"]
 
 log = logging.getLogger("fedtune.server")
 
@@ -93,3 +94,27 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+class RejectNul:
+    """Refuse a NUL character in the path (404: no id holds one) or the query (422) before
+    any route runs: PostgreSQL text cannot hold it, so it must never reach a query."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = _nul_refusal(scope) if scope["type"] == "http" else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+        else:
+            await _json(*refusal)(scope, receive, send)
+
+
+def _nul_refusal(scope: Scope) -> tuple[int, ErrorBody] | None:
+    if "\x00" in scope["path"]:
+        return 404, ErrorBody(error="not_found", detail="no such resource: the path holds a NUL")
+    if b"%00" in scope["query_string"]:
+        detail = "query: must not contain a NUL character"
+        return 422, ErrorBody(error="validation_error", detail=detail)
+    return None

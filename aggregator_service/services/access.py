@@ -103,6 +103,8 @@ def create_enrollment_token(core: Core, fid: str, req: EnrollmentTokenRequest) -
 
 def register_client(core: Core, reg: ClientRegistration) -> ClientRegistered:
     """Spend one use of the enrollment token and create the client with a fresh API key."""
+    if "\x00" in reg.name:  # PostgreSQL text cannot hold it; refused on every backend alike
+        raise ApiError(422, "validation_error", "name: must not contain a NUL character")
     token_hash = hash_token(reg.enrollment_token)
     api_key = "ftk_" + secrets.token_urlsafe(32)
     cid = new_id("cli_")

@@ -13,12 +13,20 @@ from sqlalchemy import select, update
 from aggregator_service.errors import ApiError
 from aggregator_service.services.context import Core
 from aggregator_service.services.federations import federation_row
-from aggregator_service.storage.tables import clients, federations, rounds, state_versions, updates
+from aggregator_service.storage.tables import (
+    INT_MAX,
+    clients,
+    federations,
+    rounds,
+    state_versions,
+    updates,
+)
 from shared.api import ParticipantRecord, RoundRecord
 
 __all__ = ["StateRef", "base_ref", "count_bytes_out", "list_rounds", "resolve_state"]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
+_ROUND = re.compile(r"^[0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,8 @@ def resolve_state(core: Core, fid: str, version: str | None) -> StateRef:
     )
     if version is None:
         query = query.order_by(state_versions.c.round.desc()).limit(1)
-    elif version.isdigit():
-        query = query.where(state_versions.c.round == int(version))
+    elif _ROUND.fullmatch(version):
+        query = query.where(state_versions.c.round == _round_number(version))
     elif _HEX.match(version.lower()):
         query = query.where(state_versions.c.digest == version.lower())
         query = query.order_by(state_versions.c.round).limit(1)
@@ -52,6 +60,12 @@ def resolve_state(core: Core, fid: str, version: str | None) -> StateRef:
     if row is None:
         raise ApiError(404, "not_found", f"federation {fid} has no global state {version!r}")
     return StateRef(row.digest, row.round)
+
+
+def _round_number(digits: str) -> int:
+    """The round `digits` names; -1 (no round) past what the column holds."""
+    number = int(digits) if len(digits.lstrip("0")) <= 10 else -1
+    return number if number <= INT_MAX else -1
 
 
 def base_ref(core: Core, fid: str) -> StateRef:

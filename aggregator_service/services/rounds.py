@@ -14,12 +14,12 @@ import time
 from datetime import UTC, datetime
 
 from safetensors.torch import load_file
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import ColumnElement, Connection, false, insert, select, update
 
 from aggregator_service.aggregation import UpdateInput, get_strategy
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.federations import federation_row, store_state
-from aggregator_service.storage.tables import federations, rounds, state_versions, updates
+from aggregator_service.storage.tables import INT_MAX, federations, rounds, state_versions, updates
 from shared.api import RoundStatus
 from shared.spec import FederationSpec
 
@@ -110,10 +110,10 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
     }
     with core.db.write() as conn:
         for reason, cond in (
-            ("quorum", rounds.c.received >= spec.rounds.quorum),
+            ("quorum", _received_at_least(spec.rounds.quorum)),
             (
                 "deadline",
-                (rounds.c.received >= spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
+                _received_at_least(spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
             ),
         ):
             done = conn.execute(
@@ -126,6 +126,11 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
     log.info("federation %s round %d: aggregating (%s)", fid, number, reason)
     core.notifier.notify(fid)
     return reason
+
+
+def _received_at_least(n: int) -> ColumnElement[bool]:
+    """`received >= n`; a threshold past what the column holds is never met."""
+    return rounds.c.received >= n if n <= INT_MAX else false()
 
 
 def due_rounds(core: Core) -> list[tuple[str, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,20 @@ from aggregator_service.errors import ApiError
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.rounds import read_status
 from aggregator_service.services.validation import validate_delta
-from aggregator_service.storage.tables import federations, rounds, state_versions, updates
+from aggregator_service.storage.tables import (
+    INT_MAX,
+    federations,
+    rounds,
+    state_versions,
+    updates,
+)
 from shared.api import RoundState, RoundStatus, TensorInfo, UpdateReceipt
 from shared.blobs import DeltaMetadata
 
 __all__ = ["Received", "ingest", "receive_body"]
 
 _WRITE_BATCH = 1 << 20
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,8 @@ def ingest(core: Core, client_id: str, fid: str, number: int, body: Received) ->
 
 
 def _existing(conn: Connection, fid: str, number: int, client_id: str) -> str | None:
+    if number > INT_MAX:  # no such round; the column type could not even hold the number
+        return None
     return conn.execute(
         select(updates.c.sha256).where(
             updates.c.federation_id == fid,
@@ -207,12 +217,14 @@ def _closed_detail(number: int, status: RoundStatus) -> str:
 
 
 def _refuse_base(core: Core, fid: str, base_version: str, status: RoundStatus) -> None:
-    with core.db.read() as conn:
-        known = conn.execute(
-            select(state_versions.c.round).where(
-                state_versions.c.federation_id == fid, state_versions.c.digest == base_version
-            )
-        ).first()
+    known = None
+    if _DIGEST.fullmatch(base_version):  # anything else names no state (and may hold a NUL)
+        with core.db.read() as conn:
+            known = conn.execute(
+                select(state_versions.c.round).where(
+                    state_versions.c.federation_id == fid, state_versions.c.digest == base_version
+                )
+            ).first()
     if known is None:
         raise ApiError(
             409,

@@ -23,6 +23,10 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# The largest value an Integer column holds on every backend (PostgreSQL's INTEGER is 32-bit):
+# a larger round number or threshold matches no row, so it is never sent to the database.
+INT_MAX = 2**31 - 1
+
 federations = Table(
     "federations",
     metadata,
