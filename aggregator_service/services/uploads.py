@@ -21,6 +21,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from aggregator_service.errors import ApiError
+from aggregator_service.services.buffers import page_buffer
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.rounds import read_status
 from aggregator_service.services.validation import validate_delta
@@ -53,42 +54,66 @@ def _too_large(limit: int) -> ApiError:
     )
 
 
+class _Spool:
+    """Writes a body to an open file through one fixed buffer, hashing it on the way.
+
+    The buffer is mapped once per upload and refilled; a worker thread hashes
+    and writes each full one. So an upload holds the same memory whatever its
+    size, with no per-batch copies for the allocator to fragment.
+    """
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self._buf = memoryview(page_buffer(_WRITE_BATCH))
+        self._filled = 0
+
+    async def add(self, chunk: bytes) -> None:
+        data = memoryview(chunk)
+        self.size += len(data)
+        while data:
+            n = min(len(data), len(self._buf) - self._filled)
+            self._buf[self._filled : self._filled + n] = data[:n]
+            self._filled += n
+            data = data[n:]
+            if self._filled == len(self._buf):
+                await self.flush()
+
+    async def flush(self) -> None:
+        if self._filled:
+            await asyncio.to_thread(self._write, self._buf[: self._filled])
+            self._filled = 0
+
+    def _write(self, data: memoryview) -> None:
+        self.sha.update(data)
+        self.f.write(data)
+
+
 async def receive_body(
     core: Core, chunks: AsyncIterator[bytes], content_length: str | None
 ) -> Received:
     """Stream the body into a temp file in the blob store, hashing it; 413 past the limit.
 
-    Chunks are gathered into 1 MiB batches that a worker thread hashes and writes,
-    so a large upload never blocks the event loop and is never held whole.
+    A worker thread hashes and writes each 1 MiB of it, so a large upload never
+    blocks the event loop and is never held whole.
     """
     limit = core.settings.max_upload_bytes
     if content_length and content_length.isdigit() and int(content_length) > limit:
         raise _too_large(limit)
     tmp = core.blobs.new_temp()
-    h = hashlib.sha256()
-    size = 0
-    batch = bytearray()
-
-    def flush(f: BinaryIO, data: bytes) -> None:
-        h.update(data)
-        f.write(data)
-
     try:
         with open(tmp, "wb") as f:
+            spool = _Spool(f)
             async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
+                if spool.size + len(chunk) > limit:
                     raise _too_large(limit)
-                batch += chunk
-                if len(batch) >= _WRITE_BATCH:
-                    await asyncio.to_thread(flush, f, bytes(batch))
-                    batch.clear()
-            if batch:
-                await asyncio.to_thread(flush, f, bytes(batch))
+                await spool.add(chunk)
+            await spool.flush()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return Received(tmp, h.hexdigest(), size)
+    return Received(tmp, spool.sha.hexdigest(), spool.size)
 
 
 class _Retry(Exception):
