@@ -1,0 +1,84 @@
+"""The NaN/Inf check reads a delta in 1 MiB slices: a bad value anywhere is found, in every dtype."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from aggregator_service.errors import ApiError
+from aggregator_service.services.validation import validate_delta
+from shared.api import TensorInfo
+from shared.blobs import DeltaMetadata, encode_state
+from shared.spec import FederationSpec, parse_spec
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+SLICE = 1 << 20
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# where in the large tensor the bad value sits (element index from its size n and itemsize b)
+POSITIONS = {
+    "first": lambda n, b: 0,
+    "last_of_first_slice": lambda n, b: SLICE // b - 1,
+    "first_of_second_slice": lambda n, b: SLICE // b,
+    "last": lambda n, b: n - 1,
+}
+BAD = {"nan": (float("nan"), "NaN"), "inf": (float("inf"), "Inf"), "-inf": (float("-inf"), "Inf")}
+
+
+def _spec(dtype: str) -> FederationSpec:
+    raw = yaml.safe_load((EXAMPLES / "tiny-clip-bias.yaml").read_text())
+    raw["transport"] = {"dtype": dtype}
+    return parse_spec(raw)
+
+
+def _delta(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    meta = DeltaMetadata(federation="fed_v", round=1, base_version="0" * 64, num_examples=3)
+    path = tmp_path / "delta.safetensors"
+    path.write_bytes(encode_state(tensors, meta.to_safetensors()))
+    return path
+
+
+def _tensors(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A small tensor and one spanning three 1 MiB slices, odd-sized, values finite."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    n = (2 * SLICE + 12_345) // itemsize + 1
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "a": torch.randn(7, generator=gen).to(dtype),
+        "b": torch.randn(n, generator=gen).to(dtype),
+    }
+
+
+def _check(path: Path, tensors: dict[str, torch.Tensor], dtype: str) -> DeltaMetadata:
+    manifest = {k: TensorInfo(shape=list(t.shape), dtype=dtype) for k, t in tensors.items()}
+    return validate_delta(path, _spec(dtype), manifest, "fed_v", 1, 10**6)
+
+
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("where", POSITIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_non_finite_value_in_any_slice_is_refused(tmp_path, dtype, where, bad):
+    tensors = _tensors(DTYPES[dtype])
+    big = tensors["b"]
+    big[POSITIONS[where](big.numel(), big.element_size())] = BAD[bad][0]
+
+    with pytest.raises(ApiError) as refused:
+        _check(_delta(tmp_path, tensors), tensors, dtype)
+
+    assert refused.value.status == 422
+    assert str(refused.value) == f"tensor 'b' contains {BAD[bad][1]} values"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_finite_extremes_across_slices_pass(tmp_path, dtype):
+    tensors = _tensors(DTYPES[dtype])
+    info = torch.finfo(DTYPES[dtype])
+    big = tensors["b"]
+    for i, value in enumerate((info.max, info.min, info.tiny, info.smallest_normal / 4, 0.0)):
+        big[i * (SLICE // big.element_size()) // 2] = value
+
+    meta = _check(_delta(tmp_path, tensors), tensors, dtype)
+
+    assert (meta.federation, meta.round, meta.num_examples) == ("fed_v", 1, 3)
