@@ -1,4 +1,4 @@
-"""The NaN/Inf check reads a delta in 1 MiB slices: a bad value anywhere is found, in every dtype."""
+"""The NaN/Inf check reads a delta in slices: a bad value anywhere is found, in every dtype."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import torch
 import yaml
 
 from aggregator_service.errors import ApiError
-from aggregator_service.services.validation import validate_delta
+from aggregator_service.services.validation import _CHECK_CHUNK_BYTES, validate_delta
 from shared.api import TensorInfo
 from shared.blobs import DeltaMetadata, encode_state
 from shared.spec import FederationSpec, parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-SLICE = 1 << 20
+SLICE = _CHECK_CHUNK_BYTES  # the boundaries below are the check's own slices
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # where in the large tensor the bad value sits (element index from its size n and itemsize b)
 POSITIONS = {
@@ -41,7 +41,7 @@ def _delta(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> Path:
 
 
 def _tensors(dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A small tensor and one spanning three 1 MiB slices, odd-sized, values finite."""
+    """A small tensor and one spanning three slices, odd-sized, values finite."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     n = (2 * SLICE + 12_345) // itemsize + 1
     gen = torch.Generator().manual_seed(0)
