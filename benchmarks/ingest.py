@@ -12,10 +12,10 @@ fsync, commit), not aggregation.
 Printed per size: aggregate throughput (MiB of bodies accepted per second of
 wall time, first byte sent to last 201 received) and the server's peak memory
 growth over its idle value just before the uploads, sampled every 20 ms with
-psutil: RSS, and RssAnon (anonymous memory, what the process itself holds;
-RSS also counts page-cache pages of the blobs the validator maps, which are
-shared and reclaimable). Bodies are never held in memory by the server, so its
-growth should not depend on the body size.
+psutil: RSS, and RssAnon (anonymous memory, what the process itself holds).
+Bodies are never held in memory by the server: each upload in flight holds one
+1 MiB buffer and each worker thread checking values 512 KiB, so the growth is
+set by the number of concurrent uploads, not by the body size.
 
 Usage: python benchmarks/ingest.py [--clients 32] [--sizes 4,16,64]
 """
