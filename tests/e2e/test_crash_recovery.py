@@ -33,14 +33,15 @@ import pytest
 import torch
 import yaml
 
+from client_sdk import FedTuneClient
 from client_sdk.local_federation import ServerProcess, quiet_env, start_server
 from shared.api import FederationInfo, RoundRecord, RoundStatus
+from shared.spec import parse_spec
 from tests.deltas import make_delta
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_TOKEN = "fta_crash-recovery-admin-token"
 ROUNDS = 3
 
 
@@ -138,35 +139,21 @@ def _spec() -> dict[str, Any]:
 
 
 def _create_federation(server: ServerProcess) -> Fed:
-    with server.http() as c:
-        r = c.post("/v1/federations", json=_spec())
-        assert r.status_code == 201, r.text
-        info = FederationInfo.model_validate(r.json())
-        r = c.post(f"/v1/federations/{info.id}/enrollment-tokens", json={"uses": 3})
-        assert r.status_code == 201, r.text
-        token = r.json()["token"]
-    keys = {}
-    for i in range(3):
-        r = httpx.post(
-            f"{server.url}/v1/clients",
-            json={"enrollment_token": token, "name": f"org-{i}"},
-            timeout=30,
-        )
-        assert r.status_code == 201, r.text
-        keys[r.json()["client_id"]] = r.json()["api_key"]
-    return Fed(server, info, keys)
+    with server.admin() as admin:
+        info = admin.create_federation(parse_spec(_spec()))
+        token = admin.create_enrollment_token(info.id, uses=3).token
+    with FedTuneClient(server.url, allow_http=True) as anonymous:
+        regs = [anonymous.register_client(token, f"org-{i}") for i in range(3)]
+    return Fed(server, info, {reg.client_id: reg.api_key for reg in regs})
 
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[[str], ServerProcess]]:
-    """`launch(name)`: a server on `tmp_path/name/data` with a known admin token."""
+    """`launch(name)`: a server on `tmp_path/name/data` (admin token generated there)."""
     started: list[ServerProcess] = []
 
     def start(name: str) -> ServerProcess:
-        token_file = tmp_path / f"{name}-admin-token"
-        token_file.write_text(ADMIN_TOKEN + "\n")
-        token_file.chmod(0o600)
-        started.append(start_server(tmp_path / name / "data", admin_token_file=token_file))
+        started.append(start_server(tmp_path / name / "data"))
         return started[-1]
 
     yield start
