@@ -46,7 +46,6 @@ from shared.api import FederationInfo, RoundStatus
 from shared.blobs import DeltaMetadata
 
 MIB = 1 << 20
-ADMIN = "fta_ingest-benchmark-admin"
 ARCH = "google/vit-base-patch16-224-in21k"
 # LoRA on query and value of 12 blocks of width 768: A (r x 768) and B (768 x r) each.
 LORA_PARAMS_PER_RANK = 12 * 2 * 2 * 768
@@ -69,13 +68,9 @@ def spec(rank: int, clients: int) -> dict:
 
 
 def start(data_dir: Path, max_upload_mb: float) -> ServerProcess:
-    """A fresh `fedtune-server serve` with a known admin token and the given upload limit."""
-    token = data_dir.parent / "admin-token"
-    token.write_text(ADMIN + "\n")
-    token.chmod(0o600)
+    """A fresh `fedtune-server serve` with the given upload limit (admin token generated)."""
     return start_server(
         data_dir,
-        admin_token_file=token,
         extra_args=["--max-upload-mb", str(max_upload_mb)],
         env={**os.environ, "HF_HUB_OFFLINE": "1", "FEDTUNE_LOG_LEVEL": "warning"},
     )
