@@ -29,6 +29,7 @@ Usage: python benchmarks/aggregation.py [--n 16] [--size-mb 64] [--repeat 3] [--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import json
@@ -210,18 +211,15 @@ def worker(side: str, root: Path, seed: int, warm: int) -> None:
     names = sorted(old)
     seconds, digests = [], []
     out: dict[str, torch.Tensor] = {}
+    cold = PeakMemory()
     for i in range(1 + warm):
         call: Callable[[], Any] = (
             _fedtune_call(old, updates, seed + i)
             if side == "fedtune"
             else _flower_call(old, updates)
         )
-        if i == 0:  # the sampler thread only watches the cold call: it costs CPU
-            with PeakMemory() as cold:
-                start = time.perf_counter()
-                result = call()
-                seconds.append(time.perf_counter() - start)
-        else:
+        # the sampler thread only watches the cold call: it costs CPU
+        with cold if i == 0 else contextlib.nullcontext():
             start = time.perf_counter()
             result = call()
             seconds.append(time.perf_counter() - start)
