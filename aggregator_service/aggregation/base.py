@@ -183,10 +183,6 @@ class DeltaReader:
         t = self.raw(i, name, like).to(torch.float32)
         return t * self.scales[i] if self.scales[i] != 1.0 else t
 
-    def tensors(self, name: str) -> Iterator[torch.Tensor]:
-        for i in range(len(self._blobs)):
-            yield self.tensor(i, name)
-
     def norms(self) -> list[float]:
         """L2 norm of each whole delta, accumulated in float64 tensor by tensor."""
         out = []
