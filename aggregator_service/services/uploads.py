@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from aggregator_service.errors import ApiError
@@ -34,6 +34,7 @@ from aggregator_service.storage.tables import (
 )
 from shared.api import RoundState, RoundStatus, TensorInfo, UpdateReceipt
 from shared.blobs import DeltaMetadata
+from shared.spec import FederationSpec
 
 __all__ = ["Received", "ingest", "receive_body"]
 
@@ -133,16 +134,26 @@ def ingest(core: Core, client_id: str, fid: str, number: int, body: Received) ->
         body.path.unlink(missing_ok=True)
 
 
-def _existing(conn: Connection, fid: str, number: int, client_id: str) -> str | None:
+def _existing(conn: Connection, fid: str, number: int, client_id: str) -> Row | None:
+    """This client's accepted update for the round (sha256, bytes, num_examples), if any."""
     if number > INT_MAX:  # no such round; the column type could not even hold the number
         return None
     return conn.execute(
-        select(updates.c.sha256).where(
+        select(updates.c.sha256, updates.c.bytes, updates.c.num_examples).where(
             updates.c.federation_id == fid,
             updates.c.round == number,
             updates.c.client_id == client_id,
         )
-    ).scalar()
+    ).first()
+
+
+def _progress(conn: Connection, fid: str, number: int) -> Row:
+    """The round's `received` count and `status`."""
+    return conn.execute(
+        select(rounds.c.received, rounds.c.status).where(
+            rounds.c.federation_id == fid, rounds.c.number == number
+        )
+    ).one()
 
 
 def _ingest_once(
@@ -152,11 +163,11 @@ def _ingest_once(
     with core.db.read() as conn:
         prior = _existing(conn, fid, number, client_id)
         status = read_status(conn, spec, fid, client_id)
+        if prior is not None:
+            return _duplicate(conn, spec, client_id, fid, number, body, prior, status)
         manifest_text: str = conn.execute(
             select(federations.c.manifest).where(federations.c.id == fid)
         ).scalar_one()
-    if prior is not None:
-        return _duplicate(core, client_id, fid, number, body, prior)
     if status.federation_status == "completed":
         raise ApiError(409, "federation_completed", "the federation has completed", status)
     if number != status.round or status.status != "open":
@@ -220,11 +231,7 @@ def _commit(
                 )
             except IntegrityError:
                 raise _Retry from None
-            row = conn.execute(
-                select(rounds.c.received, rounds.c.status).where(
-                    rounds.c.federation_id == fid, rounds.c.number == number
-                )
-            ).one()
+            row = _progress(conn, fid, number)
             created = core.blobs.commit_temp(body.path, body.sha256)
     except BaseException:
         if created:
@@ -268,40 +275,34 @@ def _refuse_base(core: Core, fid: str, base_version: str, status: RoundStatus) -
 
 
 def _duplicate(
-    core: Core, client_id: str, fid: str, number: int, body: Received, prior: str
+    conn: Connection,
+    spec: FederationSpec,
+    client_id: str,
+    fid: str,
+    number: int,
+    body: Received,
+    prior: Row,
+    status: RoundStatus,
 ) -> UpdateReceipt:
-    if prior != body.sha256:
-        with core.db.read() as conn:
-            status = read_status(conn, core.spec(fid), fid, client_id)
+    """The receipt of an update already accepted (same bytes); 409 for different bytes."""
+    if prior.sha256 != body.sha256:
         raise ApiError(
             409,
             "conflict",
-            f"this client already submitted a different update ({prior[:16]}…) for round "
+            f"this client already submitted a different update ({prior.sha256[:16]}…) for round "
             f"{number}; an update cannot be replaced",
             status,
         )
-    with core.db.read() as conn:
-        row = conn.execute(
-            select(updates.c.bytes, updates.c.num_examples).where(
-                updates.c.federation_id == fid,
-                updates.c.round == number,
-                updates.c.client_id == client_id,
-            )
-        ).one()
-        rnd = conn.execute(
-            select(rounds.c.received, rounds.c.status).where(
-                rounds.c.federation_id == fid, rounds.c.number == number
-            )
-        ).one()
+    rnd = _progress(conn, fid, number)
     return UpdateReceipt(
         federation_id=fid,
         round=number,
         client_id=client_id,
-        sha256=prior,
-        bytes=row.bytes,
-        num_examples=row.num_examples,
+        sha256=prior.sha256,
+        bytes=prior.bytes,
+        num_examples=prior.num_examples,
         duplicate=True,
         received=rnd.received,
-        quorum=core.spec(fid).rounds.quorum,
+        quorum=spec.rounds.quorum,
         round_status=rnd.status,
     )
