@@ -25,7 +25,7 @@ from sqlalchemy import URL, create_engine, func, select, text
 from aggregator_service.storage.database import parse_database_url
 from aggregator_service.storage.tables import enrollment_tokens, metadata, rounds
 from client_sdk.local_federation import ServerProcess, start_server
-from tests.aggregator_service.test_uploads import CASES, MAX_UPLOAD_MB, Scene
+from tests.aggregator_service.test_uploads import CASES, MAX_UPLOAD_MB, Scene, stage_scene
 from tests.deltas import make_delta
 
 PG_ENV = "FEDTUNE_TEST_POSTGRES_URL"
@@ -267,18 +267,9 @@ class Stage:
 
 
 def _stage(app: Any, db_url: str, new_federation: Any, spec_with: Any) -> Stage:
-    fed = new_federation(app, spec_with(total=3, quorum=3, min_updates=2), 4)
-    c = sorted(fed.keys)
-    v0 = fed.info.global_version
-    round1 = {cid: make_delta(fed.info, 1, v0, 10 + i) for i, cid in enumerate(c[:3])}
-    for cid, body in round1.items():
-        assert fed.upload(cid, 1, body).status_code == 201
-    v1 = fed.wait_round(2)["global_version"]
-    round2_c0 = make_delta(fed.info, 2, v1, 7, fill=0.5)
-    assert fed.upload(c[0], 2, round2_c0).status_code == 201
+    scene = stage_scene(app, new_federation, spec_with)
     with app.client() as http:
-        token = http.post(f"/v1/federations/{fed.id}/enrollment-tokens", json={"uses": 1})
-    scene = Scene(fed, v0, v1, c, round1[c[0]], round2_c0, make_delta)
+        token = http.post(f"/v1/federations/{scene.fed.id}/enrollment-tokens", json={"uses": 1})
     return Stage(scene, db_url, token.json()["token"])
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from aggregator_service.storage.tables import rounds, updates
 from shared.api import FederationInfo
 from shared.blobs import DeltaMetadata, encode_state
+from tests.deltas import make_delta
 
 MAX_UPLOAD_MB = 1.5
 
@@ -55,19 +56,23 @@ class Scene:
         return meta
 
 
-@pytest.fixture(scope="module")
-def scene(start_module_app, new_federation, spec_with, delta) -> Scene:
-    app = start_module_app(max_upload_mb=MAX_UPLOAD_MB)
+def stage_scene(app: Any, new_federation: Any, spec_with: Any) -> Scene:
+    """Play the Scene on `app`: four clients, round 1 closed by c0..c2, c0's update in round 2."""
     fed = new_federation(app, spec_with(total=3, quorum=3, min_updates=2), 4)
     c = sorted(fed.keys)
     v0 = fed.info.global_version
-    round1 = {cid: delta(fed.info, 1, v0, 10 + i) for i, cid in enumerate(c[:3])}
+    round1 = {cid: make_delta(fed.info, 1, v0, 10 + i) for i, cid in enumerate(c[:3])}
     for cid, body in round1.items():
         assert fed.upload(cid, 1, body).status_code == 201
     v1 = fed.wait_round(2)["global_version"]
-    round2_c0 = delta(fed.info, 2, v1, 7, fill=0.5)
+    round2_c0 = make_delta(fed.info, 2, v1, 7, fill=0.5)
     assert fed.upload(c[0], 2, round2_c0).status_code == 201
-    return Scene(fed, v0, v1, c, round1[c[0]], round2_c0, delta)
+    return Scene(fed, v0, v1, c, round1[c[0]], round2_c0, make_delta)
+
+
+@pytest.fixture(scope="module")
+def scene(start_module_app, new_federation, spec_with) -> Scene:
+    return stage_scene(start_module_app(max_upload_mb=MAX_UPLOAD_MB), new_federation, spec_with)
 
 
 def _raw(entries: dict[str, tuple[str, list[int], tuple[int, int]]], data: bytes) -> bytes:
