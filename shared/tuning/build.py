@@ -47,8 +47,9 @@ def _build(spec: FederationSpec, *, load_weights: bool, device: torch.device) ->
     model.text_source = None
     head = model.head_param_names()
     train_head = spec.method.train_head or model.always_train_head
-    extra_head = [n for n in head if n not in set(own)] if train_head else []
-    trainable = set(own) | set(extra_head)
+    own_set = set(own)
+    extra_head = [n for n in head if n not in own_set] if train_head else []
+    trainable = own_set | set(extra_head)
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
     model.train(False)

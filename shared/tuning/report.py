@@ -53,12 +53,9 @@ def method_reports(spec: FederationSpec) -> list[MethodReport]:
             }
         )
         built = build_for_counting(variant)
-        own = sum(
-            p.numel() for n, p in built.model.named_parameters() if n in set(built.method_params)
-        )
-        head = sum(
-            p.numel() for n, p in built.model.named_parameters() if n in set(built.head_params)
-        )
+        params = dict(built.model.named_parameters())
+        own = sum(params[n].numel() for n in built.method_params)
+        head = sum(params[n].numel() for n in built.head_params)
         total = built.num_total
         reports.append(
             MethodReport(
