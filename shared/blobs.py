@@ -36,6 +36,7 @@ __all__ = [
     "parse_header",
     "read_header",
     "sha256_file",
+    "tensor_bytes",
     "torch_dtype",
     "write_state",
 ]
@@ -269,7 +270,8 @@ def _layout(
     return struct.pack("<Q", len(raw)) + raw, ordered
 
 
-def _tensor_bytes(t: torch.Tensor) -> memoryview:
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw bytes of a contiguous CPU tensor, viewed in place (no copy)."""
     return t.reshape(-1).view(torch.uint8).numpy().data
 
 
@@ -278,7 +280,7 @@ def encode_state(
 ) -> bytes:
     """Serialise tensors to safetensors bytes; the same inputs always give the same bytes."""
     head, ordered = _layout(tensors, metadata)
-    return head + b"".join(_tensor_bytes(t) for t in ordered)
+    return head + b"".join(tensor_bytes(t) for t in ordered)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -293,7 +295,7 @@ def write_state(
     head, ordered = _layout(tensors, metadata)
     f.write(head)
     for t in ordered:
-        f.write(_tensor_bytes(t))
+        f.write(tensor_bytes(t))
 
 
 def atomic_save_state(

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from shared.api import TensorInfo
-from shared.blobs import dtype_name
+from shared.blobs import dtype_name, tensor_bytes
 from shared.models.base import Preprocess, VisionClassifier
 
 __all__ = ["BuiltModel", "fingerprint"]
@@ -33,7 +33,7 @@ def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(json.dumps([name, dtype_name(t.dtype), list(t.shape)]).encode() + b"\n")
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
