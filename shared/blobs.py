@@ -43,7 +43,6 @@ __all__ = [
 
 DELTA_FORMAT = "fedtune-delta/1"
 MAX_HEADER_BYTES = 1 << 20
-_CHUNK = 1 << 20
 
 # safetensors dtype codes -> (torch dtype name, item size)
 _DTYPES: dict[str, tuple[str, int]] = {
@@ -337,13 +336,6 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+    """Hex sha256 of a file, read in chunks."""
     with open(path, "rb") as f:
-        _hash_stream(f, h)
-    return h.hexdigest()
-
-
-def _hash_stream(f: BinaryIO, h: Any) -> None:
-    while chunk := f.read(_CHUNK):
-        h.update(chunk)
+        return hashlib.file_digest(f, "sha256").hexdigest()
