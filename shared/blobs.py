@@ -176,10 +176,8 @@ def read_header(path: str | Path, max_header: int = MAX_HEADER_BYTES) -> Safeten
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(8)
-        if len(head) < 8:
-            return parse_header(head, size, max_header)
-        (n,) = struct.unpack("<Q", head)
-        body = f.read(min(n, max_header + 1)) if n <= max_header else b""
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        body = f.read(n) if n <= max_header else b""
     return parse_header(head + body, size, max_header)
 
 
