@@ -98,8 +98,10 @@ def test_header_of_encoded_state_lists_every_tensor() -> None:
 
 def test_read_header_matches_parse_header(tmp_path: Path) -> None:
     path = tmp_path / "s.safetensors"
-    atomic_save_state(path, {"x": torch.randn(4)}, {"format": "t"})
-    assert read_header(path).tensors["x"].shape == (4,)
+    atomic_save_state(path, {"x": torch.randn(4), "y": torch.ones(2, 3)}, {"format": "t"})
+    header = read_header(path)
+    assert header == parse_header(path.read_bytes(), path.stat().st_size)
+    assert header.tensors["x"].shape == (4,)
     assert not list(tmp_path.glob(".*.tmp"))
 
 
