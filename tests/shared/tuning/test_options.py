@@ -40,9 +40,12 @@ def test_train_head_with_text_prompt_is_refused() -> None:
         build(tiny_spec("open_clip", "text_prompt", train_head=True))
 
 
-def test_unknown_tiny_vit_arch_is_named() -> None:
-    with pytest.raises(ValueError, match=r"model\.arch"):
-        build(tiny_spec("open_clip", "bias", arch="no-such-clip"))
+@pytest.mark.parametrize(
+    ("family", "arch"), [("open_clip", "no-such-clip"), ("hf_vit", "no-such-vit")]
+)
+def test_unknown_arch_is_named(family: str, arch: str) -> None:
+    with pytest.raises(ValueError, match=rf"model\.arch: .*{arch}"):
+        build(tiny_spec(family, "bias", arch=arch))
 
 
 @pytest.mark.parametrize(
