@@ -74,6 +74,8 @@ def test_base_state_that_does_not_fit_is_refused() -> None:
 
 def test_load_trainable_state_casts_dtype() -> None:
     bm = build(tiny_spec("hf_vit", "head"))
-    half = {n: t.to(torch.float16) for n, t in bm.trainable_state().items()}
+    half = {n: (t + 1).to(torch.float16) for n, t in bm.trainable_state().items()}
     bm.load_trainable_state(half)
-    assert all(t.dtype == torch.float32 for t in bm.trainable_state().values())
+    loaded = bm.trainable_state()
+    assert all(t.dtype == torch.float32 for t in loaded.values())
+    assert all(torch.equal(loaded[n], half[n].float()) for n in half)
