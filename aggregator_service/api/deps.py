@@ -36,7 +36,7 @@ RunnerDep = Annotated[RoundRunner, Depends(get_runner)]
 def get_principal(
     core: CoreDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    return authenticate(core, f"Bearer {creds.credentials}" if creds else None)
+    return authenticate(core, creds.credentials if creds else None)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
