@@ -95,7 +95,7 @@ def resolve_config(spec: FederationSpec) -> ViTConfig:
     except OSError as exc:
         raise ValueError(
             f"model.arch: cannot find a ViT config for {arch!r} "
-            f"(not a FedTune config, local directory or reachable model id): {exc}"
+            f"(not a FedTune config, local directory or reachable model id): {_first_line(exc)}"
         ) from None
     config.num_labels = len(spec.task.classes)
     return config
@@ -121,7 +121,9 @@ def _load_pretrained(pretrained: str, config: ViTConfig) -> ViTForImageClassific
             pretrained, config=config, ignore_mismatched_sizes=True, output_loading_info=True
         )
     except OSError as exc:
-        raise ValueError(f"model.pretrained: cannot load {pretrained!r}: {exc}") from None
+        raise ValueError(
+            f"model.pretrained: cannot load {pretrained!r}: {_first_line(exc)}"
+        ) from None
     model, info = loaded
     mismatched = [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])]
     missing = list(info.get("missing_keys", [])) + mismatched
@@ -151,3 +153,8 @@ def build_hf_vit(
         nn.init.trunc_normal_(classifier.weight, std=config.initializer_range)
         nn.init.zeros_(classifier.bias)
     return ViTClassifier(hf.vit, classifier, _preprocess(config, pretrained))
+
+
+def _first_line(exc: BaseException) -> str:
+    """transformers' errors run to several lines with hub hints; CLIs print one line."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

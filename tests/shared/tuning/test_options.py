@@ -43,9 +43,10 @@ def test_train_head_with_text_prompt_is_refused() -> None:
 @pytest.mark.parametrize(
     ("family", "arch"), [("open_clip", "no-such-clip"), ("hf_vit", "no-such-vit")]
 )
-def test_unknown_arch_is_named(family: str, arch: str) -> None:
-    with pytest.raises(ValueError, match=rf"model\.arch: .*{arch}"):
+def test_unknown_arch_is_named_in_one_line(family: str, arch: str) -> None:
+    with pytest.raises(ValueError, match=rf"model\.arch: .*{arch}") as caught:
         build(tiny_spec(family, "bias", arch=arch))
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
