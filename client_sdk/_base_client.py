@@ -275,7 +275,7 @@ class BaseClient:
                 {"Content-Type": "application/octet-stream", "Content-Length": str(size)}, key
             )
             request = self._http.build_request(
-                "PUT", path, content=_file_chunks(source, progress, label), headers=headers
+                "PUT", path, content=_file_chunks(source, size, progress, label), headers=headers
             )
             with self._send(request) as response:
                 body = response.read()
@@ -339,8 +339,7 @@ def _stream_to_file(
     return digest.hexdigest(), size
 
 
-def _file_chunks(source: Path, progress: bool, label: str) -> Iterator[bytes]:
-    size = source.stat().st_size
+def _file_chunks(source: Path, size: int, progress: bool, label: str) -> Iterator[bytes]:
     with (
         source.open("rb") as f,
         tqdm(
