@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import logging
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,10 +29,10 @@ from client_sdk._client import FedTuneClient
 from client_sdk.local_federation import (
     ClientProcess,
     ServerProcess,
-    client_command,
-    quiet_env,
+    register,
     start_client,
     start_server,
+    train_args,
 )
 from shared.api import FederationInfo, RoundRecord
 from shared.blobs import read_header
@@ -137,28 +136,22 @@ def _enroll(server: ServerProcess, admin: FedTuneClient, fid: str, root: Path) -
     creds = {}
     for org in ORGS:
         token = admin.create_enrollment_token(fid, uses=1)
-        path = root / org / "credentials.json"
-        cmd = client_command(
-            "register", "--server", server.url, "--enrollment-token", token.token,
-            "--name", org, "--credentials", str(path), "--insecure-http", "--force",
-        )  # fmt: skip
-        subprocess.run(cmd, check=True, env=quiet_env(), stdout=subprocess.DEVNULL)
-        creds[org] = path
+        creds[org] = root / org / "credentials.json"
+        register(server, token.token, org, creds[org], "--force")
     return creds
 
 
 def _train_all(
     server: ServerProcess, creds: dict[str, Path], data: dict[str, Path], root: Path
 ) -> list[ClientProcess]:
-    procs = []
-    for org in ORGS:
-        args = [
-            "train", "--server", server.url, "--credentials", str(creds[org]),
-            "--data", str(data[org]), "--work-dir", str(root / org / "work"),
-            "--device", "cpu", "--insecure-http", "--quiet",
-        ]  # fmt: skip
-        procs.append(start_client(org, args, root / org / "client.log"))
-    return procs
+    return [
+        start_client(
+            org,
+            train_args(server, creds[org], data[org], root / org / "work"),
+            root / org / "client.log",
+        )
+        for org in ORGS
+    ]
 
 
 def _watch(admin: FedTuneClient, fid: str, procs: list[ClientProcess]) -> None:

@@ -23,7 +23,15 @@ import httpx
 
 from client_sdk._client import FedTuneClient
 
-__all__ = ["ClientProcess", "ServerProcess", "client_command", "free_port", "start_server"]
+__all__ = [
+    "ClientProcess",
+    "ServerProcess",
+    "client_command",
+    "free_port",
+    "register",
+    "start_server",
+    "train_args",
+]
 
 READY_TIMEOUT_S = 120.0
 
@@ -88,6 +96,10 @@ class ServerProcess:
     @property
     def admin_token(self) -> str:
         return self.admin_token_file.read_text().strip()
+
+    def transport_args(self) -> list[str]:
+        """The client flags that reach this server: trust its CA, else allow plain http."""
+        return ["--insecure-http"] if self.ca_cert is None else ["--ca-cert", str(self.ca_cert)]
 
     def admin(self) -> FedTuneClient:
         return FedTuneClient(
@@ -208,6 +220,25 @@ def _wait_ready(server: ServerProcess) -> None:
         time.sleep(0.2)
     server.stop()
     raise RuntimeError(f"fedtune-server not ready after {READY_TIMEOUT_S}s:\n{server.log_tail()}")
+
+
+def register(server: ServerProcess, token: str, name: str, credentials: Path, *extra: str) -> None:
+    """Register an organisation with `fedtune-client register`; raise with its stderr on failure."""
+    cmd = client_command(
+        "register", "--server", server.url, "--enrollment-token", token, "--name", name,
+        "--credentials", str(credentials), *server.transport_args(), *extra,
+    )  # fmt: skip
+    done = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"fedtune-client register {name} failed:\n{done.stderr}")
+
+
+def train_args(server: ServerProcess, credentials: Path, data: Path, work_dir: Path) -> list[str]:
+    """Arguments of a quiet CPU `fedtune-client train` against `server`."""
+    return [
+        "train", "--server", server.url, "--credentials", str(credentials), "--data", str(data),
+        "--work-dir", str(work_dir), "--device", "cpu", "--quiet", *server.transport_args(),
+    ]  # fmt: skip
 
 
 @dataclass

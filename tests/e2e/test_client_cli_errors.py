@@ -26,6 +26,7 @@ from client_sdk.local_federation import (
     free_port,
     quiet_env,
     start_server,
+    train_args,
 )
 from shared.spec import RoundsSpec, load_spec
 
@@ -77,10 +78,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     server.stop()
 
 
-def _train(env: Env, creds: Path, data: Path, *extra: str) -> list[str]:
-    return ["train", "--server", env.server.url, "--credentials", str(creds), "--data", str(data),
-            "--work-dir", str(env.root / f"work-{creds.stem}"), "--device", "cpu", "--quiet",
-            "--insecure-http", *extra]  # fmt: skip
+def _train(env: Env, creds: Path, data: Path) -> list[str]:
+    return train_args(env.server, creds, data, env.root / f"work-{creds.stem}")
 
 
 def _creds_file(env: Env, **override: str) -> Path:

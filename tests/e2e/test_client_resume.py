@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,10 +21,10 @@ from PIL import Image
 from client_sdk.local_federation import (
     ClientProcess,
     ServerProcess,
-    client_command,
-    quiet_env,
+    register,
     start_client,
     start_server,
+    train_args,
 )
 from shared.blobs import sha256_file
 from shared.spec import RoundsSpec, load_spec
@@ -69,11 +68,7 @@ class Org:
         self.server, self.root = server, root
         self.creds = root / "credentials.json"
         token = server.admin().create_enrollment_token(fid).token
-        cmd = client_command(
-            "register", "--server", server.url, "--enrollment-token", token,
-            "--name", root.name, "--credentials", str(self.creds), "--insecure-http",
-        )  # fmt: skip
-        subprocess.run(cmd, env=quiet_env(), check=True, capture_output=True, timeout=120)
+        register(server, token, root.name, self.creds)
         self.client_id = json.loads(self.creds.read_text())["client_id"]
         self.data = _folder(root / "data", classes, n)
         self.work = root / "work"
@@ -81,11 +76,7 @@ class Org:
 
     def train(self) -> ClientProcess:
         self.runs += 1
-        args = [
-            "train", "--server", self.server.url, "--credentials", str(self.creds),
-            "--data", str(self.data), "--work-dir", str(self.work), "--device", "cpu",
-            "--quiet", "--insecure-http",
-        ]  # fmt: skip
+        args = train_args(self.server, self.creds, self.data, self.work)
         return start_client(self.root.name, args, self.root / f"run-{self.runs}.log")
 
     def journal_status(self, r: int) -> str | None:

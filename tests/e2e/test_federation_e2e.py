@@ -20,8 +20,10 @@ from client_sdk.local_federation import (
     ServerProcess,
     client_command,
     quiet_env,
+    register,
     start_client,
     start_server,
+    train_args,
 )
 from shared.spec import FederationSpec, RoundsSpec, load_spec
 
@@ -58,15 +60,6 @@ def two_round_spec(example: str) -> FederationSpec:
     return spec.model_copy(update={"rounds": rounds, "local_training": lt})
 
 
-def register(server: ServerProcess, token: str, name: str, creds: Path, ca: Path) -> None:
-    cmd = client_command(
-        "register", "--server", server.url, "--enrollment-token", token,
-        "--name", name, "--credentials", str(creds), "--ca-cert", str(ca),
-    )  # fmt: skip
-    done = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-
-
 @pytest.mark.parametrize("example", ["tiny-clip-bias.yaml", "tiny-vit-lora.yaml"])
 def test_three_clients_complete_two_rounds_over_tls(server, tls, tmp_path, example):
     spec = two_round_spec(example)
@@ -76,13 +69,10 @@ def test_three_clients_complete_two_rounds_over_tls(server, tls, tmp_path, examp
     for i, org in enumerate(ORGS):
         token = admin.create_enrollment_token(info.id).token
         creds = tmp_path / org / "credentials.json"
-        register(server, token, org, creds, tls[2])
+        register(server, token, org, creds)
         data = write_image_folder(tmp_path / org / "data", spec.task.classes, 4, seed=i)
         (data / spec.task.classes[0] / "broken.png").write_bytes(b"not an image")
-        args = [
-            "train", "--server", server.url, "--credentials", str(creds), "--data", str(data),
-            "--work-dir", str(tmp_path / org / "work"), "--device", "cpu", "--quiet",
-        ]  # fmt: skip
+        args = train_args(server, creds, data, tmp_path / org / "work")
         procs.append(start_client(org, args, tmp_path / org / "client.log"))
 
     codes = [p.wait(timeout=600) for p in procs]
