@@ -54,7 +54,6 @@ class Participant:
             counts,
             f"; skipped {len(data.skipped)} unreadable" if data.skipped else "",
         )
-        self.skipped = len(data.skipped)
         device = resolve_device(options.device)
         self.workdir = WorkDir(options.work_dir, self.info.id, client_id)
         bm = prepare_model(client, self.info, self.workdir, progress=options.progress)

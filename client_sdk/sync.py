@@ -85,7 +85,6 @@ class StateStore:
         self.client, self.info, self.workdir = client, info, workdir
         self.version: str | None = None
         self.state: dict[str, torch.Tensor] = {}
-        self.bytes_down = 0
 
     def get(self, version: str, *, progress: bool) -> dict[str, torch.Tensor]:
         """The global state `version`, downloaded only when not already held."""
@@ -102,7 +101,6 @@ class StateStore:
             )
             if result.not_modified:
                 return self.state
-            self.bytes_down += result.size
             if result.sha256 != version:
                 path.unlink(missing_ok=True)
                 raise FedTuneError(
