@@ -196,7 +196,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explain(exc: BaseException, args: argparse.Namespace) -> str:
+def _explain(exc: BaseException) -> str:
     """One line a user can act on."""
     if isinstance(exc, APIStatusError) and exc.code == "enrollment_invalid":
         return f"enrollment refused: {exc.detail}"
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except (FedTuneError, OSError) as exc:
-        print(f"{PROG}: error: {_explain(exc, args)}", file=sys.stderr)
+        print(f"{PROG}: error: {_explain(exc)}", file=sys.stderr)
         return 1
 
 
