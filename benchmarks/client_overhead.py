@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from client_sdk import FedTuneClient
-from client_sdk.local_federation import start_server
+from lab.local_federation import start_server
 from client_sdk.participate import Participant, ParticipateOptions
 from shared.spec import parse_spec
 

@@ -41,7 +41,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client_sdk.local_federation import ServerProcess, start_server
+from lab.local_federation import ServerProcess, start_server
 from shared.api import FederationInfo, RoundStatus
 from shared.blobs import DeltaMetadata
 

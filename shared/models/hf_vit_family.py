@@ -20,6 +20,7 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from shared.models.base import Preprocess, VisionClassifier, seeded
 from shared.models.configs import hf_vit_config
+from shared.models.synthetic import resolve_pretrained
 from shared.spec import FederationSpec
 
 __all__ = ["ViTClassifier", "build_hf_vit"]
@@ -142,8 +143,9 @@ def build_hf_vit(
     """Build the ViT (weights from `model.pretrained` when loading) and its new seeded head."""
     config = resolve_config(spec)
     pretrained = spec.model.pretrained
-    if load_weights and pretrained is not None:
-        hf = _load_pretrained(pretrained, config)
+    weights = resolve_pretrained("hf_vit", spec.model.arch, pretrained) if load_weights else None
+    if weights is not None:
+        hf = _load_pretrained(weights, config)
     else:
         with device:
             hf = ViTForImageClassification(config)

@@ -20,6 +20,7 @@ from torch import nn
 
 from shared.models.base import Preprocess, VisionClassifier
 from shared.models.configs import register_open_clip_configs
+from shared.models.synthetic import resolve_pretrained
 from shared.spec import FederationSpec
 
 __all__ = ["ClipClassifier", "FixedHead", "TextTower", "build_open_clip"]
@@ -191,10 +192,11 @@ def build_open_clip(
             f"model.arch: {arch!r} is not an open_clip architecture "
             "(see open_clip.list_models(), or use hf-hub:/local-dir:)"
         )
+    weights = resolve_pretrained("open_clip", arch, pretrained) if load_weights else None
     try:
         clip = open_clip.create_model(
             arch,
-            pretrained=pretrained if load_weights else None,
+            pretrained=weights,
             load_weights=load_weights,
             device=device,
             force_preprocess_cfg=None if load_weights else _preprocess_override(arch, pretrained),

@@ -24,7 +24,7 @@ from sqlalchemy import URL, create_engine, func, select, text
 
 from aggregator_service.storage.database import parse_database_url
 from aggregator_service.storage.tables import enrollment_tokens, metadata, rounds
-from client_sdk.local_federation import ServerProcess, start_server
+from lab.local_federation import ServerProcess, start_server
 from tests.aggregator_service.test_uploads import CASES, MAX_UPLOAD_MB, Scene, stage_scene
 from tests.deltas import make_delta
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import yaml
 
-from client_sdk.local_federation import start_server
+from lab.local_federation import start_server
 from shared.api import FederationInfo
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 import shared.tuning  # noqa: F401  (registers the tiny model configs with open_clip)
 from client_sdk import FedTuneClient
 from client_sdk.credentials import Credentials, save
-from client_sdk.local_federation import (
+from lab.local_federation import (
     ServerProcess,
     client_command,
     free_port,

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client_sdk.local_federation import (
+from lab.local_federation import (
     ClientProcess,
     ServerProcess,
     register,

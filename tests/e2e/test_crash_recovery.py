@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from client_sdk import FedTuneClient
-from client_sdk.local_federation import ServerProcess, quiet_env, start_server
+from lab.local_federation import ServerProcess, quiet_env, start_server
 from shared.api import FederationInfo, RoundRecord, RoundStatus
 from shared.spec import parse_spec
 from tests.deltas import make_delta

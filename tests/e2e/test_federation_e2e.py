@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from client_sdk.credentials import Credentials, save
-from client_sdk.local_federation import (
+from lab.local_federation import (
     ServerProcess,
     client_command,
     quiet_env,

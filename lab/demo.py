@@ -26,7 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from client_sdk._client import FedTuneClient
-from client_sdk.local_federation import (
+from lab.local_federation import (
     ClientProcess,
     ServerProcess,
     register,
@@ -250,7 +250,7 @@ def _explain(root: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client_sdk.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__)
     parser.add_argument("--dir", type=Path, default=Path("demo-data"), help="where to put it all")
     args = parser.parse_args(argv)
     root: Path = args.dir
