@@ -1,0 +1,70 @@
+"""Held-out accuracy of a federation's global states, the way an outside observer sees them.
+
+The reference model is built from the spec the server echoes, with the frozen
+base downloaded from the server (fingerprint checked); each round's global
+state is downloaded by version and scored on images no organisation holds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from client_sdk._client import FedTuneClient
+from lab.datasets import LabeledImages
+from shared.api import FederationInfo
+from shared.blobs import read_header
+from shared.tuning import BuiltModel, build
+
+__all__ = ["accuracy", "reference_model", "round_accuracies"]
+
+EVAL_BATCH = 256
+
+
+@torch.no_grad()
+def accuracy(bm: BuiltModel, data: LabeledImages) -> float:
+    """Top-1 accuracy of `bm` as it stands on `data`."""
+    transform: Callable[[Image.Image], torch.Tensor] = bm.transform(False)
+    bm.model.eval()
+    correct = 0
+    for start in range(0, len(data), EVAL_BATCH):
+        batch = torch.stack([transform(im) for im in data.images[start : start + EVAL_BATCH]])
+        labels = torch.tensor(data.labels[start : start + EVAL_BATCH])
+        correct += int((bm.model(batch).argmax(-1) == labels).sum())
+    return correct / max(len(data), 1)
+
+
+def reference_model(admin: FedTuneClient, info: FederationInfo, scratch: Path) -> BuiltModel:
+    """The federation's model, built here with the server's base; raises if they differ."""
+    if info.base_available:
+        base = admin.download_base(info.id, scratch / "base.safetensors")
+        read_header(base.path)
+        bm = build(info.spec, base_state=load_file(str(base.path)))
+    else:
+        bm = build(info.spec)
+    if bm.base_fingerprint() != info.base_fingerprint:
+        raise RuntimeError(
+            f"federation {info.id}: the reference model's base fingerprint differs from the server's"
+        )
+    return bm
+
+
+def round_accuracies(
+    admin: FedTuneClient, info: FederationInfo, test: LabeledImages, rounds: int
+) -> list[float]:
+    """Held-out accuracy of the global state after rounds 0 (initial) .. `rounds`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        bm = reference_model(admin, info, scratch)
+        scores = []
+        for r in range(rounds + 1):
+            state = admin.download_state(info.id, scratch / f"v{r}.safetensors", version=r)
+            read_header(state.path)
+            bm.load_trainable_state(load_file(str(state.path)))
+            scores.append(accuracy(bm, test))
+    return scores
