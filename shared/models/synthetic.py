@@ -146,8 +146,7 @@ def resolve_pretrained(family: str, arch: str, pretrained: str | None) -> str | 
         return pretrained
     if base.family != family:
         raise ValueError(
-            f"model.pretrained: {pretrained!r} of {arch!r} is an {base.family} base, "
-            f"not {family}"
+            f"model.pretrained: {pretrained!r} of {arch!r} is an {base.family} base, not {family}"
         )
     if not base.is_built():
         raise ValueError(
