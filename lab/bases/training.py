@@ -1,0 +1,100 @@
+"""What both pre-training loops share: the parsed recipe, the schedule, seeds, progress."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lab.bases.glyphs import GlyphConfig
+
+__all__ = ["Log", "Progress", "Recipe", "generator", "threads"]
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a base's weights (a recipe JSON's `recipe` section)."""
+
+    data: GlyphConfig
+    steps: int  # optimiser steps
+    batch_size: int
+    lr: float  # peak learning rate (AdamW)
+    warmup_steps: int  # linear warm-up, then cosine decay to `final_lr_ratio` * lr
+    weight_decay: float  # on matrices only; biases, norms and embeddings are not decayed
+    seed: int  # model init, data stream and evaluation batch all derive from it
+    threads: int  # torch CPU threads: part of the recipe, as it can change the bits
+    eval_samples: int = 1000  # size of the fresh held-out batch for the recorded metric
+    final_lr_ratio: float = 0.0
+    label_smoothing: float = 0.0  # classification objective only
+
+    @classmethod
+    def parse(cls, recipe: dict[str, Any]) -> Recipe:
+        fields = set(cls.__dataclass_fields__)
+        unknown = sorted(set(recipe) - fields)
+        if unknown:
+            raise ValueError(f"recipe: unknown setting {unknown[0]!r}")
+        values = {k: v for k, v in recipe.items() if k != "data"}
+        return cls(data=GlyphConfig.from_recipe(recipe["data"]), **values)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up to `lr`, then half a cosine down to `final_lr_ratio * lr`."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        floor = self.final_lr_ratio
+        return self.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def generator(seed: int, purpose: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, purpose): one independent stream per use."""
+    digest = hashlib.sha256(f"fedtune-base:{seed}:{purpose}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run with `n` torch CPU threads, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class Progress:
+    """Logs the step, the running loss and the time left about every `every` seconds."""
+
+    def __init__(self, total: int, log: Log, every: float = 30.0) -> None:
+        self.total, self.log, self.every = total, log, every
+        self.started = self.last = time.perf_counter()
+        self.loss_sum, self.loss_n = 0.0, 0
+
+    def update(self, step: int, loss: float) -> None:
+        self.loss_sum += loss
+        self.loss_n += 1
+        now = time.perf_counter()
+        if now - self.last < self.every and step + 1 != self.total:
+            return
+        done = step + 1
+        elapsed = now - self.started
+        left = elapsed / done * (self.total - done)
+        self.log(
+            f"  step {done}/{self.total} ({100 * done // self.total} %), "
+            f"loss {self.loss_sum / self.loss_n:.3f}, {_minutes(elapsed)} elapsed, "
+            f"about {_minutes(left)} left"
+        )
+        self.last, self.loss_sum, self.loss_n = now, 0.0, 0
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
