@@ -129,7 +129,7 @@ def _caption_tokens(arch: str) -> torch.Tensor:
     tokenizer = open_clip.get_tokenizer(arch)
     flat = tokenizer([c for row in captions for c in row])
     length = int((flat != 0).sum(1).max())
-    return flat[:, :length].reshape(len(captions), len(captions[0]), length)
+    return flat[:, :length].contiguous().view(len(captions), len(captions[0]), length)
 
 
 def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
