@@ -118,7 +118,9 @@ def _run_family(family: str, weights: str, args: argparse.Namespace, splits: Any
             for w in (weights, None)
         )
         seconds = time.perf_counter() - started
-        print(f"  {method:12} {pre:10.3f} {rnd:8.3f} {pre - rnd:+7.3f}  ({seconds:.0f} s)", flush=True)
+        print(
+            f"  {method:12} {pre:10.3f} {rnd:8.3f} {pre - rnd:+7.3f}  ({seconds:.0f} s)", flush=True
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

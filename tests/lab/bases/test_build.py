@@ -22,7 +22,10 @@ def _spec(family: str, pretrained: str | None) -> FederationSpec:
         {
             "name": "bases-test",
             "model": {"family": family, "arch": ARCHS[family], "pretrained": pretrained},
-            "task": {"classes": ["zero", "one", "two"], "prompt_template": "a photo of the digit {}."},
+            "task": {
+                "classes": ["zero", "one", "two"],
+                "prompt_template": "a photo of the digit {}.",
+            },
             "method": {"name": "bias"},
         }
     )
@@ -93,7 +96,7 @@ def test_concurrent_callers_build_a_base_once(tmp_path: Path) -> None:
 
 
 def test_ensure_base_names_the_known_bases_for_an_unknown_one() -> None:
-    with pytest.raises(ValueError, match="known: .*fedtune-synth-clip:fedtune-synth-v1"):
+    with pytest.raises(ValueError, match=r"known: .*fedtune-synth-clip:fedtune-synth-v1"):
         ensure_base("fedtune-synth-clip", "no-such-tag", log=None)
 
 

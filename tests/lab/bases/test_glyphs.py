@@ -40,7 +40,7 @@ def test_batches_are_rgb_images_at_the_model_size_with_valid_labels() -> None:
 
     assert batch.images.shape == (64, 3, 32, 32)
     assert batch.images.dtype == torch.float32
-    assert 0.0 <= float(batch.images.min()) and float(batch.images.max()) <= 1.0
+    assert float(batch.images.min()) >= 0.0 and float(batch.images.max()) <= 1.0
     assert batch.labels.min() >= 0 and batch.labels.max() < len(CLASSES)
     assert batch.templates.min() >= 0 and batch.templates.max() < len(caption_texts()[0])
 
