@@ -120,17 +120,17 @@ def _headline(metrics: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on `path` where the OS has flock; elsewhere rename-wins suffices."""
+def _locked(path: Path) -> Iterator[bool]:
+    """An exclusive lock on `path` where the OS has flock (True); elsewhere rename-wins (False)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover (Windows)
-        yield
+        yield False
         return
     with path.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -142,11 +142,11 @@ def ensure_built(base: SyntheticBase, *, root: Path | None = None, log: Log | No
         return base.weights_path(root)
     final = base.directory(root)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f"{final.name}.lock"):
+    with _locked(final.parent / f"{final.name}.lock") as exclusive:
         if base.is_built(root):
             log(f"{base.arch}:{base.tag} was built meanwhile by another process")
             return base.weights_path(root)
-        _install(base, final, log)
+        _install(base, final, log, exclusive)
     return base.weights_path(root)
 
 
@@ -155,13 +155,16 @@ def rebuild(base: SyntheticBase, *, root: Path | None = None, log: Log | None = 
     log = log or _quiet
     final = base.directory(root)
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f"{final.name}.lock"):
-        _install(base, final, log)
+    with _locked(final.parent / f"{final.name}.lock") as exclusive:
+        _install(base, final, log, exclusive)
     return base.weights_path(root)
 
 
-def _install(base: SyntheticBase, final: Path, log: Log) -> None:
-    """Build into a temporary sibling of `final`, then rename it into place (lock held)."""
+def _install(base: SyntheticBase, final: Path, log: Log, exclusive: bool) -> None:
+    """Build into a temporary sibling of `final`, then rename it into place."""
+    if exclusive:  # no other builder is running: these were left by builds that were killed
+        for stale in final.parent.glob(f"{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
     try:
         build_base_to(base, tmp, log=log)

@@ -11,6 +11,9 @@ the model's input size, so the product's resize is the identity on them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ MAX_LOGIT_SCALE = 4.6052  # ln(100), as in open_clip's training loop
 def pretrain_clip(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> dict[str, Any]:
     """Train, write `dest/open_clip_model.safetensors`, return the held-out metrics."""
     register_open_clip_configs()
-    with seeded(recipe.seed, "init"):
+    with seeded(recipe.seed, "init"), _quiet_random_init():
         model = open_clip.create_model(base.arch, pretrained=None)
     normalize = _normalizer(model, recipe.data.image_size)
     tokens = _caption_tokens(base.arch)
@@ -67,6 +70,21 @@ def pretrain_clip(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(dest / OPEN_CLIP_WEIGHTS))
     return metrics
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Drop open_clip's "initialized randomly" warning: random init is the point here."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def contrastive_loss(

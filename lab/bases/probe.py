@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
 
 from lab.datasets import DIGIT_CLASSES, DIGIT_PROMPT, LabeledImages, load_digits, split_held_out
 from lab.evaluation import accuracy
 from shared.models.synthetic import find_base
 from shared.spec import FederationSpec, parse_spec
-from shared.tuning import BuiltModel, build
+from shared.tuning import BuiltModel, build, get_method
 
 __all__ = ["FAMILIES", "main", "probe_method", "zero_shot"]
 
@@ -40,12 +41,13 @@ FAMILIES = {
 
 
 def _spec(family: str, arch: str, pretrained: str | None, method: str, lr: float) -> FederationSpec:
+    trains_head = get_method(method).accepts_train_head and method != "head"
     return parse_spec(
         {
             "name": f"probe-{family}-{method}",
             "model": {"family": family, "arch": arch, "pretrained": pretrained},
             "task": {"classes": DIGIT_CLASSES, "prompt_template": DIGIT_PROMPT},
-            "method": {"name": method, "train_head": family == "open_clip" and method != "head"},
+            "method": {"name": method, "train_head": family == "open_clip" and trains_head},
             "local_training": {"epochs": 1, "batch_size": 32, "optimizer": "adamw", "lr": lr},
             "seed": 0,
         }
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    transformers.logging.set_verbosity_error()  # the head swap's load report is expected
+    transformers.logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     digits = load_digits()
     train, test = split_held_out(digits.labels, 0.2, np.random.default_rng(0))

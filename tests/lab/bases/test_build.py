@@ -142,3 +142,17 @@ def test_registered_tag_resolves_to_the_cached_weights(
     by_path = build(_spec("hf_vit", str(registered.weights_path())))
 
     assert by_tag.base_fingerprint() == by_path.base_fingerprint()
+
+
+def test_a_killed_builds_leftovers_are_cleared_and_the_base_still_builds(tmp_path: Path) -> None:
+    base = tiny_base("hf_vit")
+    final = base.directory(tmp_path)
+    leftover = final.with_name(f"{final.name}.tmp-killed")
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half written")
+    final.mkdir()  # a directory without provenance.json is not a base
+
+    path = ensure_built(base, root=tmp_path, log=None)
+
+    assert not leftover.exists()
+    assert base.is_built(tmp_path) and (path / "model.safetensors").stat().st_size > 1000
