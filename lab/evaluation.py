@@ -27,15 +27,17 @@ EVAL_BATCH = 256
 
 
 @torch.no_grad()
-def accuracy(bm: BuiltModel, data: LabeledImages) -> float:
-    """Top-1 accuracy of `bm` as it stands on `data`."""
+def accuracy(bm: BuiltModel, data: LabeledImages, device: torch.device | None = None) -> float:
+    """Top-1 accuracy of `bm` as it stands on `data` (batches sent to `device` if given)."""
     transform: Callable[[Image.Image], torch.Tensor] = bm.transform(False)
     bm.model.eval()
     correct = 0
     for start in range(0, len(data), EVAL_BATCH):
         batch = torch.stack([transform(im) for im in data.images[start : start + EVAL_BATCH]])
         labels = torch.tensor(data.labels[start : start + EVAL_BATCH])
-        correct += int((bm.model(batch).argmax(-1) == labels).sum())
+        if device is not None:
+            batch = batch.to(device)
+        correct += int((bm.model(batch).argmax(-1).cpu() == labels).sum())
     return correct / max(len(data), 1)
 
 
@@ -55,16 +57,22 @@ def reference_model(admin: FedTuneClient, info: FederationInfo, scratch: Path) -
 
 
 def round_accuracies(
-    admin: FedTuneClient, info: FederationInfo, test: LabeledImages, rounds: int
+    admin: FedTuneClient,
+    info: FederationInfo,
+    test: LabeledImages,
+    rounds: int,
+    device: torch.device | None = None,
 ) -> list[float]:
     """Held-out accuracy of the global state after rounds 0 (initial) .. `rounds`."""
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         bm = reference_model(admin, info, scratch)
+        if device is not None:
+            bm.model.to(device)
         scores = []
         for r in range(rounds + 1):
             state = admin.download_state(info.id, scratch / f"v{r}.safetensors", version=r)
             read_header(state.path)
             bm.load_trainable_state(load_file(str(state.path)))
-            scores.append(accuracy(bm, test))
+            scores.append(accuracy(bm, test, device))
     return scores
