@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from lab.bases.glyphs import CLASSES, GlyphData, caption_texts
+from lab.bases.glyphs import CLASSES, GlyphBatch, GlyphData, caption_texts
 from lab.bases.training import Log, Progress, Recipe, generator
 from shared.models.base import seeded
 from shared.models.configs import register_open_clip_configs
@@ -53,9 +53,10 @@ def pretrain_clip(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> 
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(step)
         batch = data.sample(recipe.batch_size, stream)
+        classes, targets = torch.unique(batch.labels, return_inverse=True)
         image = model.encode_image(normalize(batch.images), normalize=True)
-        text = encode_text(model, tokens[batch.labels, batch.templates])
-        loss = contrastive_loss(image, text, model.logit_scale.exp(), batch.labels)
+        text = encode_text(model, _trim(tokens[classes, _first_templates(batch, targets)]))
+        loss = contrastive_loss(image, text, model.logit_scale.exp(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -88,15 +89,35 @@ def _quiet_random_init() -> Iterator[None]:
 
 
 def contrastive_loss(
-    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, labels: torch.Tensor
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    """Symmetric InfoNCE where every caption of the same class is a positive."""
-    logits = scale * image @ text.t()
-    same = (labels[:, None] == labels[None, :]).float()
-    target = same / same.sum(1, keepdim=True)  # symmetric, so also the column targets
-    image_to_text = -(target * logits.log_softmax(1)).sum(1).mean()
-    text_to_image = -(target * logits.log_softmax(0)).sum(0).mean()
+    """Symmetric InfoNCE between B images and one caption per class present in the batch.
+
+    A batch of glyphs holds several images of a class; captioning each class
+    once (image i matches caption `targets[i]`) avoids treating captions of
+    the same class as negatives. Caption-to-image spreads its target over all
+    images of its class.
+    """
+    logits = scale * image @ text.t()  # [B, K]
+    image_to_text = F.cross_entropy(logits, targets)
+    member = F.one_hot(targets, text.shape[0]).t().float()  # [K, B]
+    spread = member / member.sum(1, keepdim=True)
+    text_to_image = -(spread * logits.t().log_softmax(1)).sum(1).mean()
     return (image_to_text + text_to_image) / 2
+
+
+def _first_templates(batch: GlyphBatch, targets: torch.Tensor) -> torch.Tensor:
+    """For each class present, the template drawn for its first image in the batch."""
+    order = torch.arange(len(targets))
+    first = torch.full((int(targets.max()) + 1,), len(targets)).scatter_reduce(
+        0, targets, order, reduce="amin"
+    )
+    return batch.templates[first]
+
+
+def _trim(tokens: torch.Tensor) -> torch.Tensor:
+    """Drop the padding columns no caption of this batch reaches (see `encode_text`)."""
+    return tokens[:, : int((tokens != 0).sum(1).max())]
 
 
 def _normalizer(model: Any, size: int) -> Any:
@@ -146,8 +167,9 @@ def _caption_tokens(arch: str) -> torch.Tensor:
     captions = caption_texts()
     tokenizer = open_clip.get_tokenizer(arch)
     flat = tokenizer([c for row in captions for c in row])
-    length = int((flat != 0).sum(1).max())
-    return flat[:, :length].contiguous().view(len(captions), len(captions[0]), length)
+    if int((flat != 0).sum(1).max()) >= flat.shape[1]:
+        raise ValueError(f"a caption does not fit {arch}'s text context of {flat.shape[1]}")
+    return flat.view(len(captions), len(captions[0]), -1)
 
 
 def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -171,7 +193,7 @@ def _evaluate(
     """Zero-shot accuracy on a fresh seeded glyph batch, prompts of template 0."""
     batch = data.sample(recipe.eval_samples, generator(recipe.seed, "eval"))
     image = model.encode_image(normalize(batch.images), normalize=True)
-    text = encode_text(model, tokens[:, 0])
+    text = encode_text(model, _trim(tokens[:, 0]))
     predicted = (image @ text.t()).argmax(1)
     digits = [i for i, (kind, _, _) in enumerate(CLASSES) if kind == "digit"]
     is_digit = batch.labels < len(digits)

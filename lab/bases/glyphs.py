@@ -7,9 +7,11 @@ tensor side: stroke thickening or thinning, rotation, scale, aspect, shear and
 translation, low-resolution degradation (area-downsampled to 6-16 px, some
 quantised to 17 grey levels, then bilinear-upsampled to the model's size),
 blur, random grey or coloured foreground and background in either polarity,
-and pixel noise. Captions pair each image with its concept in one of several
-templates ("a photo of the digit seven.", "the number 7.", "a photo of the
-capital letter k.", "a drawing of a star.").
+and pixel noise. Captions pair each image with its concept in one of eight
+core phrases per kind ("a photo of the digit seven", "the number 7", "a photo
+of the capital letter k", "a drawing of a star"), with an optional lead-in
+("this is ...") and tail ("..., centred in a small square image"), so that
+caption words occur at every position of the text context.
 
 What overlaps with FedTune's evaluation tasks, and what does not: the
 *concepts* of scikit-learn's handwritten digits (the shapes 0-9 and their
@@ -24,17 +26,14 @@ seeded by the caller; the module never touches global RNG state.
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 
 from lab.bases.augment import Augment, augment, stroke_level, stroke_variants
+from lab.bases.render import draw_char, draw_shape, find_font
 
 __all__ = [
     "CLASSES",
@@ -43,7 +42,7 @@ __all__ = [
     "GlyphConfig",
     "GlyphData",
     "caption_texts",
-    "find_font",
+    "data_description",
 ]
 
 GENERATOR = "fedtune-glyphs/1"
@@ -63,77 +62,75 @@ CLASSES: list[tuple[str, str, str]] = (
 
 _TEMPLATES = {
     "digit": [
-        "a photo of the digit {name}.",
-        "a photo of the number {name}.",
-        "the digit {name}.",
-        "a blurry photo of the digit {name}.",
-        "a low resolution photo of the digit {name}.",
-        "a photo of the digit {char}.",
-        "the number {char}.",
-        "a drawing of the number {name}.",
+        "a photo of the digit {name}",
+        "a photo of the number {name}",
+        "the digit {name}",
+        "a blurry photo of the digit {name}",
+        "a low resolution photo of the digit {name}",
+        "a photo of the digit {char}",
+        "the number {char}",
+        "a drawing of the number {name}",
     ],
     "lower": [
-        "a photo of the letter {name}.",
-        "the letter {name}.",
-        "a blurry photo of the letter {name}.",
-        "a low resolution photo of the letter {name}.",
-        "a photo of the lowercase letter {name}.",
-        "the small letter {name}.",
-        "a photo of the character {name}.",
-        "a drawing of the letter {name}.",
+        "a photo of the letter {name}",
+        "the letter {name}",
+        "a blurry photo of the letter {name}",
+        "a low resolution photo of the letter {name}",
+        "a photo of the lowercase letter {name}",
+        "the small letter {name}",
+        "a photo of the character {name}",
+        "a drawing of the letter {name}",
     ],
     "upper": [
-        "a photo of the letter {name}.",
-        "the letter {name}.",
-        "a blurry photo of the letter {name}.",
-        "a low resolution photo of the letter {name}.",
-        "a photo of the capital letter {name}.",
-        "the capital letter {name}.",
-        "a photo of the character {name}.",
-        "a drawing of the capital letter {name}.",
+        "a photo of the letter {name}",
+        "the letter {name}",
+        "a blurry photo of the letter {name}",
+        "a low resolution photo of the letter {name}",
+        "a photo of the capital letter {name}",
+        "the capital letter {name}",
+        "a photo of the character {name}",
+        "a drawing of the capital letter {name}",
     ],
     "shape": [
-        "a photo of a {name}.",
-        "a {name}.",
-        "a blurry photo of a {name}.",
-        "a low resolution photo of a {name}.",
-        "a drawing of a {name}.",
-        "a {name} shape.",
-        "a photo of the shape {name}.",
-        "a simple {name}.",
+        "a photo of a {name}",
+        "a {name}",
+        "a blurry photo of a {name}",
+        "a low resolution photo of a {name}",
+        "a drawing of a {name}",
+        "a {name} shape",
+        "a photo of the shape {name}",
+        "a simple {name}",
     ],
 }
 
-# Where the DejaVu fonts are looked for: $FEDTUNE_FONT_DIR, the system's, matplotlib's copy.
-_FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/TTF")]
+# Lead-ins and tails are drawn with these weights: the plain core most often.
+_LEADS = ["", "this is ", "here is ", "a small square picture: "]
+_LEAD_WEIGHTS = [0.55, 0.15, 0.15, 0.15]
+_TAILS = [
+    "",
+    " on a plain background",
+    ", centred in a small square image",
+    ", printed in some typeface and captured at a low resolution with noise",
+]
+_TAIL_WEIGHTS = [0.55, 0.15, 0.15, 0.15]
 
 
 def caption_texts() -> list[list[str]]:
-    """Every caption, [class][template]: the same number of templates for every class."""
+    """Every caption, [class][template]: the same templates count for every class.
+
+    A template is a core phrase with an optional lead-in and tail, so that the
+    words of a caption appear at every position of the text context (CoOp's
+    learned context vectors push the class prompt 16 positions to the right).
+    Template 0 is the plain core, e.g. "a photo of the digit seven.".
+    """
     out = []
     for kind, name, char in CLASSES:
-        out.append([t.format(name=name, char=char) for t in _TEMPLATES[kind]])
+        row = []
+        for core in _TEMPLATES[kind]:
+            phrase = core.format(name=name, char=char)
+            row += [f"{lead}{phrase}{tail}." for lead in _LEADS for tail in _TAILS]
+        out.append(row)
     return out
-
-
-def find_font(name: str) -> Path:
-    """The file of one DejaVu font; a one-line error names where it was looked for."""
-    dirs = list(_FONT_DIRS)
-    if os.environ.get("FEDTUNE_FONT_DIR"):
-        dirs.insert(0, Path(os.environ["FEDTUNE_FONT_DIR"]))
-    try:
-        import matplotlib
-
-        dirs.append(Path(matplotlib.get_data_path()) / "fonts" / "ttf")
-    except ImportError:
-        pass
-    for d in dirs:
-        if (d / name).is_file():
-            return d / name
-    raise FileNotFoundError(
-        f"font {name} not found in {', '.join(map(str, dirs))} "
-        "(install fonts-dejavu-core or set FEDTUNE_FONT_DIR)"
-    )
 
 
 @dataclass(frozen=True)
@@ -210,8 +207,16 @@ class GlyphData:
         level = stroke_level(n, self.config.augment, generator)
         masks = self.masks[level, index].float().div_(255.0).unsqueeze(1)
         images = augment(masks, self.config.image_size, self.config.augment, generator)
-        templates = torch.randint(0, self.num_templates, (n,), generator=generator)
+        templates = _draw_templates(n, generator)
         return GlyphBatch(images, labels, templates)
+
+
+def _draw_templates(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Template indices as `caption_texts` orders them: core, then lead-in, then tail."""
+    core = torch.randint(0, len(_TEMPLATES["digit"]), (n,), generator=generator)
+    lead = torch.multinomial(torch.tensor(_LEAD_WEIGHTS), n, replacement=True, generator=generator)
+    tail = torch.multinomial(torch.tensor(_TAIL_WEIGHTS), n, replacement=True, generator=generator)
+    return (core * len(_LEADS) + lead) * len(_TAILS) + tail
 
 
 def _class_weights(mix: dict[str, float]) -> torch.Tensor:
@@ -228,82 +233,12 @@ def _render_bank(config: GlyphConfig) -> tuple[torch.Tensor, torch.Tensor]:
     fonts = [find_font(name) for name in config.fonts]
     for label, (kind, name, char) in enumerate(CLASSES):
         if kind == "shape":
-            variants = [_draw_shape(name, config.canvas, style) for style in range(len(fonts))]
+            variants = [draw_shape(name, config.canvas, style) for style in range(len(fonts))]
         else:
-            variants = [_draw_char(char, path, config.canvas) for path in fonts]
+            variants = [draw_char(char, path, config.canvas) for path in fonts]
         masks += variants
         labels += [label] * len(variants)
     return torch.stack(masks), torch.tensor(labels)
-
-
-def _fit(img: Image.Image, canvas: int) -> torch.Tensor:
-    """Crop to the ink, scale the longer side to 80 % of the canvas, centre it."""
-    box = img.getbbox()
-    if box is None:
-        raise ValueError("a glyph rendered empty")
-    img = img.crop(box)
-    side = 0.8 * canvas
-    scale = side / max(img.size)
-    w, h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
-    img = img.resize((w, h), Image.Resampling.LANCZOS)
-    out = Image.new("L", (canvas, canvas), 0)
-    out.paste(img, ((canvas - w) // 2, (canvas - h) // 2))
-    return torch.frombuffer(bytearray(out.tobytes()), dtype=torch.uint8).view(canvas, canvas)
-
-
-def _draw_char(char: str, font_path: Path, canvas: int) -> torch.Tensor:
-    size = canvas * 3
-    font = ImageFont.truetype(str(font_path), size=size)
-    img = Image.new("L", (size * 2, size * 2), 0)
-    ImageDraw.Draw(img).text((size // 2, size // 2), char, fill=255, font=font)
-    return _fit(img, canvas)
-
-
-def _draw_shape(name: str, canvas: int, style: int) -> torch.Tensor:
-    """A shape, filled or outlined with one of several stroke widths (by `style`)."""
-    size = canvas * 3
-    img = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(img)
-    filled = style % 3 == 0
-    width = (8, 14, 22, 30)[style % 4]
-    fill, outline = (255, None) if filled else (None, 255)
-    c, r = size / 2, size * 0.4
-    stretch = 1.0 + 0.1 * (style % 5)  # slightly different aspect ratios per style
-    if name in ("circle", "square"):
-        box = [c - r * stretch, c - r, c + r * stretch, c + r]
-        drawer = draw.ellipse if name == "circle" else draw.rectangle
-        drawer(box, fill=fill, outline=outline, width=width)
-    elif name == "plus sign":
-        t = width * 1.5
-        draw.rectangle([c - r, c - t, c + r, c + t], fill=255)
-        draw.rectangle([c - t, c - r, c + t, c + r], fill=255)
-    else:
-        points = _polygon(name, c, r, stretch)
-        draw.polygon(points, fill=fill, outline=outline, width=width)
-    return _fit(img, canvas)
-
-
-def _polygon(name: str, c: float, r: float, stretch: float) -> list[tuple[float, float]]:
-    def ring(n: int, radius: list[float], turn: float) -> list[tuple[float, float]]:
-        out = []
-        for i in range(n):
-            a, rad = turn + 2 * math.pi * i / n, radius[i % len(radius)]
-            out.append((c + rad * stretch * math.cos(a), c + rad * math.sin(a)))
-        return out
-
-    if name == "triangle":
-        return ring(3, [r], -math.pi / 2)
-    if name == "diamond":
-        return ring(4, [r], -math.pi / 2)
-    if name == "hexagon":
-        return ring(6, [r], 0.0)
-    if name == "star":
-        return ring(10, [r, r * 0.42], -math.pi / 2)
-    if name == "arrow":
-        s, t = r * stretch, r * 0.25
-        return [(c - s, c - t), (c + 0.1 * s, c - t), (c + 0.1 * s, c - r * 0.7), (c + s, c),
-                (c + 0.1 * s, c + r * 0.7), (c + 0.1 * s, c + t), (c - s, c + t)]  # fmt: skip
-    raise ValueError(f"unknown shape {name!r}")
 
 
 def data_description(data: GlyphData) -> dict[str, Any]:
