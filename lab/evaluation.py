@@ -8,7 +8,7 @@ state is downloaded by version and scored on images no organisation holds.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -21,24 +21,53 @@ from shared.api import FederationInfo
 from shared.blobs import read_header
 from shared.tuning import BuiltModel, build
 
-__all__ = ["accuracy", "reference_model", "round_accuracies"]
+__all__ = ["EvalSet", "accuracy", "reference_model", "round_accuracies"]
 
 EVAL_BATCH = 256
+# Transformed held-out images are kept in memory up to this size (see EvalSet).
+EVAL_CACHE_BYTES = 256 << 20
+
+
+class EvalSet:
+    """Held-out images transformed for one model once, so that scoring many states is cheap.
+
+    The transformed batches are kept while they fit `budget` bytes; a larger set
+    is transformed again on every pass.
+    """
+
+    def __init__(self, bm: BuiltModel, data: LabeledImages, budget: int = EVAL_CACHE_BYTES):
+        self.data = data
+        self.transform: Callable[[Image.Image], torch.Tensor] = bm.transform(False)
+        size = bm.image_size
+        fits = len(data) * 3 * size * size * 4 <= budget
+        self._cached = list(self._transformed()) if fits else None
+
+    def _transformed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self.data), EVAL_BATCH):
+            images = self.data.images[start : start + EVAL_BATCH]
+            batch = torch.stack([self.transform(im) for im in images])
+            yield batch, torch.tensor(self.data.labels[start : start + EVAL_BATCH])
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(self._cached) if self._cached is not None else self._transformed()
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 @torch.no_grad()
-def accuracy(bm: BuiltModel, data: LabeledImages, device: torch.device | None = None) -> float:
+def accuracy(
+    bm: BuiltModel, data: LabeledImages | EvalSet, device: torch.device | None = None
+) -> float:
     """Top-1 accuracy of `bm` as it stands on `data` (batches sent to `device` if given)."""
-    transform: Callable[[Image.Image], torch.Tensor] = bm.transform(False)
+    evalset = data if isinstance(data, EvalSet) else EvalSet(bm, data, budget=0)
     bm.model.eval()
     correct = 0
-    for start in range(0, len(data), EVAL_BATCH):
-        batch = torch.stack([transform(im) for im in data.images[start : start + EVAL_BATCH]])
-        labels = torch.tensor(data.labels[start : start + EVAL_BATCH])
+    for batch, labels in evalset.batches():
         if device is not None:
             batch = batch.to(device)
         correct += int((bm.model(batch).argmax(-1).cpu() == labels).sum())
-    return correct / max(len(data), 1)
+    return correct / max(len(evalset), 1)
 
 
 def reference_model(admin: FedTuneClient, info: FederationInfo, scratch: Path) -> BuiltModel:
@@ -69,10 +98,11 @@ def round_accuracies(
         bm = reference_model(admin, info, scratch)
         if device is not None:
             bm.model.to(device)
+        evalset = EvalSet(bm, test)
         scores = []
         for r in range(rounds + 1):
             state = admin.download_state(info.id, scratch / f"v{r}.safetensors", version=r)
             read_header(state.path)
             bm.load_trainable_state(load_file(str(state.path)))
-            scores.append(accuracy(bm, test, device))
+            scores.append(accuracy(bm, evalset, device))
     return scores

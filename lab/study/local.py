@@ -22,7 +22,7 @@ import torch
 from client_sdk.data import load_local_data
 from client_sdk.participate import ParticipateOptions
 from client_sdk.training import LocalTrainer
-from lab.evaluation import accuracy
+from lab.evaluation import EvalSet, accuracy
 from lab.study.cells import Cell
 from lab.study.determinism import training_turn
 from lab.study.results import curve_columns
@@ -47,7 +47,7 @@ def train_alone(
         device=device,
         val_fraction=VAL_FRACTION,
     )
-    test = data.test(cell.setting)
+    test = EvalSet(bm, data.test(cell.setting))
     curve = [accuracy(bm, test, device)]
     steps = 0
     for block in range(1, cell.rounds + 1):
