@@ -65,7 +65,11 @@ def plot_rounds(results: Sequence[Result], alpha: str, shots: str, path: Path) -
     for ax, (family, rows) in zip(axes, curves.items(), strict=False):
         for r in sorted(rows, key=lambda r: (r.method, r.seed)):
             ax.plot(range(len(r.curve)), r.curve, marker=".", label=f"{r.method} (seed {r.seed})")
-        ax.set(title=f"{family}: federated, α={alpha}", xlabel="round", ylabel="held-out accuracy")
+        ax.set(
+            title=f"{family}: pre-trained, federated, α={alpha}",
+            xlabel="round",
+            ylabel="held-out accuracy",
+        )
         ax.grid(alpha=0.3)
         _legend(ax)
     return _save(fig, path)
@@ -82,7 +86,7 @@ def plot_bytes(results: Sequence[Result], alpha: str, shots: str, path: Path) ->
                 ax.plot(xs, r.curve[1:], marker=".", label=f"{r.method} (seed {r.seed})")
         ax.set_xscale("log")
         ax.set(
-            title=f"{family}: accuracy vs communication",
+            title=f"{family}: pre-trained, federated, α={alpha}",
             xlabel="bytes communicated (up + down, base excluded)",
             ylabel="held-out accuracy",
         )
