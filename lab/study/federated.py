@@ -21,6 +21,7 @@ import contextlib
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,14 @@ class CellError(RuntimeError):
 
 
 class _StudyParticipant(Participant):
-    """`Participant` whose training takes its turn with a seeded RNG (see `determinism`)."""
+    """`Participant` whose training takes its turn with a seeded RNG (see `determinism`).
+
+    Everything else (polling, downloads, training, uploads) is the SDK's own code;
+    progress bars are off, as organisations run side by side in one terminal.
+    """
 
     def __init__(self, client: FedTuneClient, client_id: str, opts: ParticipateOptions, org: int):
-        super().__init__(client, client_id, opts)
+        super().__init__(client, client_id, replace(opts, progress=False))
         self.org = org
 
     def _train(self, status: RoundStatus) -> JournalEntry:
@@ -127,19 +132,10 @@ def run_federated(
         info = admin.create_federation(cell.spec(data.classes))
         clients = _enroll(admin, server, info.id, len(folders))
         try:
-            participants = [
-                _StudyParticipant(
-                    client,
-                    client_id,
-                    ParticipateOptions(
-                        info.id, folder, cell_dir / f"org-{k + 1}", device, progress=False
-                    ),
-                    k,
-                )
-                for k, ((client_id, client), folder) in enumerate(
-                    zip(clients, folders, strict=True)
-                )
-            ]
+            participants = []
+            for k, ((client_id, client), folder) in enumerate(zip(clients, folders, strict=True)):
+                opts = ParticipateOptions(info.id, folder, cell_dir / f"org-{k + 1}", device)
+                participants.append(_StudyParticipant(client, client_id, opts, k))
             _run_threads(participants, admin)
         finally:
             for _, client in clients:
