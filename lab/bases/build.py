@@ -64,7 +64,7 @@ def build_base_to(base: SyntheticBase, dest: Path, *, log: Log | None = print) -
         log(f"  {base.description}")
     log(
         f"  {recipe.steps} steps of {recipe.batch_size} glyph images, "
-        f"{recipe.threads} thread(s); progress about every 30 s"
+        f"{recipe.threads} compute thread(s) and one data thread; progress about every 30 s"
     )
     started = time.perf_counter()
     with threads(recipe.threads):

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lab.bases.glyphs import CLASSES, GlyphBatch, GlyphData, caption_texts
-from lab.bases.training import Log, Progress, Recipe, generator
+from lab.bases.training import Log, Progress, Recipe, generator, prefetched
 from shared.models.base import seeded
 from shared.models.configs import register_open_clip_configs
 from shared.models.synthetic import OPEN_CLIP_WEIGHTS, SyntheticBase
@@ -49,10 +49,12 @@ def pretrain_clip(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> 
     stream = generator(recipe.seed, "data")
     progress = Progress(recipe.steps, log)
     model.train()
-    for step in range(recipe.steps):
+    batches = prefetched(
+        lambda: data.sample(recipe.batch_size, stream), recipe.steps, recipe.threads
+    )
+    for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(step)
-        batch = data.sample(recipe.batch_size, stream)
         classes, targets = torch.unique(batch.labels, return_inverse=True)
         image = model.encode_image(normalize(batch.images), normalize=True)
         text = encode_text(model, _trim(tokens[classes, _first_templates(batch, targets)]))

@@ -5,18 +5,21 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from lab.bases.glyphs import GlyphConfig
 
-__all__ = ["Log", "Progress", "Recipe", "generator", "threads"]
+__all__ = ["Log", "Progress", "Recipe", "generator", "prefetched", "threads"]
 
 Log = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,8 @@ class Recipe:
     warmup_steps: int  # linear warm-up, then cosine decay to `final_lr_ratio` * lr
     weight_decay: float  # on matrices only; biases, norms and embeddings are not decayed
     seed: int  # model init, data stream and evaluation batch all derive from it
-    threads: int  # torch CPU threads: part of the recipe, as it can change the bits
+    threads: int  # torch CPU threads of the training step (part of the recipe: it can change
+    # the bits); a second thread makes the next batch meanwhile
     eval_samples: int = 1000  # size of the fresh held-out batch for the recorded metric
     final_lr_ratio: float = 0.0
     label_smoothing: float = 0.0  # classification objective only
@@ -58,6 +62,23 @@ def generator(seed: int, purpose: str) -> torch.Generator:
     """A CPU generator seeded from (seed, purpose): one independent stream per use."""
     digest = hashlib.sha256(f"fedtune-base:{seed}:{purpose}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def prefetched(produce: Callable[[], T], count: int, threads: int) -> Iterator[T]:
+    """`count` results of `produce()`, in order, each made on a worker thread ahead of use.
+
+    One worker calls `produce` strictly one call after another, so a seeded
+    generator inside it yields the same stream as a plain loop would; the
+    batch is just ready sooner (torch ops release the GIL, so making the next
+    batch overlaps the training step on a second core).
+    """
+    with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        pending = deque(pool.submit(produce) for _ in range(min(2, count)))
+        for made in range(count):
+            result = pending.popleft().result()
+            if made + len(pending) + 1 < count:
+                pending.append(pool.submit(produce))
+            yield result
 
 
 @contextmanager

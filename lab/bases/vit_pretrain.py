@@ -20,7 +20,7 @@ from torch import nn
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
 from lab.bases.glyphs import CLASSES, GlyphData
-from lab.bases.training import Log, Progress, Recipe, generator
+from lab.bases.training import Log, Progress, Recipe, generator, prefetched
 from shared.models.base import seeded
 from shared.models.configs import hf_vit_config
 from shared.models.synthetic import SyntheticBase
@@ -40,10 +40,12 @@ def pretrain_vit(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> d
     stream = generator(recipe.seed, "data")
     progress = Progress(recipe.steps, log)
     model.train()
-    for step in range(recipe.steps):
+    batches = prefetched(
+        lambda: data.sample(recipe.batch_size, stream), recipe.steps, recipe.threads
+    )
+    for step, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(step)
-        batch = data.sample(recipe.batch_size, stream)
         logits = model(pixel_values=_normalize(batch.images)).logits
         loss = F.cross_entropy(logits, batch.labels, label_smoothing=recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
