@@ -82,5 +82,5 @@ def _describe(base: SyntheticBase) -> str:
     return (
         f"{head}\n      built: {base.weights_path()}\n"
         f"      {prov.get('steps')} steps, seed {prov.get('seed')}, "
-        f"{prov.get('threads')} threads, {prov.get('wall_seconds')} s; held-out {held_out}"
+        f"{prov.get('threads')} compute thread(s), {prov.get('wall_seconds')} s; held-out {held_out}"
     )
