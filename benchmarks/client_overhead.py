@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from client_sdk import FedTuneClient
-from lab.local_federation import start_server
 from client_sdk.participate import Participant, ParticipateOptions
+from lab.local_federation import start_server
 from shared.spec import parse_spec
 
 CLASSES = [str(i) for i in range(10)]

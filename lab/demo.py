@@ -62,7 +62,7 @@ DEMO_SPEC: dict[str, object] = {
     "model": {"family": "open_clip", "arch": ARCH, "pretrained": TAG},
     "task": {"classes": DIGIT_CLASSES, "prompt_template": DIGIT_PROMPT},
     "method": {"name": "bias", "train_head": True},
-    "local_training": {"epochs": 2, "batch_size": 32, "optimizer": "adamw", "lr": 1e-2},
+    "local_training": {"epochs": 3, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3},
     "rounds": {"total": 10, "quorum": 3, "min_updates": 3, "deadline_s": 600},
     "aggregation": {"strategy": "fedavg", "weighting": "num_examples"},
     "transport": {"dtype": "float32"},

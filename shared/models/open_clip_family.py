@@ -10,7 +10,9 @@ classify, so it is not part of the base the clients download, unless a method
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import open_clip
@@ -26,6 +28,29 @@ from shared.spec import FederationSpec
 __all__ = ["ClipClassifier", "FixedHead", "TextTower", "build_open_clip"]
 
 register_open_clip_configs()
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init(active: bool) -> Iterator[None]:
+    """Silence open_clip's "initialized randomly" warning where that is intended.
+
+    With `load_weights=False` the caller loads a base into the model afterwards,
+    so the warning (logged on the root logger) would only mislead.
+    """
+    if not active:
+        yield
+        return
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(quiet)
 
 
 class FixedHead(nn.Module):
@@ -194,13 +219,16 @@ def build_open_clip(
         )
     weights = resolve_pretrained("open_clip", arch, pretrained) if load_weights else None
     try:
-        clip = open_clip.create_model(
-            arch,
-            pretrained=weights,
-            load_weights=load_weights,
-            device=device,
-            force_preprocess_cfg=None if load_weights else _preprocess_override(arch, pretrained),
-        )
+        with _quiet_random_init(not load_weights):
+            clip = open_clip.create_model(
+                arch,
+                pretrained=weights,
+                load_weights=load_weights,
+                device=device,
+                force_preprocess_cfg=None
+                if load_weights
+                else _preprocess_override(arch, pretrained),
+            )
     except RuntimeError as exc:
         raise ValueError(
             f"model.pretrained: open_clip cannot load {pretrained!r} for {arch!r}: {exc}"

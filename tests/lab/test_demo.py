@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lab.demo import CLASSES, make_digit_folders
+from lab.datasets import DIGIT_CLASSES as CLASSES
+from lab.demo import make_digit_folders
 
 
 def test_digit_shares_are_disjoint_non_iid_image_folders_with_a_held_out_split(tmp_path):
