@@ -1,9 +1,13 @@
 """Tensor payloads on the wire and on disk: safetensors files, never pickles.
 
-Both sides read safetensors that came over the network, so the header is
-checked here, byte by byte, before any tensor is touched: its length, its JSON,
-the dtypes, and that the data offsets tile the body exactly. `torch.load` is
-never called on anything FedTune receives.
+The one codec both sides use. Both read safetensors that came over the
+network, so the header is checked here, byte by byte, before any tensor is
+touched: its length, its JSON, the dtypes, and that the data offsets tile the
+body exactly (`parse_header`). A `Blob` hands out the tensors of a checked
+file as zero-copy views over a memory map or a buffer; writers lay out the
+same bytes for the same inputs and replace files atomically. No other module
+parses a safetensors header, and `torch.load` is never called on anything
+FedTune receives.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import struct
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,16 +31,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 __all__ = [
     "DELTA_FORMAT",
     "MAX_HEADER_BYTES",
+    "Blob",
     "BlobError",
     "DeltaMetadata",
     "SafetensorsHeader",
     "TensorEntry",
     "atomic_save_state",
+    "atomic_write",
     "atomic_write_bytes",
     "dtype_name",
     "encode_state",
+    "fsync_dir",
+    "page_buffer",
     "parse_header",
     "read_header",
+    "read_state",
     "sha256_file",
     "tensor_bytes",
     "torch_dtype",
@@ -171,7 +182,7 @@ def _parse_entry(name: str, info: Any, data_size: int) -> TensorEntry:
 
 
 def read_header(path: str | Path, max_header: int = MAX_HEADER_BYTES) -> SafetensorsHeader:
-    """Read and check the header of a safetensors file on disk."""
+    """Read and check the header of a safetensors file on disk (nothing else is read)."""
     path = Path(path)
     size = path.stat().st_size
     with path.open("rb") as f:
@@ -179,6 +190,134 @@ def read_header(path: str | Path, max_header: int = MAX_HEADER_BYTES) -> Safeten
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         body = f.read(n) if n <= max_header else b""
     return parse_header(head + body, size, max_header)
+
+
+class Blob:
+    """A safetensors payload whose header has been checked, with its tensors as views.
+
+    The one reader of the format: `Blob.open(path)` reads and checks the
+    header only; `tensor(name)` is a zero-copy view of the data (the file is
+    memory-mapped on first use, privately: writing into a view never reaches
+    the file, but would turn shared page cache into private memory, so treat
+    views as read-only); `slices(name, buf)` reads a tensor through a
+    caller's buffer with plain file reads, never mapping the file; `load()`
+    copies every tensor into memory of its own.
+    """
+
+    def __init__(
+        self,
+        header: SafetensorsHeader,
+        *,
+        path: Path | None = None,
+        buffer: bytearray | memoryview | mmap.mmap | None = None,
+    ) -> None:
+        if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
+            raise RuntimeError("tensors are read in place: FedTune needs a little-endian host")
+        self.header = header
+        self.path = path
+        self._buffer = buffer
+        self._base = 8 + header.header_size
+
+    @classmethod
+    def open(cls, path: str | Path, max_header: int = MAX_HEADER_BYTES) -> Blob:
+        """Check the header of the file at `path`; tensors are read when asked for."""
+        return cls(read_header(path, max_header), path=Path(path))
+
+    @classmethod
+    def from_buffer(cls, data: bytes | bytearray | memoryview) -> Blob:
+        """Check a payload held in memory; tensors are views of it (bytes are copied once)."""
+        buffer = bytearray(data) if isinstance(data, bytes) else data
+        return cls(parse_header(bytes(buffer[: 8 + MAX_HEADER_BYTES]), len(buffer)), buffer=buffer)
+
+    @property
+    def tensors(self) -> dict[str, TensorEntry]:
+        return self.header.tensors
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.header.metadata
+
+    def names(self) -> list[str]:
+        return sorted(self.header.tensors)
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self.header.tensors[name]
+        except KeyError:
+            raise KeyError(name) from None
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Tensor `name` as stored: a view of the mapping or buffer, copied only if misaligned."""
+        entry = self.entry(name)
+        dtype = torch_dtype(entry.dtype)
+        count = math.prod(entry.shape)
+        if count == 0:
+            return torch.empty(entry.shape, dtype=dtype)
+        if self._buffer is None:
+            assert self.path is not None
+            with open(self.path, "rb") as f:
+                self._buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        offset = self._base + entry.start
+        if offset % dtype.itemsize:  # a writer without safetensors' header padding
+            raw = bytearray(self._buffer[offset : offset + entry.end - entry.start])
+            return torch.frombuffer(raw, dtype=dtype).view(entry.shape)
+        view = torch.frombuffer(self._buffer, dtype=dtype, count=count, offset=offset)
+        return view.view(entry.shape)
+
+    def slices(self, name: str, buf: bytearray | memoryview | mmap.mmap) -> Iterator[torch.Tensor]:
+        """Tensor `name` flattened, in consecutive slices read into `buf` (reused each time).
+
+        Plain file reads: the file is never mapped, so reading a large upload costs
+        `len(buf)` bytes of memory. Each slice is valid until the next is read.
+        """
+        entry = self.entry(name)
+        dtype = torch_dtype(entry.dtype)
+        step = len(buf) - len(buf) % dtype.itemsize
+        if self.path is None:
+            data = memoryview(self._buffer)[self._base + entry.start : self._base + entry.end]
+            for start in range(0, len(data), step):
+                n = min(step, len(data) - start)
+                memoryview(buf)[:n] = data[start : start + n]
+                yield torch.frombuffer(buf, dtype=dtype, count=n // dtype.itemsize)
+            return
+        with self.path.open("rb", buffering=0) as f:
+            f.seek(self._base + entry.start)
+            left = entry.end - entry.start
+            while left > 0:
+                n = f.readinto(memoryview(buf)[: min(step, left)])
+                if not n:
+                    raise BlobError(f"tensor {name!r}: file ended early")
+                yield torch.frombuffer(buf, dtype=dtype, count=n // dtype.itemsize)
+                left -= n
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """Every tensor, copied into memory of its own (the mapping is released)."""
+        try:
+            return {name: self.tensor(name).clone() for name in self.names()}
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop this blob's reference to its mapping (views keep it alive until freed)."""
+        if self.path is not None:
+            self._buffer = None
+
+
+def read_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """Check a safetensors file and load its tensors (the only way FedTune loads one)."""
+    return Blob.open(path).load()
+
+
+def page_buffer(nbytes: int) -> mmap.mmap:
+    """A zeroed, writable buffer of `nbytes` that lives outside the malloc heaps.
+
+    Request-sized buffers (an upload's spool, a validator's slices) taken from
+    malloc sit between the short-lived allocations of concurrent requests and
+    keep the freed space around them from being reused or returned, so a
+    server grows with the data that passes through it. An anonymous private
+    mapping is its own region, unmapped whole once the last reference goes.
+    """
+    return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 class DeltaMetadata(BaseModel):
@@ -282,7 +421,7 @@ def encode_state(
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write-temp, fsync, rename: `path` holds either nothing or all of `data`."""
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def write_state(
@@ -301,10 +440,13 @@ def atomic_save_state(
     metadata: Mapping[str, str] | None = None,
 ) -> None:
     """`write_state` through a temp file, fsynced and renamed into place."""
-    _atomic_write(path, lambda f: write_state(f, tensors, metadata))
+    atomic_write(path, lambda f: write_state(f, tensors, metadata))
 
 
-def _atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call `write` on a temp file beside `path`, fsync it, rename it over `path`, fsync the
+    directory: after a crash `path` holds the old content or the new, never a mix. The file
+    is created with mode 0600 and keeps it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -314,13 +456,14 @@ def _atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

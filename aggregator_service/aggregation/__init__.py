@@ -12,8 +12,23 @@ from aggregator_service.aggregation import (  # noqa: F401
 from aggregator_service.aggregation.base import (
     STRATEGIES,
     AggregationResult,
-    UpdateInput,
+    aggregate,
     get_strategy,
 )
+from aggregator_service.aggregation.deltas import (
+    BlobDeltas,
+    Deltas,
+    MemoryDeltas,
+    UpdateInput,
+)
 
-__all__ = ["STRATEGIES", "AggregationResult", "UpdateInput", "get_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "AggregationResult",
+    "BlobDeltas",
+    "Deltas",
+    "MemoryDeltas",
+    "UpdateInput",
+    "aggregate",
+    "get_strategy",
+]

@@ -1,10 +1,11 @@
 """The strategy interface and what every strategy shares.
 
-A strategy is a pure function: the current global trainable state, the round's
-updates (delta blobs on disk, in client-id order), the spec's aggregation
-section and the strategy's stored server state in; the next global state and
-the server state to store out. Deltas are read memory-mapped, one tensor at a
-time, so memory is O(model) whatever the number of clients.
+A strategy is maths: a pure function of the current global trainable state,
+the round's `Deltas` (see `deltas`), the spec's aggregation section and the
+strategy's stored server state, returning the next global state and the server
+state to store. `Contributions` wraps the deltas with their aggregation
+weights and clip factors and reads them one tensor at a time, so memory is
+O(model) whatever the number of clients.
 
 Determinism: deltas are always visited in client-id order and every per-element
 operation runs in a fixed order, so a round aggregates to the same bits however
@@ -14,48 +15,36 @@ its updates arrived and however often it is recomputed.
 from __future__ import annotations
 
 import math
-import mmap
-import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import torch
 
-from shared.blobs import read_header, torch_dtype
+from aggregator_service.aggregation.deltas import BlobDeltas, Deltas, UpdateInput
 from shared.spec import AggregationSpec
 
 __all__ = [
-    "DEFAULT_CHUNK_BUDGET",
     "STRATEGIES",
     "AggregationResult",
-    "DeltaReader",
+    "Contributions",
     "Strategy",
-    "UpdateInput",
+    "aggregate",
+    "apply",
     "get_strategy",
-    "open_deltas",
     "register_strategy",
 ]
 
 # Elements held at once (across all deltas) by chunked, coordinate-wise strategies:
 # 2**22 float32 = 16 MiB per block (sorting it adds values and int64 indices, so
 # about 64 MiB at the peak), whatever the number of clients or the model size.
-DEFAULT_CHUNK_BUDGET = 1 << 22
+CHUNK_BUDGET = 1 << 22
 # Weighted sums run over slices of this many elements (4 MiB of float32), all
 # deltas per slice, so the accumulator slice stays in cache while the deltas stream.
 SUM_BLOCK = 1 << 20
 
-
-@dataclass(frozen=True)
-class UpdateInput:
-    """One accepted update: who sent it, where its delta blob lies, its weight basis."""
-
-    client_id: str
-    path: Path
-    num_examples: int
+# (tensor name, its global value, the round's weighted mean delta for it)
+MeanDelta = tuple[str, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -68,7 +57,7 @@ class Strategy(Protocol):
     def __call__(
         self,
         global_state: Mapping[str, torch.Tensor],
-        updates: Sequence[UpdateInput],
+        deltas: Deltas,
         spec: AggregationSpec,
         server_state: Mapping[str, torch.Tensor],
     ) -> AggregationResult: ...
@@ -99,110 +88,60 @@ def get_strategy(name: str) -> Strategy:
         ) from None
 
 
-class MappedDelta:
-    """One delta blob, memory-mapped: tensors are views of the page cache, never copies.
+class Contributions:
+    """The round's deltas with their weights and clip factors, read one tensor at a time.
 
-    The header is checked by FedTune's own validator. The mapping is private
-    (copy-on-write): writing into a tensor handed out here would not touch the
-    file but would turn shared page cache into private memory and be seen by the
-    next read of that tensor, so nothing in aggregation writes into one.
+    `weights[i]` are the normalised aggregation weights (sum to 1);
+    `scales[i]` is update i's clip factor (1.0 when `clip_norm` is unset).
+    Tensors it hands out may view shared memory: treat them as read-only.
     """
 
-    def __init__(self, path: Path):
-        if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
-            raise RuntimeError("aggregation maps safetensors in place: needs a little-endian host")
-        header = read_header(path)
-        self.entries = header.tensors
-        self._base = 8 + header.header_size
-        with open(path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-
-    def names(self) -> list[str]:
-        return sorted(self.entries)
-
-    def get_tensor(self, name: str) -> torch.Tensor:
-        entry = self.entries[name]
-        dtype = torch_dtype(entry.dtype)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        count = (entry.end - entry.start) // itemsize
-        offset = self._base + entry.start
-        if count == 0:
-            return torch.empty(entry.shape, dtype=dtype)
-        if offset % itemsize:  # a writer without safetensors' header padding: copy it aligned
-            raw = bytearray(self._map[offset : offset + count * itemsize])
-            return torch.frombuffer(raw, dtype=dtype).view(entry.shape)
-        return torch.frombuffer(self._map, dtype=dtype, count=count, offset=offset).view(
-            entry.shape
-        )
-
-
-class DeltaReader:
-    """The round's deltas, open memory-mapped, read one tensor at a time in client-id order.
-
-    `scales[i]` is the per-update clip factor (1.0 when `clip_norm` is unset);
-    `weights[i]` are the normalised aggregation weights (sum to 1). Tensors it
-    hands out may be views of the mapping (see `MappedDelta`): treat them as
-    read-only.
-    """
-
-    def __init__(
-        self, blobs: Sequence[MappedDelta], updates: Sequence[UpdateInput], spec: AggregationSpec
-    ):
-        self._blobs = list(blobs)
-        self.updates = list(updates)
-        self.weights = _weights(self.updates, spec)
-        self.scales = [1.0] * len(self._blobs)
+    def __init__(self, deltas: Deltas, spec: AggregationSpec) -> None:
+        self.deltas = deltas
+        self.weights = _weights(deltas.num_examples, spec)
+        self.scales = [1.0] * len(deltas)
         if spec.clip_norm is not None:
             clip = spec.clip_norm
             self.scales = [clip / n if n > clip else 1.0 for n in self.norms()]
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        return len(self.deltas)
 
-    def raw(self, i: int, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
-        """Delta `i`'s tensor `name` as stored (a read-only view of the mapping; no clip)."""
+    def raw(self, i: int, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Delta `i`'s tensor `name` as stored (no clip), checked against the global shape."""
+        who = self.deltas.client_ids[i]
         try:
-            t = self._blobs[i].get_tensor(name)
+            t = self.deltas.tensor(i, name)
         except KeyError:
+            raise ValueError(f"update of client {who} has no tensor {name!r}") from None
+        if t.shape != like.shape:
             raise ValueError(
-                f"update of client {self.updates[i].client_id} has no tensor {name!r}"
-            ) from None
-        if like is not None and t.shape != like.shape:
-            raise ValueError(
-                f"update of client {self.updates[i].client_id}: tensor {name!r} has shape "
-                f"{list(t.shape)}, the global state has {list(like.shape)}"
+                f"update of client {who}: tensor {name!r} has shape {list(t.shape)}, "
+                f"the global state has {list(like.shape)}"
             )
         return t
-
-    def tensor(self, i: int, name: str, like: torch.Tensor | None = None) -> torch.Tensor:
-        """Delta `i`'s tensor `name` as float32 with its clip factor applied.
-
-        A fresh tensor when a conversion or clip was needed, else the mapped view:
-        treat it as read-only either way.
-        """
-        t = self.raw(i, name, like).to(torch.float32)
-        return t * self.scales[i] if self.scales[i] != 1.0 else t
 
     def norms(self) -> list[float]:
         """L2 norm of each whole delta, accumulated in float64 tensor by tensor."""
         out = []
-        for blob in self._blobs:
+        for i in range(len(self.deltas)):
             sq = 0.0
-            for name in blob.names():
-                t = blob.get_tensor(name).to(torch.float64).reshape(-1)
+            for name in self.deltas.names(i):
+                t = self.deltas.tensor(i, name).to(torch.float64).reshape(-1)
                 sq += float(torch.dot(t, t))
             out.append(math.sqrt(sq))
         return out
 
-    def weighted_mean(self, name: str, like: torch.Tensor) -> torch.Tensor:
+    def mean(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """Σ_k w_k s_k Δ_k for tensor `name` as a new float32 tensor.
 
         Every element is summed in client-id order (one fused multiply-add per
         delta, weight and clip factor folded into one coefficient), straight from
-        the mapping. The sum runs block by block so the accumulator block stays in
-        cache; per element the order of operations is the same whatever the block.
+        the stored bytes. The sum runs block by block so the accumulator block
+        stays in cache; per element the order of operations is the same whatever
+        the block.
         """
-        flats = [self.raw(i, name, like).reshape(-1) for i in range(len(self._blobs))]
+        flats = [self.raw(i, name, like).reshape(-1) for i in range(len(self))]
         coefs = [w * s for w, s in zip(self.weights, self.scales, strict=True)]
         acc = torch.empty(like.numel(), dtype=torch.float32)
         for start in range(0, acc.numel(), SUM_BLOCK):
@@ -218,19 +157,23 @@ class DeltaReader:
                     block.add_(src, alpha=coefs[i])
         return acc.view(like.shape)
 
-    def chunks(
-        self, name: str, like: torch.Tensor, budget: int = DEFAULT_CHUNK_BUDGET
-    ) -> Iterator[tuple[slice, torch.Tensor]]:
+    def means(self, global_state: Mapping[str, torch.Tensor]) -> Iterator[MeanDelta]:
+        """(name, old, mean delta) for every tensor of the global state, in name order."""
+        for name in sorted(global_state):
+            old = global_state[name]
+            yield name, old, self.mean(name, old)
+
+    def chunks(self, name: str, like: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """Tensor `name`, flattened, in slices: (where, block[n_updates, c]) float32, clipped.
 
-        Each block stacks at most `budget // n` elements of every delta, so
-        coordinate-wise statistics (median, trimmed mean) hold `budget` elements
-        at a time whatever the model size. The block buffer is reused between
-        chunks: consume it before asking for the next one.
+        Each block stacks at most `CHUNK_BUDGET // n` elements of every delta, so
+        coordinate-wise statistics (median, trimmed mean) hold `CHUNK_BUDGET`
+        elements at a time whatever the model size. The block buffer is reused
+        between chunks: consume it before asking for the next one.
         """
-        n = len(self._blobs)
+        n = len(self)
         numel = like.numel()
-        width = max(1, min(numel, budget // n))
+        width = max(1, min(numel, CHUNK_BUDGET // n))
         flats = [self.raw(i, name, like).reshape(-1) for i in range(n)]
         buf = torch.empty((n, width), dtype=torch.float32)
         for start in range(0, numel, width):
@@ -243,25 +186,25 @@ class DeltaReader:
             yield slice(start, stop), block
 
 
-def _weights(updates: Sequence[UpdateInput], spec: AggregationSpec) -> list[float]:
+def apply(old: torch.Tensor, step: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """old + scale · step, computed in float32 and returned in old's dtype."""
+    return torch.add(old.to(torch.float32), step, alpha=scale).to(old.dtype)
+
+
+def _weights(num_examples: Sequence[int], spec: AggregationSpec) -> list[float]:
     if spec.weighting == "uniform":
-        return [1.0 / len(updates)] * len(updates)
-    total = sum(u.num_examples for u in updates)
-    if total <= 0 or any(u.num_examples < 0 for u in updates):
+        return [1.0 / len(num_examples)] * len(num_examples)
+    total = sum(num_examples)
+    if total <= 0 or any(n < 0 for n in num_examples):
         raise ValueError("weighting by num_examples needs positive example counts")
-    return [u.num_examples / total for u in updates]
+    return [n / total for n in num_examples]
 
 
-@contextmanager
-def open_deltas(updates: Sequence[UpdateInput], spec: AggregationSpec) -> Iterator[DeltaReader]:
-    """Open every update's delta blob memory-mapped, sorted by client id.
-
-    The mappings are released when the last tensor viewing them is freed.
-    """
-    if not updates:
-        raise ValueError("cannot aggregate a round with no updates")
-    ordered = sorted(updates, key=lambda u: u.client_id)
-    dupes = sorted(cid for cid, k in Counter(u.client_id for u in ordered).items() if k > 1)
-    if dupes:
-        raise ValueError(f"more than one update from client(s) {', '.join(dupes)} in one round")
-    yield DeltaReader([MappedDelta(Path(u.path)) for u in ordered], ordered, spec)
+def aggregate(
+    global_state: Mapping[str, torch.Tensor],
+    updates: Sequence[UpdateInput],
+    spec: AggregationSpec,
+    server_state: Mapping[str, torch.Tensor],
+) -> AggregationResult:
+    """Run the spec's strategy over accepted updates stored as blobs (the service's entry)."""
+    return get_strategy(spec.strategy)(global_state, BlobDeltas(updates), spec, server_state)

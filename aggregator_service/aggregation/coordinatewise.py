@@ -1,7 +1,7 @@
 """Coordinate-wise robust statistics over the round's deltas, computed chunk by chunk.
 
 A per-coordinate statistic needs every client's value of that coordinate at
-once, so the deltas are read in slices (`DeltaReader.chunks`): memory stays
+once, so the deltas are read in slices (`Contributions.chunks`): memory stays
 O(model + chunk budget) whatever the number of clients. Every update counts
 once: the spec's `weighting` does not apply, since weighting by self-reported
 example counts would let one client buy its way past the robust statistic.
@@ -9,11 +9,12 @@ example counts would let one client buy its way past the robust statistic.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import torch
 
-from aggregator_service.aggregation.base import AggregationResult, UpdateInput, open_deltas
+from aggregator_service.aggregation.base import AggregationResult, Contributions
+from aggregator_service.aggregation.deltas import Deltas
 from shared.spec import AggregationSpec
 
 __all__ = ["BlockStatistic", "aggregate_coordinatewise", "ordered_rows"]
@@ -33,19 +34,18 @@ def ordered_rows(block: torch.Tensor) -> torch.Tensor:
 
 def aggregate_coordinatewise(
     global_state: Mapping[str, torch.Tensor],
-    updates: Sequence[UpdateInput],
+    deltas: Deltas,
     spec: AggregationSpec,
     statistic: BlockStatistic,
-    chunk_budget: int,
 ) -> AggregationResult:
     """new = old + statistic(Δ_1..Δ_n), coordinate by coordinate."""
+    contributions = Contributions(deltas, spec)
     out: dict[str, torch.Tensor] = {}
-    with open_deltas(updates, spec) as deltas:
-        for name in sorted(global_state):
-            old = global_state[name]
-            result = old.to(torch.float32, copy=True)
-            flat = result.view(-1)
-            for where, block in deltas.chunks(name, old, chunk_budget):
-                flat[where].add_(statistic(block))
-            out[name] = result.to(old.dtype)
+    for name in sorted(global_state):
+        old = global_state[name]
+        result = old.to(torch.float32, copy=True)
+        flat = result.view(-1)
+        for where, block in contributions.chunks(name, old):
+            flat[where].add_(statistic(block))
+        out[name] = result.to(old.dtype)
     return AggregationResult(out)

@@ -6,11 +6,12 @@ v ← β2 v + (1-β2) Δ². Shared update and state handling in `fedopt`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
-from aggregator_service.aggregation.base import AggregationResult, UpdateInput, register_strategy
+from aggregator_service.aggregation.base import AggregationResult, register_strategy
+from aggregator_service.aggregation.deltas import Deltas
 from aggregator_service.aggregation.fedopt import server_optimise
 from shared.spec import AggregationSpec
 
@@ -22,8 +23,8 @@ def adam_second_moment(v: torch.Tensor, delta_sq: torch.Tensor, beta2: float) ->
 @register_strategy("fedadam")
 def fedadam(
     global_state: Mapping[str, torch.Tensor],
-    updates: Sequence[UpdateInput],
+    deltas: Deltas,
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
 ) -> AggregationResult:
-    return server_optimise(global_state, updates, spec, server_state, adam_second_moment)
+    return server_optimise(global_state, deltas, spec, server_state, adam_second_moment)

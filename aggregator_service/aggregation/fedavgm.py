@@ -9,38 +9,34 @@ m ← μ m + Δ, x ← x + η m. The buffer is the strategy's server state
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
 from aggregator_service.aggregation.base import (
     AggregationResult,
-    UpdateInput,
-    open_deltas,
+    Contributions,
+    apply,
     register_strategy,
 )
-from aggregator_service.aggregation.fedopt import momentum_key, stored_moment
+from aggregator_service.aggregation.deltas import Deltas
+from aggregator_service.aggregation.fedopt import Moments
 from shared.spec import AggregationSpec, FedAvgMOptions
 
 
 @register_strategy("fedavgm")
 def fedavgm(
     global_state: Mapping[str, torch.Tensor],
-    updates: Sequence[UpdateInput],
+    deltas: Deltas,
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
 ) -> AggregationResult:
+    """m ← μ m + Δ, x ← x + η m."""
     opts = spec.strategy_options()
-    if not isinstance(opts, FedAvgMOptions):  # pragma: no cover - registry wiring error
-        raise TypeError(f"fedavgm needs FedAvgMOptions, got {type(opts).__name__}")
-    out: dict[str, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
-    with open_deltas(updates, spec) as deltas:
-        for name in sorted(global_state):
-            old = global_state[name]
-            delta = deltas.weighted_mean(name, old)
-            m = stored_moment(server_state, momentum_key(name), old, 0.0)
-            m.mul_(opts.momentum).add_(delta)
-            out[name] = torch.add(old.to(torch.float32), m, alpha=opts.server_lr).to(old.dtype)
-            state[momentum_key(name)] = m
-    return AggregationResult(out, state)
+    assert isinstance(opts, FedAvgMOptions)
+    moments = Moments(server_state)
+    out = {}
+    for name, old, delta in Contributions(deltas, spec).means(global_state):
+        m = moments.get("m", name, old, initial=0.0).mul_(opts.momentum).add_(delta)
+        out[name] = apply(old, m, opts.server_lr)
+    return AggregationResult(out, moments.updated)

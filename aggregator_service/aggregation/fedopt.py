@@ -14,65 +14,60 @@ correction, v₋₁ = τ², so the first step is η (1-β1) Δ / (sqrt(v0) + τ)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import torch
 
-from aggregator_service.aggregation.base import AggregationResult, UpdateInput, open_deltas
+from aggregator_service.aggregation.base import AggregationResult, Contributions, apply
+from aggregator_service.aggregation.deltas import Deltas
 from shared.spec import AggregationSpec, FedOptOptions
 
-__all__ = ["SecondMoment", "momentum_key", "server_optimise", "stored_moment", "variance_key"]
+__all__ = ["Moments", "SecondMoment", "server_optimise"]
 
 # v ← f(v, Δ², β2), in place; returns nothing.
 SecondMoment = Callable[[torch.Tensor, torch.Tensor, float], None]
 
 
-def momentum_key(name: str) -> str:
-    return f"m/{name}"
+class Moments:
+    """A server optimiser's per-tensor moments: read from the stored server state as fresh
+    float32 copies (or `initial` before the first round), kept as `<kind>/<param>`."""
 
+    def __init__(self, stored: Mapping[str, torch.Tensor]) -> None:
+        self.stored = stored
+        self.updated: dict[str, torch.Tensor] = {}
 
-def variance_key(name: str) -> str:
-    return f"v/{name}"
-
-
-def stored_moment(
-    server_state: Mapping[str, torch.Tensor], key: str, like: torch.Tensor, initial: float
-) -> torch.Tensor:
-    """A fresh float32 copy of a stored moment, or a tensor of `initial` when none is stored."""
-    stored = server_state.get(key)
-    if stored is None:
-        return torch.full(like.shape, initial, dtype=torch.float32)
-    if stored.shape != like.shape:
-        raise ValueError(
-            f"stored server state {key!r} has shape {list(stored.shape)}, "
-            f"the global state has {list(like.shape)}"
-        )
-    return stored.to(torch.float32, copy=True)
+    def get(self, kind: str, name: str, like: torch.Tensor, *, initial: float) -> torch.Tensor:
+        key = f"{kind}/{name}"
+        stored = self.stored.get(key)
+        if stored is None:
+            moment = torch.full(like.shape, initial, dtype=torch.float32)
+        elif stored.shape != like.shape:
+            raise ValueError(
+                f"stored server state {key!r} has shape {list(stored.shape)}, "
+                f"the global state has {list(like.shape)}"
+            )
+        else:
+            moment = stored.to(torch.float32, copy=True)
+        self.updated[key] = moment
+        return moment
 
 
 def server_optimise(
     global_state: Mapping[str, torch.Tensor],
-    updates: Sequence[UpdateInput],
+    deltas: Deltas,
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
     second_moment: SecondMoment,
 ) -> AggregationResult:
     """x ← x + η m / (sqrt(v) + τ) with m ← β1 m + (1-β1) Δ and v from `second_moment`."""
     opts = spec.strategy_options()
-    if not isinstance(opts, FedOptOptions):  # pragma: no cover - registry wiring error
-        raise TypeError(f"{spec.strategy} needs FedOptOptions, got {type(opts).__name__}")
-    out: dict[str, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
-    with open_deltas(updates, spec) as deltas:
-        for name in sorted(global_state):
-            old = global_state[name]
-            delta = deltas.weighted_mean(name, old)
-            m = stored_moment(server_state, momentum_key(name), old, 0.0)
-            v = stored_moment(server_state, variance_key(name), old, opts.tau**2)
-            m.mul_(opts.beta1).add_(delta, alpha=1.0 - opts.beta1)
-            second_moment(v, delta.mul_(delta), opts.beta2)  # delta is not needed after this
-            step = m / v.sqrt().add_(opts.tau)
-            out[name] = step.mul_(opts.server_lr).add_(old.to(torch.float32)).to(old.dtype)
-            state[momentum_key(name)] = m
-            state[variance_key(name)] = v
-    return AggregationResult(out, state)
+    assert isinstance(opts, FedOptOptions)
+    moments = Moments(server_state)
+    out = {}
+    for name, old, delta in Contributions(deltas, spec).means(global_state):
+        m = moments.get("m", name, old, initial=0.0)
+        v = moments.get("v", name, old, initial=opts.tau**2)
+        m.mul_(opts.beta1).add_(delta, alpha=1.0 - opts.beta1)
+        second_moment(v, delta.mul_(delta), opts.beta2)  # delta is not needed after this
+        out[name] = apply(old, m / v.sqrt().add_(opts.tau), opts.server_lr)
+    return AggregationResult(out, moments.updated)

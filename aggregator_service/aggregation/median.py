@@ -8,17 +8,13 @@ Unweighted and chunked: see `coordinatewise`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
-from aggregator_service.aggregation.base import (
-    DEFAULT_CHUNK_BUDGET,
-    AggregationResult,
-    UpdateInput,
-    register_strategy,
-)
+from aggregator_service.aggregation.base import AggregationResult, register_strategy
 from aggregator_service.aggregation.coordinatewise import aggregate_coordinatewise, ordered_rows
+from aggregator_service.aggregation.deltas import Deltas
 from shared.spec import AggregationSpec
 
 
@@ -33,10 +29,8 @@ def median_of_block(block: torch.Tensor) -> torch.Tensor:
 @register_strategy("median")
 def median(
     global_state: Mapping[str, torch.Tensor],
-    updates: Sequence[UpdateInput],
+    deltas: Deltas,
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
-    *,
-    chunk_budget: int = DEFAULT_CHUNK_BUDGET,
 ) -> AggregationResult:
-    return aggregate_coordinatewise(global_state, updates, spec, median_of_block, chunk_budget)
+    return aggregate_coordinatewise(global_state, deltas, spec, median_of_block)

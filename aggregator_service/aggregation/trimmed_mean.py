@@ -10,17 +10,13 @@ Unweighted and chunked: see `coordinatewise`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
-from aggregator_service.aggregation.base import (
-    DEFAULT_CHUNK_BUDGET,
-    AggregationResult,
-    UpdateInput,
-    register_strategy,
-)
+from aggregator_service.aggregation.base import AggregationResult, register_strategy
 from aggregator_service.aggregation.coordinatewise import aggregate_coordinatewise, ordered_rows
+from aggregator_service.aggregation.deltas import Deltas
 from shared.spec import AggregationSpec, TrimmedMeanOptions
 
 
@@ -49,20 +45,13 @@ def trimmed_mean_of_block(block: torch.Tensor, fraction: float) -> torch.Tensor:
 @register_strategy("trimmed_mean")
 def trimmed_mean(
     global_state: Mapping[str, torch.Tensor],
-    updates: Sequence[UpdateInput],
+    deltas: Deltas,
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
-    *,
-    chunk_budget: int = DEFAULT_CHUNK_BUDGET,
 ) -> AggregationResult:
     opts = spec.strategy_options()
-    if not isinstance(opts, TrimmedMeanOptions):  # pragma: no cover - registry wiring error
-        raise TypeError(f"trimmed_mean needs TrimmedMeanOptions, got {type(opts).__name__}")
+    assert isinstance(opts, TrimmedMeanOptions)
     fraction = opts.trim_fraction
     return aggregate_coordinatewise(
-        global_state,
-        updates,
-        spec,
-        lambda block: trimmed_mean_of_block(block, fraction),
-        chunk_budget,
+        global_state, deltas, spec, lambda block: trimmed_mean_of_block(block, fraction)
     )

@@ -13,14 +13,14 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from safetensors.torch import load_file
 from sqlalchemy import ColumnElement, Connection, false, insert, select, update
 
-from aggregator_service.aggregation import UpdateInput, get_strategy
+from aggregator_service.aggregation import UpdateInput, aggregate
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.federations import federation_row, store_state
 from aggregator_service.storage.tables import INT_MAX, federations, rounds, state_versions, updates
 from shared.api import RoundStatus
+from shared.blobs import read_state
 from shared.spec import FederationSpec
 
 __all__ = [
@@ -214,11 +214,10 @@ def aggregate_round(core: Core, fid: str, number: int) -> bool:
     if core.settings.aggregation_delay_s > 0:
         time.sleep(core.settings.aggregation_delay_s)
     started = time.perf_counter()
-    global_state = load_file(str(core.blobs.path(rnd.base_version)))
-    server_state = load_file(str(core.blobs.path(server_digest))) if server_digest else {}
+    global_state = read_state(core.blobs.path(rnd.base_version))
+    server_state = read_state(core.blobs.path(server_digest)) if server_digest else {}
     inputs = [UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples) for u in ups]
-    strategy = get_strategy(spec.aggregation.strategy)
-    result = strategy(global_state, inputs, spec.aggregation, server_state)
+    result = aggregate(global_state, inputs, spec.aggregation, server_state)
     digest = store_state(core, result.state)
     new_server = store_state(core, result.server_state) if result.server_state else None
     seconds = time.perf_counter() - started

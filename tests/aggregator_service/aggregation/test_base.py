@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from aggregator_service.aggregation import STRATEGIES, get_strategy
-from aggregator_service.aggregation.base import open_deltas
+from aggregator_service.aggregation.base import Contributions
 from shared.spec import AggregationSpec, StrategyName
 
 
@@ -23,41 +23,41 @@ def test_unknown_strategy_names_the_known_ones():
         get_strategy("krum")
 
 
-def test_weights_follow_examples_or_are_uniform(write_delta):
-    updates = [write_delta("b", {"w": [0.0]}, 30), write_delta("a", {"w": [0.0]}, 10)]
+def test_weights_follow_examples_or_are_uniform(make_update, deltas):
+    updates = [make_update("b", {"w": [0.0]}, 30), make_update("a", {"w": [0.0]}, 10)]
 
-    with open_deltas(updates, AggregationSpec()) as by_examples:
-        assert [u.client_id for u in by_examples.updates] == ["a", "b"]
-        assert by_examples.weights == [0.25, 0.75]
-    with open_deltas(updates, AggregationSpec(weighting="uniform")) as uniform:
-        assert uniform.weights == [0.5, 0.5]
+    by_examples = Contributions(deltas(updates), AggregationSpec())
+    assert list(by_examples.deltas.client_ids) == ["a", "b"]
+    assert by_examples.weights == [0.25, 0.75]
+    assert Contributions(deltas(updates), AggregationSpec(weighting="uniform")).weights == [
+        0.5,
+        0.5,
+    ]
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_a_round_without_updates_is_refused(strategy):
-    spec = AggregationSpec(strategy=strategy)  # type: ignore[arg-type]
+def test_a_round_without_updates_is_refused(deltas):
     with pytest.raises(ValueError, match="no updates"):
-        get_strategy(strategy)({"w": torch.zeros(1)}, [], spec, {})
+        deltas([])
 
 
-def test_two_updates_from_one_client_are_refused(write_delta):
-    update = write_delta("c1", {"w": [1.0]})
+def test_two_updates_from_one_client_are_refused(make_update, deltas):
+    update = make_update("c1", {"w": [1.0]})
     with pytest.raises(ValueError, match="more than one update from client"):
-        get_strategy("fedavg")({"w": torch.zeros(1)}, [update, update], AggregationSpec(), {})
+        deltas([update, update])
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "median"])
-def test_a_delta_missing_a_tensor_names_client_and_tensor(strategy, write_delta):
-    updates = [write_delta("c1", {"w": [1.0]})]
+def test_a_delta_missing_a_tensor_names_client_and_tensor(strategy, make_update, deltas):
+    updates = [make_update("c1", {"w": [1.0]})]
     spec = AggregationSpec(strategy=strategy)  # type: ignore[arg-type]
     old = {"w": torch.zeros(1), "b": torch.zeros(1)}
     with pytest.raises(ValueError, match="update of client c1 has no tensor 'b'"):
-        get_strategy(strategy)(old, updates, spec, {})
+        get_strategy(strategy)(old, deltas(updates), spec, {})
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "trimmed_mean"])
-def test_a_delta_of_the_wrong_shape_is_refused(strategy, write_delta):
-    updates = [write_delta("c1", {"w": [1.0, 2.0]})]
+def test_a_delta_of_the_wrong_shape_is_refused(strategy, make_update, deltas):
+    updates = [make_update("c1", {"w": [1.0, 2.0]})]
     spec = AggregationSpec(strategy=strategy)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"tensor 'w' has shape \[2\], the global state has \[3\]"):
-        get_strategy(strategy)({"w": torch.zeros(3)}, updates, spec, {})
+        get_strategy(strategy)({"w": torch.zeros(3)}, deltas(updates), spec, {})

@@ -7,20 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from aggregator_service.aggregation import STRATEGIES, get_strategy
-from shared.blobs import atomic_save_state, encode_state
+from shared.blobs import atomic_save_state, encode_state, read_state
 from shared.spec import AggregationSpec
 
 ALL = sorted(STRATEGIES)
 SHAPES = {"blocks.0.bias": (7,), "blocks.0.attn.lora_A": (4, 9), "head.weight": (3, 5)}
 
 
-def _random_round(write_delta, round_no: int, n: int = 5) -> list:
+def _random_round(make_update, round_no: int, n: int = 5) -> list:
     gen = torch.Generator().manual_seed(1000 * round_no)
     return [
-        write_delta(
+        make_update(
             f"r{round_no}-client-{i:02d}",
             {k: torch.randn(s, generator=gen) * (i + 1) for k, s in SHAPES.items()},
             num_examples=int(torch.randint(1, 500, (1,), generator=gen)),
@@ -39,11 +38,11 @@ def _spec(strategy: str) -> AggregationSpec:
 
 
 @pytest.mark.parametrize("strategy", ALL)
-def test_result_is_bit_identical_whatever_the_order_of_updates(strategy, write_delta):
-    updates = _random_round(write_delta, 1)
+def test_result_is_bit_identical_whatever_the_order_of_updates(strategy, make_update, deltas):
+    updates = _random_round(make_update, 1)
     old = _initial_state()
     results = [
-        get_strategy(strategy)(old, list(order), _spec(strategy), {})
+        get_strategy(strategy)(old, deltas(list(order)), _spec(strategy), {})
         for order in itertools.islice(itertools.permutations(updates), 0, None, 17)
     ]
 
@@ -55,25 +54,25 @@ def test_result_is_bit_identical_whatever_the_order_of_updates(strategy, write_d
 
 @pytest.mark.parametrize("strategy", ALL)
 def test_restart_between_rounds_from_stored_state_gives_the_same_bits(
-    strategy, write_delta, tmp_path: Path
+    strategy, make_update, tmp_path: Path, deltas
 ):
     aggregate = get_strategy(strategy)
     spec = _spec(strategy)
-    round1, round2 = _random_round(write_delta, 1), _random_round(write_delta, 2)
+    round1, round2 = _random_round(make_update, 1), _random_round(make_update, 2)
 
     # uninterrupted: round 2 straight from round 1's in-memory results
-    r1 = aggregate(_initial_state(), round1, spec, {})
-    straight = aggregate(r1.state, round2, spec, r1.server_state)
+    r1 = aggregate(_initial_state(), deltas(round1), spec, {})
+    straight = aggregate(r1.state, deltas(round2), spec, r1.server_state)
 
     # restarted: round 1's results go through blobs on disk, as the service stores them
     atomic_save_state(tmp_path / "state-1.safetensors", r1.state)
     atomic_save_state(tmp_path / "server-state-1.safetensors", r1.server_state)
     del r1
     restarted = aggregate(
-        load_file(tmp_path / "state-1.safetensors"),
-        round2,
+        read_state(tmp_path / "state-1.safetensors"),
+        deltas(round2),
         spec,
-        load_file(tmp_path / "server-state-1.safetensors"),
+        read_state(tmp_path / "server-state-1.safetensors"),
     )
 
     assert encode_state(restarted.state) == encode_state(straight.state)

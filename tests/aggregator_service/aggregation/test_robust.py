@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from aggregator_service.aggregation import base as aggregation_base
 from aggregator_service.aggregation import get_strategy
 from aggregator_service.aggregation.median import median
 from aggregator_service.aggregation.trimmed_mean import trim_count, trimmed_mean
@@ -22,14 +23,14 @@ MEDIAN_CASES = [
 
 @pytest.mark.parametrize(("values", "expected"), MEDIAN_CASES, ids=["odd", "even", "one", "two"])
 def test_median_takes_the_middle_value_or_the_mean_of_the_two_middles(
-    write_delta, values, expected
+    make_update, values, expected, deltas
 ):
     updates = [
-        write_delta(f"c{i}", {"w": v}, num_examples=1 + 99 * i) for i, v in enumerate(values)
+        make_update(f"c{i}", {"w": v}, num_examples=1 + 99 * i) for i, v in enumerate(values)
     ]
     old = {"w": torch.tensor([1.0, 1.0])}
 
-    result = get_strategy("median")(old, updates, AggregationSpec(strategy="median"), {})
+    result = get_strategy("median")(old, deltas(updates), AggregationSpec(strategy="median"), {})
 
     assert torch.equal(result.state["w"], torch.tensor(expected) + 1.0)
 
@@ -45,12 +46,12 @@ TRIM_CASES = [
 
 @pytest.mark.parametrize(("values", "fraction", "expected"), TRIM_CASES)
 def test_trimmed_mean_cuts_floor_fraction_times_n_from_each_end(
-    write_delta, values, fraction, expected
+    make_update, values, fraction, expected, deltas
 ):
-    updates = [write_delta(f"c{i}", {"w": [v]}) for i, v in enumerate(values)]
+    updates = [make_update(f"c{i}", {"w": [v]}) for i, v in enumerate(values)]
     spec = AggregationSpec(strategy="trimmed_mean", options={"trim_fraction": fraction})
 
-    result = get_strategy("trimmed_mean")({"w": torch.tensor([0.0])}, updates, spec, {})
+    result = get_strategy("trimmed_mean")({"w": torch.tensor([0.0])}, deltas(updates), spec, {})
 
     assert torch.equal(result.state["w"], torch.tensor([expected]))
 
@@ -69,22 +70,25 @@ def test_every_fraction_the_spec_accepts_leaves_at_least_one_value():
 
 @pytest.mark.parametrize("n", [4, 7])
 @pytest.mark.parametrize("budget", [1, 5, 64])
-def test_chunked_statistics_match_numpy_and_do_not_depend_on_the_chunk_size(write_delta, n, budget):
+def test_chunked_statistics_match_numpy_and_do_not_depend_on_the_chunk_size(
+    make_update, n, budget, deltas, monkeypatch
+):
     gen = torch.Generator().manual_seed(n)
     shapes = {"a": (6, 5), "b": (11,), "c": ()}
-    deltas = [{k: torch.randn(s, generator=gen) for k, s in shapes.items()} for _ in range(n)]
-    updates = [write_delta(f"c{i}", d) for i, d in enumerate(deltas)]
+    values = [{k: torch.randn(s, generator=gen) for k, s in shapes.items()} for _ in range(n)]
+    updates = [make_update(f"c{i}", d) for i, d in enumerate(values)]
     old = {k: torch.zeros(s) for k, s in shapes.items()}
     tm_spec = AggregationSpec(strategy="trimmed_mean", options={"trim_fraction": 0.25})
     k = n // 4
 
-    med_small = median(old, updates, AggregationSpec(strategy="median"), {}, chunk_budget=budget)
-    med_whole = median(old, updates, AggregationSpec(strategy="median"), {})
-    tm_small = trimmed_mean(old, updates, tm_spec, {}, chunk_budget=budget)
-    tm_whole = trimmed_mean(old, updates, tm_spec, {})
+    med_whole = median(old, deltas(updates), AggregationSpec(strategy="median"), {})
+    tm_whole = trimmed_mean(old, deltas(updates), tm_spec, {})
+    monkeypatch.setattr(aggregation_base, "CHUNK_BUDGET", budget)
+    med_small = median(old, deltas(updates), AggregationSpec(strategy="median"), {})
+    tm_small = trimmed_mean(old, deltas(updates), tm_spec, {})
 
     for name in shapes:
-        stacked = np.stack([d[name].numpy() for d in deltas])
+        stacked = np.stack([d[name].numpy() for d in values])
         assert torch.equal(med_small.state[name], med_whole.state[name])
         assert torch.equal(tm_small.state[name], tm_whole.state[name])
         np.testing.assert_allclose(

@@ -42,16 +42,16 @@ ROUND_ONE = {
 
 
 @pytest.fixture
-def round_one_updates(write_delta):
-    return [write_delta("c1", {"w": [3.0, 0.5]}), write_delta("c2", {"w": [1.0, 0.0]})]
+def round_one_updates(make_update):
+    return [make_update("c1", {"w": [3.0, 0.5]}), make_update("c2", {"w": [1.0, 0.0]})]
 
 
 @pytest.mark.parametrize("strategy", sorted(ROUND_ONE))
-def test_first_round_matches_the_hand_computed_step(strategy, round_one_updates):
+def test_first_round_matches_the_hand_computed_step(strategy, round_one_updates, deltas):
     expected_state, expected_v = ROUND_ONE[strategy]
     old = {"w": torch.tensor([1.0, -1.0])}
 
-    result = get_strategy(strategy)(old, round_one_updates, _spec(strategy), {})
+    result = get_strategy(strategy)(old, deltas(round_one_updates), _spec(strategy), {})
 
     assert torch.allclose(result.state["w"], torch.tensor(expected_state), rtol=1e-6, atol=0)
     expected_m = [2.0, 0.25] if strategy == "fedavgm" else [1.0, 0.125]
@@ -63,24 +63,24 @@ def test_first_round_matches_the_hand_computed_step(strategy, round_one_updates)
         assert torch.allclose(result.server_state["v/w"], torch.tensor(expected_v), rtol=1e-6)
 
 
-def test_fedavgm_second_round_uses_the_stored_momentum(write_delta):
+def test_fedavgm_second_round_uses_the_stored_momentum(make_update, deltas):
     stored = {"m/w": torch.tensor([2.0, 0.25])}
-    updates = [write_delta("c1", {"w": [1.0, 1.0]})]
+    updates = [make_update("c1", {"w": [1.0, 1.0]})]
     old = {"w": torch.tensor([5.0, -0.5])}
 
-    result = get_strategy("fedavgm")(old, updates, _spec("fedavgm"), stored)
+    result = get_strategy("fedavgm")(old, deltas(updates), _spec("fedavgm"), stored)
 
     # m = 0.5 [2, 0.25] + [1, 1] = [2, 1.125]; x = old + 2 m
     assert torch.equal(result.server_state["m/w"], torch.tensor([2.0, 1.125]))
     assert torch.equal(result.state["w"], torch.tensor([9.0, 1.75]))
 
 
-def test_fedadam_second_round_uses_the_stored_moments(write_delta):
+def test_fedadam_second_round_uses_the_stored_moments(make_update, deltas):
     stored = {"m/w": torch.tensor([1.0, 0.125]), "v/w": torch.tensor([1.1875, 0.203125])}
-    updates = [write_delta("c1", {"w": [-1.0, 0.5]})]
+    updates = [make_update("c1", {"w": [-1.0, 0.5]})]
     old = {"w": torch.tensor([0.0, 0.0])}
 
-    result = get_strategy("fedadam")(old, updates, _spec("fedadam"), stored)
+    result = get_strategy("fedadam")(old, deltas(updates), _spec("fedadam"), stored)
 
     # m = 0.5 m + 0.5 Δ = [0, 0.3125]; v = 0.75 v + 0.25 Δ² = [1.140625, 0.21484375]
     assert torch.equal(result.server_state["m/w"], torch.tensor([0.0, 0.3125]))
@@ -91,9 +91,9 @@ def test_fedadam_second_round_uses_the_stored_moments(write_delta):
     assert torch.allclose(result.state["w"], torch.tensor(expected), rtol=1e-6, atol=0)
 
 
-def test_stored_state_of_the_wrong_shape_is_refused(round_one_updates):
+def test_stored_state_of_the_wrong_shape_is_refused(round_one_updates, deltas):
     old = {"w": torch.tensor([1.0, -1.0])}
     stored = {"m/w": torch.zeros(3), "v/w": torch.zeros(3)}
 
     with pytest.raises(ValueError, match=r"stored server state 'm/w' has shape \[3\]"):
-        get_strategy("fedadam")(old, round_one_updates, _spec("fedadam"), stored)
+        get_strategy("fedadam")(old, deltas(round_one_updates), _spec("fedadam"), stored)
