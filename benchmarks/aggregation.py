@@ -8,11 +8,14 @@ inputs in the same benchmark run, by:
   one accumulator per tensor);
 - Flower: each delta loaded into numpy arrays the way a Flower server holds
   client results (`safetensors.numpy.load_file`), then
-  `flwr.server.strategy.aggregate.aggregate`.
+  `flwr.server.strategy.aggregate.aggregate`;
+- the read ceiling: one pass over the same mapped bytes, each tensor summed
+  (`Tensor.sum`), nothing written. No aggregation can read its input faster,
+  so FedTune's throughput is also printed as a fraction of it.
 
 Every timed run happens in a fresh worker process (this script with
---worker), the two sides interleaved, so neither inherits the other's heap and
-both see the same machine load. Timings start from the blob paths, with the
+--worker), the sides interleaved, so none inherits another's heap and
+all see the same machine load. Timings start from the blob paths, with the
 files warm in the page cache (they were just written). Throughput is input
 bytes read (N x S) per second, best of the warm calls (the median and the
 cold first call are printed too).
@@ -53,14 +56,14 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregator_service.aggregation import UpdateInput, get_strategy
-from shared.blobs import DeltaMetadata, encode_state
+from aggregator_service.aggregation import UpdateInput, aggregate
+from shared.blobs import Blob, DeltaMetadata, encode_state
 from shared.spec import AggregationSpec
 
 MIB = 1 << 20
 GIB = 1 << 30
 SWEEP = (4, 16, 32)
-WORKERS = 2  # fresh worker processes per side, interleaved fedtune, flower, fedtune, flower
+WORKERS = 2  # fresh worker processes per side, interleaved fedtune, ceiling, flower, ...
 
 # One ViT-B/16 encoder block's trainable tensors (d=768, mlp=3072): about 27 MiB.
 BLOCK = {
@@ -179,9 +182,22 @@ def _inputs(root: Path) -> tuple[dict[str, torch.Tensor], list[UpdateInput]]:
 def _fedtune_call(
     old: dict[str, torch.Tensor], updates: list[UpdateInput], seed: int
 ) -> Callable[[], dict[str, torch.Tensor]]:
-    fedavg = get_strategy("fedavg")
     order = random.Random(seed).sample(updates, len(updates))  # arrival order must not matter
-    return lambda: fedavg(old, order, AggregationSpec(weighting="num_examples"), {}).state
+    return lambda: aggregate(old, order, AggregationSpec(weighting="num_examples"), {}).state
+
+
+def _ceiling_call(updates: list[UpdateInput]) -> Callable[[], float]:
+    """Read every mapped byte once (a sum per tensor), write nothing."""
+
+    def call() -> float:
+        total = 0.0
+        for u in updates:
+            blob = Blob.open(u.path)
+            for name in blob.names():
+                total += float(blob.tensor(name).sum())
+        return total
+
+    return call
 
 
 def _flower_call(
@@ -213,16 +229,20 @@ def worker(side: str, root: Path, seed: int, warm: int) -> None:
     out: dict[str, torch.Tensor] = {}
     cold = PeakMemory()
     for i in range(1 + warm):
-        call: Callable[[], Any] = (
-            _fedtune_call(old, updates, seed + i)
-            if side == "fedtune"
-            else _flower_call(old, updates)
-        )
+        call: Callable[[], Any]
+        if side == "fedtune":
+            call = _fedtune_call(old, updates, seed + i)
+        elif side == "flower":
+            call = _flower_call(old, updates)
+        else:
+            call = _ceiling_call(updates)
         # the sampler thread only watches the cold call: it costs CPU
         with cold if i == 0 else contextlib.nullcontext():
             start = time.perf_counter()
             result = call()
             seconds.append(time.perf_counter() - start)
+        if side == "ceiling":
+            result = {"sum": torch.tensor([result], dtype=torch.float64)}
         if side == "flower":
             result = {k: old[k] + torch.from_numpy(m) for k, m in zip(names, result, strict=True)}
         out = result
@@ -284,12 +304,19 @@ def bench(n: int, size_mb: float, repeat: int, root: Path, with_flower: bool) ->
     )
     ours: list[Run] = []
     theirs: list[Run] = []
+    ceiling: list[Run] = []
     for i in range(WORKERS):
         ours.append(_spawn("fedtune", root, seed=100 * i, warm=repeat))
+        ceiling.append(_spawn("ceiling", root, seed=100 * i, warm=repeat))
         if with_flower:
             theirs.append(_spawn("flower", root, seed=100 * i, warm=repeat))
     row: dict[str, Any] = {"n": n}
     row["ours_gib_s"], row["ours_peak"] = _report("fedtune fedavg  ", ours, total, delta_bytes)
+    row["ceiling_gib_s"], _ = _report("read ceiling    ", ceiling, total, delta_bytes)
+    print(
+        f"of the ceiling   : {row['ours_gib_s'] / row['ceiling_gib_s']:.0%} "
+        "(FedTune's best warm throughput over one read-and-sum pass of the same bytes)"
+    )
     digests = {d for r in ours for d in r.digests}
     runs = sum(len(r.digests) for r in ours)
     print(
@@ -359,7 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads in the workers (default: torch's)"
     )
-    parser.add_argument("--worker", choices=["fedtune", "flower"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=["fedtune", "flower", "ceiling"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -381,11 +410,13 @@ def main(argv: list[str] | None = None) -> None:
     if len(rows) > 1:
         print("\nsweep (peak extra RssAnon in MiB; throughput in GiB/s):")
         print(
-            f"{'N':>4} {'fedtune GiB/s':>14} {'fedtune peak':>13} {'flower GiB/s':>13} {'flower peak':>12}"
+            f"{'N':>4} {'fedtune GiB/s':>14} {'of ceiling':>11} {'fedtune peak':>13} "
+            f"{'flower GiB/s':>13} {'flower peak':>12}"
         )
         for r in rows:
             print(
-                f"{r['n']:>4} {r['ours_gib_s']:>14.2f} {r['ours_peak'] / MIB:>13.1f} "
+                f"{r['n']:>4} {r['ours_gib_s']:>14.2f} {r['ours_gib_s'] / r['ceiling_gib_s']:>11.0%} "
+                f"{r['ours_peak'] / MIB:>13.1f} "
                 f"{r.get('flower_gib_s', float('nan')):>13.2f} "
                 f"{r.get('flower_peak', 0) / MIB:>12.1f}"
             )

@@ -14,6 +14,7 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from client_sdk._exceptions import FedTuneError
+from shared.blobs import atomic_write_bytes
 
 __all__ = ["Credentials", "CredentialsError", "default_credentials_path", "load", "save"]
 
@@ -44,16 +45,8 @@ def default_credentials_path() -> Path:
 
 
 def save(creds: Credentials, path: Path) -> None:
-    """Write with mode 0600 from the start (the key never sits world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(creds.model_dump_json(indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    """Write atomically with mode 0600 from the start (the key never sits world-readable)."""
+    atomic_write_bytes(path, (creds.model_dump_json(indent=2) + "\n").encode())
 
 
 def load(path: Path) -> Credentials:

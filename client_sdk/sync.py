@@ -3,8 +3,9 @@
 The base comes from the server (`base_source: server`, cached by fingerprint)
 or is built locally; either way its fingerprint must equal the federation's.
 Global states are cached by sha256 and re-downloaded only when the version
-changed. Received files are checked (header, names, shapes) before loading and
-are only ever read with safetensors.
+changed. Received files are read through FedTune's safetensors codec, which
+checks the header before any tensor is touched; names and shapes are then
+checked against the federation's manifest.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from client_sdk._client import FedTuneClient
 from client_sdk._exceptions import FedTuneError
 from client_sdk.workdir import WorkDir
 from shared.api import FederationInfo
-from shared.blobs import BlobError, read_header, sha256_file
+from shared.blobs import BlobError, read_state, sha256_file
 from shared.tuning import BuiltModel, build
 
 __all__ = ["ModelMismatchError", "StateStore", "prepare_model"]
@@ -33,8 +33,7 @@ class ModelMismatchError(FedTuneError):
 
 def _load_checked(path: Path, what: str) -> dict[str, torch.Tensor]:
     try:
-        read_header(path)
-        return load_file(str(path))
+        return read_state(path)
     except (BlobError, OSError, RuntimeError, ValueError) as exc:
         raise FedTuneError(f"{what} at {path} is not a valid safetensors file: {exc}") from None
 
@@ -93,14 +92,8 @@ class StateStore:
         path = self.workdir.state_path(version)
         if not (path.exists() and sha256_file(path) == version):
             result = self.client.download_state(
-                self.info.id,
-                path,
-                version=version,
-                if_none_match=self.version,
-                progress=progress,
+                self.info.id, path, version=version, progress=progress
             )
-            if result.not_modified:
-                return self.state
             if result.sha256 != version:
                 path.unlink(missing_ok=True)
                 raise FedTuneError(

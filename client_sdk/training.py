@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -24,7 +25,7 @@ from shared.blobs import DeltaMetadata, atomic_save_state, sha256_file, torch_dt
 from shared.spec import FederationSpec
 from shared.tuning import BuiltModel
 
-__all__ = ["DeviceError", "LocalTrainer", "RoundResult", "resolve_device"]
+__all__ = ["DeviceError", "LocalTrainer", "RoundResult", "accuracy", "resolve_device"]
 
 log = logging.getLogger("client_sdk")
 EVAL_BATCH = 256
@@ -68,6 +69,24 @@ class _EpochStats:
     steps: int = 0
 
 
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> float:
+    """Top-1 accuracy of `model` in eval mode over (images, labels) batches (0.0 if none)."""
+    model.eval()
+    correct = total = 0
+    for images, labels in batches:
+        with autocast():
+            logits = model(images.to(device) if device is not None else images)
+        correct += int((logits.argmax(-1).cpu() == labels).sum())
+        total += len(labels)
+    return correct / max(total, 1)
+
+
 class LocalTrainer:
     """Holds the built model and the local split; runs one round at a time."""
 
@@ -102,13 +121,8 @@ class LocalTrainer:
         """Accuracy of the current weights on the local validation split (None if empty)."""
         if not len(self.val_set):
             return None
-        self.model.eval()
-        correct = 0
-        for images, labels in DataLoader(self.val_set, batch_size=EVAL_BATCH):
-            with self._autocast():
-                logits = self.model(images.to(self.device))
-            correct += int((logits.argmax(-1).cpu() == labels).sum())
-        return correct / len(self.val_set)
+        loader = DataLoader(self.val_set, batch_size=EVAL_BATCH)
+        return accuracy(self.model, loader, self.device, self._autocast)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         lt = self.spec.local_training

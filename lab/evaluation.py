@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from client_sdk._client import FedTuneClient
+from client_sdk.training import accuracy as top1_accuracy
 from lab.datasets import LabeledImages
 from shared.api import FederationInfo
-from shared.blobs import read_header
+from shared.blobs import read_state
 from shared.tuning import BuiltModel, build
 
 __all__ = ["EvalSet", "accuracy", "reference_model", "round_accuracies"]
@@ -55,27 +55,19 @@ class EvalSet:
         return len(self.data)
 
 
-@torch.no_grad()
 def accuracy(
     bm: BuiltModel, data: LabeledImages | EvalSet, device: torch.device | None = None
 ) -> float:
     """Top-1 accuracy of `bm` as it stands on `data` (batches sent to `device` if given)."""
     evalset = data if isinstance(data, EvalSet) else EvalSet(bm, data, budget=0)
-    bm.model.eval()
-    correct = 0
-    for batch, labels in evalset.batches():
-        if device is not None:
-            batch = batch.to(device)
-        correct += int((bm.model(batch).argmax(-1).cpu() == labels).sum())
-    return correct / max(len(evalset), 1)
+    return top1_accuracy(bm.model, evalset.batches(), device)
 
 
 def reference_model(admin: FedTuneClient, info: FederationInfo, scratch: Path) -> BuiltModel:
     """The federation's model, built here with the server's base; raises if they differ."""
     if info.base_available:
         base = admin.download_base(info.id, scratch / "base.safetensors")
-        read_header(base.path)
-        bm = build(info.spec, base_state=load_file(str(base.path)))
+        bm = build(info.spec, base_state=read_state(base.path))
     else:
         bm = build(info.spec)
     if bm.base_fingerprint() != info.base_fingerprint:
@@ -102,7 +94,6 @@ def round_accuracies(
         scores = []
         for r in range(rounds + 1):
             state = admin.download_state(info.id, scratch / f"v{r}.safetensors", version=r)
-            read_header(state.path)
-            bm.load_trainable_state(load_file(str(state.path)))
+            bm.load_trainable_state(read_state(state.path))
             scores.append(accuracy(bm, evalset, device))
     return scores

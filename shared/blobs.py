@@ -12,6 +12,7 @@ FedTune receives.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -463,15 +464,20 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
+    """Make a rename in `directory` durable.
+
+    A no-op where directories cannot be opened or their filesystem cannot sync
+    them (EINVAL, ENOTSUP); any other failure (EIO) is raised.
+    """
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
     finally:
         os.close(fd)
 

@@ -1,6 +1,6 @@
 """Durable storage: the relational database and the content-addressed blob store."""
 
-from aggregator_service.storage.blobs import BlobStore, LocalBlobStore
+from aggregator_service.storage.blobs import LocalBlobStore
 from aggregator_service.storage.database import Database
 
-__all__ = ["BlobStore", "Database", "LocalBlobStore"]
+__all__ = ["Database", "LocalBlobStore"]

@@ -15,27 +15,14 @@ import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Protocol
 
-__all__ = ["BlobStore", "LocalBlobStore"]
+from shared.blobs import fsync_dir, sha256_file
+
+__all__ = ["LocalBlobStore"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 20
 # A replica on another host may still be writing its temp files; only old ones are dead.
 _FOREIGN_TEMP_MAX_AGE_S = 24 * 3600
-
-
-class BlobStore(Protocol):
-    def path(self, digest: str) -> Path: ...
-    def exists(self, digest: str) -> bool: ...
-    def size(self, digest: str) -> int: ...
-    def new_temp(self) -> Path: ...
-    def commit_temp(self, tmp: Path, digest: str) -> bool: ...
-    def put_bytes(self, data: bytes) -> str: ...
-    def put_file(self, path: Path) -> str: ...
-    def remove(self, digest: str) -> None: ...
-    def remove_stale_temps(self) -> int: ...
-    def writable(self) -> bool: ...
 
 
 class LocalBlobStore:
@@ -57,9 +44,6 @@ class LocalBlobStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def size(self, digest: str) -> int:
-        return self.path(digest).stat().st_size
-
     def new_temp(self) -> Path:
         """A fresh temp path in the store's filesystem (the caller writes it)."""
         return self.tmp / f"{self._tag}-{secrets.token_hex(8)}.tmp"
@@ -74,7 +58,7 @@ class LocalBlobStore:
             os.fsync(f.fileno())
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return True
 
     def put_bytes(self, data: bytes) -> str:
@@ -92,11 +76,7 @@ class LocalBlobStore:
 
     def put_file(self, path: Path) -> str:
         """Move a file written in `self.tmp` into the store; returns its digest."""
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        digest = h.hexdigest()
+        digest = sha256_file(path)
         try:
             self.commit_temp(path, digest)
         finally:
@@ -142,11 +122,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

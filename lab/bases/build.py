@@ -10,7 +10,6 @@ callers build it once and a reader never sees a half-written base.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ from typing import Any
 
 from lab.bases.glyphs import GlyphData, data_description
 from lab.bases.training import Log, Recipe, threads
+from shared.blobs import sha256_file
 from shared.models.synthetic import (
     PROVENANCE_FILE,
     SyntheticBase,
@@ -106,13 +106,8 @@ def _provenance(
             "open_clip": open_clip.__version__,
             "transformers": transformers.__version__,
         },
-        "sha256": {p.name: _sha256(p) for p in files},
+        "sha256": {p.name: sha256_file(p) for p in files},
     }
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _headline(metrics: dict[str, Any]) -> str:
