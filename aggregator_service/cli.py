@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from aggregator_service.errors import ApiError
+from aggregator_service.services.errors import DomainError
 from aggregator_service.settings import Settings
 from shared.spec import SpecError, format_validation_error, load_spec
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, SpecError) as exc:
         print(f"fedtune-server: {exc}", file=sys.stderr)
         return 2
-    except ApiError as exc:
+    except DomainError as exc:
         print(f"fedtune-server: {exc.detail}", file=sys.stderr)
         return 2
     except (ValueError, OSError) as exc:

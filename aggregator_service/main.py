@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from aggregator_service.api.errors import RejectNul, install_error_handlers
 from aggregator_service.api.routes import clients, federations, health, rounds, states
-from aggregator_service.errors import RejectNul, install_error_handlers
 from aggregator_service.metrics import Metrics
 from aggregator_service.services.context import Core, hash_token
 from aggregator_service.services.runner import RoundRunner

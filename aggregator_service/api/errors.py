@@ -1,4 +1,7 @@
-"""Every refusal is an `ApiError`; handlers turn it (and FastAPI's own errors) into `ErrorBody`."""
+"""The API's one translation of refusals into HTTP: each domain error's status and `ErrorBody`.
+
+FastAPI's own errors (validation, unknown routes) answer in the same shape.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +15,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.api import ErrorBody, RoundStatus
+from aggregator_service.services.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    Malformed,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+)
+from shared.api import ErrorBody
 
-__all__ = ["ApiError", "RejectNul", "error_responses", "install_error_handlers"]
+__all__ = ["RejectNul", "error_responses", "install_error_handlers", "status_of"]
 
 log = logging.getLogger("fedtune.server")
 
@@ -28,21 +41,26 @@ _DESCRIPTIONS = {
     422: "Invalid input; `detail` names the field and what is wrong.",
 }
 
+# The most specific class in an error's MRO decides (Malformed is an Invalid that answers 400).
+_STATUS: dict[type[DomainError], int] = {
+    Malformed: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    Invalid: 422,
+    DomainError: 400,
+}
 
-class ApiError(Exception):
-    """A 4xx the caller can act on: status, machine code, human detail, maybe the round."""
 
-    def __init__(
-        self, status: int, error: str, detail: str, round: RoundStatus | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.error = error
-        self.detail = detail
-        self.round = round
+def status_of(exc: DomainError) -> int:
+    """The HTTP status a domain error answers with."""
+    return next(_STATUS[cls] for cls in type(exc).__mro__ if cls in _STATUS)
 
-    def body(self) -> ErrorBody:
-        return ErrorBody(error=self.error, detail=self.detail, round=self.round)
+
+def _body_of(exc: DomainError) -> ErrorBody:
+    return ErrorBody(error=exc.error, detail=exc.detail, round=exc.round)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -72,9 +90,9 @@ _HTTP_CODES = {
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def api_error(_req: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
-        return _json(exc.status, exc.body())
+    async def domain_error(_req: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DomainError)
+        return _json(status_of(exc), _body_of(exc))
 
     async def validation_error(_req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -90,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.exception("unhandled error", exc_info=exc)
         return _json(500, ErrorBody(error="internal_error", detail="internal server error"))
 
-    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, insert, select, update
 
-from aggregator_service.errors import ApiError
 from aggregator_service.services.context import Core, hash_token, now
+from aggregator_service.services.errors import Forbidden, Invalid, NotFound, Unauthorized
 from aggregator_service.services.federations import federation_row, new_id
 from aggregator_service.storage.tables import clients, enrollment_tokens, updates
 from shared.api import (
@@ -44,22 +44,22 @@ class Principal:
 
     def require_admin(self) -> None:
         if not self.is_admin:
-            raise ApiError(403, "forbidden", "this operation needs the admin token")
+            raise Forbidden("this operation needs the admin token")
 
     def require_member(self, fid: str, allow_admin: bool = True) -> None:
         if self.is_admin and allow_admin:
             return
         if self.is_admin:
-            raise ApiError(403, "forbidden", "only a client of this federation may do this")
+            raise Forbidden("only a client of this federation may do this")
         if self.federation_id != fid:
-            raise ApiError(403, "forbidden", f"this API key does not belong to federation {fid}")
+            raise Forbidden(f"this API key does not belong to federation {fid}")
 
 
 def authenticate(core: Core, token: str | None) -> Principal:
-    """Resolve the bearer token (None: no `Authorization: Bearer` header); 401 when missing,
-    unknown or revoked."""
+    """Resolve the bearer token (None: no `Authorization: Bearer` header); `Unauthorized` when
+    missing, unknown or revoked."""
     if not token:
-        raise ApiError(401, "unauthorized", "missing Authorization: Bearer <token> header")
+        raise Unauthorized("missing Authorization: Bearer <token> header")
     digest = hash_token(token)
     if hmac.compare_digest(digest, core.admin_token_hash):
         return Principal(is_admin=True)
@@ -70,9 +70,9 @@ def authenticate(core: Core, token: str | None) -> Principal:
             )
         ).first()
     if row is None:
-        raise ApiError(401, "unauthorized", "unknown token; register with an enrollment token")
+        raise Unauthorized("unknown token; register with an enrollment token")
     if row.revoked:
-        raise ApiError(401, "unauthorized", f"client {row.id} has been revoked")
+        raise Unauthorized(f"client {row.id} has been revoked")
     return Principal(is_admin=False, client_id=row.id, federation_id=row.federation_id)
 
 
@@ -101,7 +101,7 @@ def create_enrollment_token(core: Core, fid: str, req: EnrollmentTokenRequest) -
 def register_client(core: Core, reg: ClientRegistration) -> ClientRegistered:
     """Spend one use of the enrollment token and create the client with a fresh API key."""
     if "\x00" in reg.name:  # PostgreSQL text cannot hold it; refused on every backend alike
-        raise ApiError(422, "validation_error", "name: must not contain a NUL character")
+        raise Invalid("name: must not contain a NUL character")
     token_hash = hash_token(reg.enrollment_token)
     api_key = "ftk_" + secrets.token_urlsafe(32)
     cid = new_id("cli_")
@@ -121,10 +121,10 @@ def register_client(core: Core, reg: ClientRegistration) -> ClientRegistered:
                 select(enrollment_tokens).where(enrollment_tokens.c.token_hash == token_hash)
             ).first()
             if row is None:
-                raise ApiError(401, "enrollment_invalid", "unknown enrollment token")
+                raise Unauthorized("unknown enrollment token", error="enrollment_invalid")
             why = "has expired" if row.expires_at <= t else "has no uses left"
-            raise ApiError(
-                403, "enrollment_invalid", f"enrollment token {why}; ask the admin for a new one"
+            raise Forbidden(
+                f"enrollment token {why}; ask the admin for a new one", error="enrollment_invalid"
             )
         fid: str = conn.execute(
             select(enrollment_tokens.c.federation_id).where(
@@ -188,5 +188,5 @@ def revoke_client(core: Core, cid: str) -> ClientInfo:
         )
     found = _client_infos(core, cid=cid)
     if not found:
-        raise ApiError(404, "not_found", f"no client {cid!r}")
+        raise NotFound(f"no client {cid!r}")
     return found[0]

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from aggregator_service.errors import ApiError
 from aggregator_service.metrics import Metrics
+from aggregator_service.services.errors import NotFound
 from aggregator_service.settings import Settings
 from aggregator_service.storage import Database, LocalBlobStore
 from aggregator_service.storage.tables import federations
@@ -66,7 +66,7 @@ class Core:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spec(self, federation_id: str) -> FederationSpec:
-        """The federation's spec (immutable, so cached); 404 when there is no such federation."""
+        """The federation's spec (immutable, so cached); `NotFound` when there is none."""
         with self._lock:
             cached = self._specs.get(federation_id)
         if cached is not None:
@@ -76,7 +76,7 @@ class Core:
                 select(federations.c.spec).where(federations.c.id == federation_id)
             ).scalar()
         if text is None:
-            raise ApiError(404, "not_found", f"no federation {federation_id!r}")
+            raise NotFound(f"no federation {federation_id!r}")
         spec = FederationSpec.model_validate(json.loads(text))
         with self._lock:
             self._specs[federation_id] = spec

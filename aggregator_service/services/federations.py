@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import torch
 from sqlalchemy import Connection, Row, insert, select
 
-from aggregator_service.errors import ApiError
 from aggregator_service.services.context import Core, now
+from aggregator_service.services.errors import Invalid, NotFound
 from aggregator_service.storage.tables import federations, rounds, state_versions
 from shared.api import FederationInfo, TensorInfo
 from shared.blobs import write_state
@@ -64,7 +64,7 @@ def _build(core: Core, spec: FederationSpec) -> _Built:
     try:
         bm = build(spec)
     except (ValueError, OSError, KeyError) as exc:
-        raise ApiError(422, "invalid_spec", f"cannot build the model: {exc}") from None
+        raise Invalid(f"cannot build the model: {exc}", error="invalid_spec") from None
     initial = store_state(core, bm.trainable_state())
     base = store_state(core, bm.base_state()) if spec.model.base_source == "server" else None
     return _Built(
@@ -123,7 +123,7 @@ def create_federation(core: Core, spec: FederationSpec) -> FederationInfo:
 def federation_row(conn: Connection, fid: str) -> Row:
     row = conn.execute(select(federations).where(federations.c.id == fid)).first()
     if row is None:
-        raise ApiError(404, "not_found", f"no federation {fid!r}")
+        raise NotFound(f"no federation {fid!r}")
     return row
 
 

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
-from aggregator_service.errors import ApiError
 from aggregator_service.services.context import Core
+from aggregator_service.services.errors import Invalid, NotFound
 from aggregator_service.services.federations import federation_row
 from aggregator_service.storage.tables import (
     INT_MAX,
@@ -49,16 +49,14 @@ def resolve_state(core: Core, fid: str, version: str | None) -> StateRef:
         query = query.where(state_versions.c.digest == version.lower())
         query = query.order_by(state_versions.c.round).limit(1)
     else:
-        raise ApiError(
-            422,
-            "validation_error",
-            "query.version: expected a sha256 hex digest or a round number (0 = initial state)",
+        raise Invalid(
+            "query.version: expected a sha256 hex digest or a round number (0 = initial state)"
         )
     with core.db.read() as conn:
         federation_row(conn, fid)
         row = conn.execute(query).first()
     if row is None:
-        raise ApiError(404, "not_found", f"federation {fid} has no global state {version!r}")
+        raise NotFound(f"federation {fid} has no global state {version!r}")
     return StateRef(row.digest, row.round)
 
 
@@ -72,10 +70,8 @@ def base_ref(core: Core, fid: str) -> StateRef:
     with core.db.read() as conn:
         fed = federation_row(conn, fid)
     if fed.base_digest is None:
-        raise ApiError(
-            404,
-            "not_found",
-            "this federation's base is not served (base_source: local); load model.pretrained",
+        raise NotFound(
+            "this federation's base is not served (base_source: local); load model.pretrained"
         )
     return StateRef(fed.base_digest, 0, fed.base_fingerprint)
 

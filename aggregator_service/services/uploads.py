@@ -20,9 +20,9 @@ from typing import BinaryIO
 from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from aggregator_service.errors import ApiError
 from aggregator_service.services.buffers import page_buffer
 from aggregator_service.services.context import Core, now
+from aggregator_service.services.errors import Conflict, TooLarge
 from aggregator_service.services.rounds import read_status
 from aggregator_service.services.validation import validate_delta
 from aggregator_service.storage.tables import (
@@ -49,10 +49,8 @@ class Received:
     size: int
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413, "payload_too_large", f"update body exceeds the server's limit of {limit} bytes"
-    )
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(f"update body exceeds the server's limit of {limit} bytes")
 
 
 class _Spool:
@@ -94,7 +92,7 @@ class _Spool:
 async def receive_body(
     core: Core, chunks: AsyncIterator[bytes], content_length: str | None
 ) -> Received:
-    """Stream the body into a temp file in the blob store, hashing it; 413 past the limit.
+    """Stream the body into a temp file in the blob store, hashing it; `TooLarge` past the limit.
 
     A worker thread hashes and writes each 1 MiB of it, so a large upload never
     blocks the event loop and is never held whole.
@@ -129,7 +127,7 @@ def ingest(core: Core, client_id: str, fid: str, number: int, body: Received) ->
                 return _ingest_once(core, client_id, fid, number, body)
             except _Retry:
                 continue
-        raise ApiError(409, "conflict", "the round changed while the update was stored; retry")
+        raise Conflict("the round changed while the update was stored; retry")
     finally:
         body.path.unlink(missing_ok=True)
 
@@ -169,9 +167,9 @@ def _ingest_once(
             select(federations.c.manifest).where(federations.c.id == fid)
         ).scalar_one()
     if status.federation_status == "completed":
-        raise ApiError(409, "federation_completed", "the federation has completed", status)
+        raise Conflict("the federation has completed", error="federation_completed", round=status)
     if number != status.round or status.status != "open":
-        raise ApiError(409, "round_closed", _closed_detail(number, status), status)
+        raise Conflict(_closed_detail(number, status), error="round_closed", round=status)
     manifest = {k: TensorInfo.model_validate(v) for k, v in json.loads(manifest_text).items()}
     meta = validate_delta(body.path, spec, manifest, fid, number, core.settings.max_num_examples)
     if meta.base_version != status.global_version:
@@ -258,19 +256,17 @@ def _refuse_base(core: Core, fid: str, base_version: str, status: RoundStatus) -
                 )
             ).first()
     if known is None:
-        raise ApiError(
-            409,
-            "stale_base_version",
+        raise Conflict(
             f"base_version {base_version[:16]}… is not a global version of this federation; "
             f"download the current state ({status.global_version[:16]}…) and retrain",
-            status,
+            error="stale_base_version",
+            round=status,
         )
-    raise ApiError(
-        409,
-        "stale_base_version",
+    raise Conflict(
         f"update was built on the global state after round {known.round}; round "
         f"{status.round} trains from {status.global_version[:16]}…: download it and retrain",
-        status,
+        error="stale_base_version",
+        round=status,
     )
 
 
@@ -284,14 +280,12 @@ def _duplicate(
     prior: Row,
     status: RoundStatus,
 ) -> UpdateReceipt:
-    """The receipt of an update already accepted (same bytes); 409 for different bytes."""
+    """The receipt of an update already accepted (same bytes); `Conflict` for different bytes."""
     if prior.sha256 != body.sha256:
-        raise ApiError(
-            409,
-            "conflict",
+        raise Conflict(
             f"this client already submitted a different update ({prior.sha256[:16]}…) for round "
             f"{number}; an update cannot be replaced",
-            status,
+            round=status,
         )
     rnd = _progress(conn, fid, number)
     return UpdateReceipt(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from aggregator_service.errors import ApiError
 from aggregator_service.services.buffers import page_buffer
+from aggregator_service.services.errors import Invalid, Malformed
 from shared.api import TensorInfo
 from shared.blobs import BlobError, DeltaMetadata, SafetensorsHeader, read_header, torch_dtype
 from shared.spec import FederationSpec
@@ -25,8 +25,12 @@ _SHOW = 5
 _CHECK_CHUNK_BYTES = 1 << 18  # small: 6 threads checking at once hold 3 MiB
 
 
-def _invalid(status: int, detail: str) -> ApiError:
-    return ApiError(status, "invalid_update", detail)
+def _invalid(detail: str) -> Invalid:
+    return Invalid(detail, error="invalid_update")
+
+
+def _malformed(detail: str) -> Malformed:
+    return Malformed(detail, error="invalid_update")
 
 
 def _names(names: list[str]) -> str:
@@ -45,17 +49,15 @@ def _check_tensors(
             parts.append(f"missing tensors: {_names(missing)}")
         if extra:
             parts.append(f"unexpected tensors: {_names(extra)}")
-        raise _invalid(422, "; ".join(parts) + " (keys must be exactly the federation manifest)")
+        raise _invalid("; ".join(parts) + " (keys must be exactly the federation manifest)")
     for name in sorted(manifest):
         entry, want = header.tensors[name], manifest[name]
         if list(entry.shape) != list(want.shape):
             raise _invalid(
-                422,
                 f"tensor {name!r} has shape {list(entry.shape)}; the manifest says {want.shape}",
             )
         if entry.dtype != dtype:
             raise _invalid(
-                422,
                 f"tensor {name!r} is {entry.dtype}; this federation's transport.dtype is {dtype}",
             )
 
@@ -82,12 +84,12 @@ def _check_finite(path: Path, header: SafetensorsHeader, names: list[str]) -> No
             while left > 0:
                 n = f.readinto(memoryview(buf)[: min(step, left)])
                 if not n:
-                    raise _invalid(400, f"tensor {name!r}: file ended early")
+                    raise _malformed(f"tensor {name!r}: file ended early")
                 values = torch.frombuffer(buf, dtype=dtype, count=n // itemsize)
                 diff = scratch.view(dtype)[: n // itemsize]
                 if bool(torch.sub(values, values, out=diff).any()):
                     kind = "NaN" if bool(torch.isnan(values).any()) else "Inf"
-                    raise _invalid(422, f"tensor {name!r} contains {kind} values")
+                    raise _invalid(f"tensor {name!r} contains {kind} values")
                 left -= n
 
 
@@ -99,30 +101,27 @@ def validate_delta(
     number: int,
     max_num_examples: int,
 ) -> DeltaMetadata:
-    """Return the delta's metadata, or raise `ApiError` (400 format, 422 content)."""
+    """Return the delta's metadata, or raise `Malformed` (unreadable) or `Invalid`."""
     try:
         header = read_header(path)
     except BlobError as exc:
         size = path.stat().st_size
-        raise _invalid(
-            400, f"update is not a valid safetensors file ({size} bytes received): {exc}"
+        raise _malformed(
+            f"update is not a valid safetensors file ({size} bytes received): {exc}"
         ) from None
     try:
         meta = DeltaMetadata.from_safetensors(header.metadata)
     except BlobError as exc:
-        raise _invalid(422, f"bad update metadata: {exc}") from None
+        raise _invalid(f"bad update metadata: {exc}") from None
     if meta.num_examples > max_num_examples:
         raise _invalid(
-            422,
             f"metadata 'num_examples' is {meta.num_examples}; the server accepts at most "
             f"{max_num_examples}",
         )
     if meta.federation != fid:
-        raise _invalid(
-            422, f"metadata 'federation' is {meta.federation!r} but the URL names {fid!r}"
-        )
+        raise _invalid(f"metadata 'federation' is {meta.federation!r} but the URL names {fid!r}")
     if meta.round != number:
-        raise _invalid(422, f"metadata 'round' is {meta.round} but the URL names round {number}")
+        raise _invalid(f"metadata 'round' is {meta.round} but the URL names round {number}")
     _check_tensors(header, manifest, spec.transport.dtype)
     _check_finite(path, header, sorted(manifest))
     return meta

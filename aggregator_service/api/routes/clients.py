@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from aggregator_service.api.deps import AdminDep, CoreDep
-from aggregator_service.errors import error_responses
+from aggregator_service.api.errors import error_responses
 from aggregator_service.services import access
 from shared.api import ClientInfo, ClientRegistered, ClientRegistration
 

@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from aggregator_service.api.deps import AdminDep, CoreDep, MemberDep
-from aggregator_service.errors import ApiError, error_responses
+from aggregator_service.api.errors import error_responses
 from aggregator_service.services import access
+from aggregator_service.services.errors import Invalid
 from aggregator_service.services.federations import create_federation, federation_info
 from shared.api import EnrollmentToken, EnrollmentTokenRequest, FederationInfo
 from shared.spec import SpecError, parse_spec
@@ -50,11 +51,11 @@ async def create(request: Request, core: CoreDep, _admin: AdminDep) -> Federatio
     try:
         data = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(422, "invalid_spec", "request body must be a JSON federation spec") from None
+        raise Invalid("request body must be a JSON federation spec", error="invalid_spec") from None
     try:
         spec = parse_spec(data)
     except SpecError as exc:
-        raise ApiError(422, "invalid_spec", str(exc)) from None
+        raise Invalid(str(exc), error="invalid_spec") from None
     return await asyncio.to_thread(create_federation, core, spec)
 
 

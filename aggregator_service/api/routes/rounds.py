@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, CoreDep, MemberDep, RunnerDep
-from aggregator_service.errors import ApiError, error_responses
+from aggregator_service.api.errors import error_responses
+from aggregator_service.services.errors import DomainError
 from aggregator_service.services.history import list_rounds
 from aggregator_service.services.uploads import ingest, receive_body
 from shared.api import RoundRecord, RoundStatus, UpdateReceipt
@@ -85,7 +86,7 @@ async def upload(
     try:
         body = await receive_body(core, request.stream(), request.headers.get("content-length"))
         receipt = await asyncio.to_thread(ingest, core, principal.client_id, fid, r, body)
-    except ApiError as exc:
+    except DomainError as exc:
         core.metrics.updates_refused.labels(exc.error).inc()
         raise
     if receipt.duplicate:

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from aggregator_service.api.deps import CoreDep, MemberDep
-from aggregator_service.errors import error_responses
+from aggregator_service.api.errors import error_responses
 from aggregator_service.services.context import Core
 from aggregator_service.services.history import (
     StateRef,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from aggregator_service.errors import ApiError
+from aggregator_service.services.errors import Invalid
 from aggregator_service.services.validation import _CHECK_CHUNK_BYTES, validate_delta
 from shared.api import TensorInfo
 from shared.blobs import DeltaMetadata, encode_state
@@ -64,10 +64,10 @@ def test_a_non_finite_value_in_any_slice_is_refused(tmp_path, dtype, where, bad)
     big = tensors["b"]
     big[POSITIONS[where](big.numel(), big.element_size())] = BAD[bad][0]
 
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(Invalid) as refused:
         _check(_delta(tmp_path, tensors), tensors, dtype)
 
-    assert refused.value.status == 422
+    assert type(refused.value) is Invalid
     assert str(refused.value) == f"tensor 'b' contains {BAD[bad][1]} values"
 
 

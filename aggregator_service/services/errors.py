@@ -1,0 +1,75 @@
+"""The refusals the services raise, in the domain's words.
+
+Each carries the machine `error` code the API shows, a `detail` saying what
+to do, and, where it helps, the current round. Which HTTP status each kind
+answers with is the API layer's business (`aggregator_service.api.errors`).
+"""
+
+from __future__ import annotations
+
+from shared.api import RoundStatus
+
+__all__ = [
+    "Conflict",
+    "DomainError",
+    "Forbidden",
+    "Invalid",
+    "Malformed",
+    "NotFound",
+    "TooLarge",
+    "Unauthorized",
+]
+
+
+class DomainError(Exception):
+    """A refusal the caller can act on; nothing was changed by the request that raised it."""
+
+    default_error = "error"
+
+    def __init__(
+        self, detail: str, *, error: str | None = None, round: RoundStatus | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.error = error or self.default_error
+        self.detail = detail
+        self.round = round
+
+
+class Unauthorized(DomainError):
+    """The caller is unknown: no credential, or one that is wrong, spent or revoked."""
+
+    default_error = "unauthorized"
+
+
+class Forbidden(DomainError):
+    """The caller is known but may not do this here."""
+
+    default_error = "forbidden"
+
+
+class NotFound(DomainError):
+    """No such federation, client, state or base."""
+
+    default_error = "not_found"
+
+
+class Conflict(DomainError):
+    """The request contradicts the current state (a closed round, a different update, ...)."""
+
+    default_error = "conflict"
+
+
+class TooLarge(DomainError):
+    """The body is larger than this server accepts."""
+
+    default_error = "payload_too_large"
+
+
+class Invalid(DomainError):
+    """The input is readable but wrong: a field, a spec, an update's content."""
+
+    default_error = "validation_error"
+
+
+class Malformed(Invalid):
+    """The input cannot even be read as what it claims to be (not a safetensors file)."""
