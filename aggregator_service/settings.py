@@ -41,9 +41,6 @@ class Settings(BaseSettings):
     max_num_examples: int = Field(
         default=100_000_000, ge=1, description="Largest num_examples an update may claim."
     )
-    aggregation_delay_s: float = Field(
-        default=0.0, ge=0, description="Sleep inside aggregation (crash testing only)."
-    )
     aggregation_stale_s: float = Field(
         default=900.0,
         gt=0,

@@ -211,8 +211,6 @@ def aggregate_round(core: Core, fid: str, number: int) -> bool:
                 state_versions.c.federation_id == fid, state_versions.c.round == number - 1
             )
         ).scalar()
-    if core.settings.aggregation_delay_s > 0:
-        time.sleep(core.settings.aggregation_delay_s)
     started = time.perf_counter()
     global_state = read_state(core.blobs.path(rnd.base_version))
     server_state = read_state(core.blobs.path(server_digest)) if server_digest else {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from aggregator_service.services.context import Core
 from aggregator_service.services.rounds import (
@@ -20,9 +21,14 @@ from aggregator_service.services.rounds import (
 )
 from shared.api import RoundStatus
 
-__all__ = ["RoundRunner"]
+__all__ = ["RoundRunner", "before_aggregation"]
 
 log = logging.getLogger("fedtune.server")
+
+# Called with (federation id, round) in the aggregation thread once the round is `aggregating`,
+# before its inputs are read. The product installs none: tests inject faults here (a delay to
+# be killed in, a pause, an exception).
+before_aggregation: list[Callable[[str, int], None]] = []
 
 
 class RoundRunner:
@@ -66,9 +72,14 @@ class RoundRunner:
         if (fid, number) in self._running:
             return
         self._running.add((fid, number))
-        task = asyncio.create_task(asyncio.to_thread(aggregate_round, self.core, fid, number))
+        task = asyncio.create_task(asyncio.to_thread(self._aggregate, fid, number))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._done(t, (fid, number)))
+
+    def _aggregate(self, fid: str, number: int) -> bool:
+        for hook in before_aggregation:
+            hook(fid, number)
+        return aggregate_round(self.core, fid, number)
 
     def _done(self, task: asyncio.Task[bool], key: tuple[str, int]) -> None:
         self._tasks.discard(task)

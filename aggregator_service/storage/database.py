@@ -61,7 +61,6 @@ class Database:
 
     def __init__(self, url: str) -> None:
         parsed = parse_database_url(url)
-        self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             self._reader = _sqlite_engine(parsed, begin="BEGIN")

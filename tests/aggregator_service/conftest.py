@@ -22,6 +22,7 @@ import uvicorn
 import yaml
 
 from aggregator_service.main import create_app
+from aggregator_service.services import runner
 from aggregator_service.services.context import Core
 from aggregator_service.settings import Settings
 from shared.api import FederationInfo
@@ -126,6 +127,15 @@ class Federation:
                 )
                 status = r.json()
         return status
+
+
+@pytest.fixture
+def before_aggregation() -> Iterator[list[Callable[[str, int], None]]]:
+    """The runner's fault-injection hooks: what a test appends runs in each aggregation thread
+    before the round is aggregated, and is removed after the test."""
+    saved = list(runner.before_aggregation)
+    yield runner.before_aggregation
+    runner.before_aggregation[:] = saved
 
 
 @pytest.fixture(scope="session")

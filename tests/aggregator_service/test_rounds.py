@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -90,6 +91,27 @@ def test_federation_completes_after_the_last_round(federation, delta):
     assert fed.app.client().get(f"/v1/federations/{fed.id}").json()["status"] == "completed"
     assert late.status_code == 409 and late.json()["error"] == "federation_completed"
     assert [h["metrics"]["train_loss"] for h in _history(fed)] == [1.0, 0.5]
+
+
+def test_update_while_the_round_aggregates_is_refused_with_the_round(
+    federation, delta, before_aggregation
+):
+    release = threading.Event()
+    before_aggregation.append(lambda _fid, _number: release.wait(30))
+    fed = federation(clients=3, quorum=2, min_updates=2)
+    c0, c1, c2 = sorted(fed.keys)
+    base = fed.info.global_version
+    for cid in (c0, c1):
+        assert fed.upload(cid, 1, delta(fed.info, 1, base)).status_code == 201
+
+    late = fed.upload(c2, 1, delta(fed.info, 1, base))
+    release.set()
+
+    body = late.json()
+    assert late.status_code == 409 and body["error"] == "round_closed"
+    assert body["detail"] == "round 1 is aggregating and no longer accepts updates"
+    assert (body["round"]["round"], body["round"]["status"]) == (1, "aggregating")
+    assert fed.wait_round(2)["round"] == 2
 
 
 def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, federation, delta):

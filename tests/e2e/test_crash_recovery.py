@@ -7,9 +7,10 @@ real `fedtune-server serve` process that is killed twice:
 (a) round 1: one client's upload has been accepted and two more are half-way
     through their bodies when the server gets SIGKILL. It restarts on the same
     data directory; the clients re-send (the same bytes) what got no 2xx.
-(b) round 2: the server runs with an aggregation delay, so SIGKILL lands while
-    the round is `aggregating`; restarted without the delay, it aggregates the
-    round from its durable inputs at start-up.
+(b) round 2: the server runs with an injected aggregation delay (the test plugin
+    in tests/e2e/faults), so SIGKILL lands while the round is `aggregating`;
+    restarted without it, it aggregates the round from its durable inputs at
+    start-up.
 
 Then: every accepted update is in the history exactly once, each round has one
 result, no half-written blob is left or served, and the final global state is
@@ -21,6 +22,7 @@ so both servers sum the same tensors in the same order.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +44,14 @@ from tests.deltas import make_delta
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
+FAULTS = Path(__file__).resolve().parent / "faults"
 ROUNDS = 3
+
+
+def faulty_env(**faults: str) -> dict[str, str]:
+    """A server environment that loads the fault plugin (tests/e2e/faults) with `faults` set."""
+    path = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH")) if p)
+    return quiet_env(PYTHONPATH=path, **faults)
 
 
 @dataclass
@@ -228,7 +237,7 @@ def test_sigkill_mid_upload_and_mid_aggregation_loses_and_doubles_nothing(launch
     fed = _create_federation(crashed)
     missing = _crash_mid_upload(fed)
     assert len(missing) == 2
-    crashed.restart(env=quiet_env(FEDTUNE_AGGREGATION_DELAY_S="3"))
+    crashed.restart(env=faulty_env(FAULT_AGGREGATION_DELAY_S="3"))
     assert list((crashed.data_dir / "blobs" / "tmp").glob("*")) == []
     assert fed.status().received == 1  # the accepted update survived, the stalled ones left nothing
     base = fed.status().global_version
