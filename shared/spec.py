@@ -7,12 +7,21 @@ trusts a `FederationSpec` it is handed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.families import Family
+from shared.methods import METHODS, MethodName, MethodOptions
+from shared.strategies import STRATEGY_OPTIONS, StrategyName, StrategyOptions
+
+# Re-exported while the service's strategies still import their options from here;
+# they are declared in `shared.strategies`.
+from shared.strategies import FedAvgMOptions as FedAvgMOptions
+from shared.strategies import FedOptOptions as FedOptOptions
+from shared.strategies import TrimmedMeanOptions as TrimmedMeanOptions
+from shared.validation import format_validation_error, load_document
 
 __all__ = [
     "AggregationSpec",
@@ -24,16 +33,10 @@ __all__ = [
     "SpecError",
     "TaskSpec",
     "TransportSpec",
-    "format_validation_error",
     "load_spec",
     "parse_spec",
 ]
 
-Family = Literal["open_clip", "hf_vit"]
-MethodName = Literal["full", "head", "bias", "lora", "adapter", "vpt", "text_prompt"]
-StrategyName = Literal[
-    "fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean"
-]
 TransportDtype = Literal["float32", "float16", "bfloat16"]
 
 
@@ -46,7 +49,9 @@ class SpecError(ValueError):
 
 
 class ModelSpec(_Strict):
-    family: Family = Field(description="Model library: open_clip or transformers ViT (hf_vit).")
+    family: Family = Field(
+        description="Model library: CLIP through open_clip, or ViT through transformers."
+    )
     arch: str = Field(
         min_length=1,
         description="open_clip architecture name, HF model id or local dir, or a FedTune tiny config.",
@@ -88,9 +93,7 @@ class TaskSpec(_Strict):
 
 
 class MethodSpec(_Strict):
-    name: MethodName = Field(
-        description="Tuning method: full, head, bias, lora, adapter, vpt, text_prompt."
-    )
+    name: MethodName = Field(description="Tuning method.")
     train_head: bool = Field(
         default=False, description="Also train the classifier head (hf_vit always trains it)."
     )
@@ -98,6 +101,10 @@ class MethodSpec(_Strict):
         default_factory=dict,
         description="Method options, e.g. lora {r: 8, alpha: 16, targets: [attn]}, vpt {tokens: 10, deep: true}.",
     )
+
+    def method_options(self, family: str) -> MethodOptions:
+        """The options parsed into the method's own typed model (defaults filled in)."""
+        return METHODS[self.name].check(family, self.train_head, self.options)
 
 
 class LocalTrainingSpec(_Strict):
@@ -133,39 +140,6 @@ class RoundsSpec(_Strict):
         return self
 
 
-class FedAvgMOptions(_Strict):
-    server_lr: float = Field(default=1.0, gt=0, description="Server learning rate.")
-    momentum: float = Field(default=0.9, ge=0, lt=1, description="Server momentum.")
-
-
-class FedOptOptions(_Strict):
-    server_lr: float = Field(default=0.01, gt=0, description="Server learning rate (eta).")
-    beta1: float = Field(default=0.9, ge=0, lt=1, description="First-moment decay.")
-    beta2: float = Field(default=0.99, ge=0, lt=1, description="Second-moment decay.")
-    tau: float = Field(default=1e-3, gt=0, description="Adaptivity (epsilon) term.")
-
-
-class TrimmedMeanOptions(_Strict):
-    trim_fraction: float = Field(
-        default=0.1, ge=0, lt=0.5, description="Fraction cut from each end, per coordinate."
-    )
-
-
-class NoOptions(_Strict):
-    pass
-
-
-STRATEGY_OPTIONS: dict[str, type[_Strict]] = {
-    "fedavg": NoOptions,
-    "fedavgm": FedAvgMOptions,
-    "fedadam": FedOptOptions,
-    "fedyogi": FedOptOptions,
-    "fedadagrad": FedOptOptions,
-    "median": NoOptions,
-    "trimmed_mean": TrimmedMeanOptions,
-}
-
-
 class AggregationSpec(_Strict):
     strategy: StrategyName = Field(default="fedavg", description="Aggregation strategy.")
     weighting: Literal["num_examples", "uniform"] = Field(
@@ -188,7 +162,7 @@ class AggregationSpec(_Strict):
             ) from None
         return self
 
-    def strategy_options(self) -> Any:
+    def strategy_options(self) -> StrategyOptions:
         """The options parsed into the strategy's own typed model (defaults filled in)."""
         return STRATEGY_OPTIONS[self.strategy].model_validate(self.options)
 
@@ -216,27 +190,13 @@ class FederationSpec(_Strict):
     seed: int = Field(default=0, ge=0, description="Seed for every random initialisation.")
 
     @model_validator(mode="after")
-    def _method_fits_family(self) -> FederationSpec:
-        if self.method.name == "text_prompt" and self.model.family != "open_clip":
-            raise ValueError(
-                "method.name: text_prompt tunes the CLIP text encoder and needs "
-                "model.family open_clip"
-            )
+    def _method_fits_model(self) -> FederationSpec:
+        self.method.method_options(self.model.family)
         if self.model.base_source == "local" and self.model.pretrained is None:
             raise ValueError(
                 "model.base_source: local needs model.pretrained (clients load it themselves)"
             )
         return self
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, naming the field: `rounds.quorum: must be ...`."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
 
 
 def parse_spec(data: Any) -> FederationSpec:
@@ -251,16 +211,4 @@ def parse_spec(data: Any) -> FederationSpec:
 
 def load_spec(path: str | Path) -> FederationSpec:
     """Load a spec from a YAML or JSON file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(
-            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
-    return parse_spec(data)
+    return parse_spec(load_document(path, "spec", SpecError))

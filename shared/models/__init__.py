@@ -6,17 +6,26 @@ from collections.abc import Callable
 
 import torch
 
-from shared.models.base import Preprocess, VisionClassifier, seeded
+from shared.families import Family
+from shared.models.base import Preprocess, TextTower, VisionClassifier, seeded
 from shared.models.hf_vit_family import build_hf_vit
 from shared.models.open_clip_family import build_open_clip
 from shared.spec import FederationSpec
 
-__all__ = ["FAMILIES", "FamilyBuilder", "Preprocess", "VisionClassifier", "build_family", "seeded"]
+__all__ = [
+    "FAMILIES",
+    "FamilyBuilder",
+    "Preprocess",
+    "TextTower",
+    "VisionClassifier",
+    "build_family",
+    "seeded",
+]
 
 FamilyBuilder = Callable[..., VisionClassifier]
 
 # family name -> builder(spec, *, load_weights: bool, device: torch.device)
-FAMILIES: dict[str, FamilyBuilder] = {
+FAMILIES: dict[Family, FamilyBuilder] = {
     "open_clip": build_open_clip,
     "hf_vit": build_hf_vit,
 }

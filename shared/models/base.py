@@ -9,15 +9,15 @@ Methods only talk to this interface, so adding a family never touches them.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Preprocess", "VisionClassifier", "seeded"]
+__all__ = ["Preprocess", "TextTower", "VisionClassifier", "seeded"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,37 @@ class Preprocess:
     interpolation: str = "bicubic"
 
 
+class TextTower(nn.Module, ABC):
+    """A CLIP-style text encoder that runs on token embeddings, for a method to adopt.
+
+    CoOp (`text_prompt`) puts learned vectors in place of some token embeddings
+    and encodes the result. A method that keeps the tower registers it as a
+    submodule, which makes the tower part of the frozen base.
+    """
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int:
+        """Tokens per prompt, padding included."""
+
+    @property
+    @abstractmethod
+    def width(self) -> int:
+        """Width of a token embedding."""
+
+    @abstractmethod
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [len(texts), context_length] on the tower's device; 0 pads."""
+
+    @abstractmethod
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [C, L, width] of token ids [C, L]."""
+
+    @abstractmethod
+    def encode(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Text features [C, D] of token embeddings [C, L, width] (`tokens` for pooling)."""
+
+
 class VisionClassifier(nn.Module):
     """Base of the family wrappers: `forward(pixel_values) -> logits`."""
 
@@ -38,9 +69,9 @@ class VisionClassifier(nn.Module):
     head_name: str = ""  # attribute holding the classifier head ("head", "classifier")
     always_train_head: bool = False  # a freshly initialised head must learn
     preprocess: Preprocess
-    # library objects a method may adopt while it is applied (CLIP's text tower);
-    # dropped by the builder afterwards, so they never reach the state
-    text_source: Any = None
+    # the task, as CLIP's class prompts phrase it
+    class_names: Sequence[str] = ()
+    prompt_template: str = "{}"
 
     @property
     def backbone(self) -> nn.Module:
@@ -75,6 +106,17 @@ class VisionClassifier(nn.Module):
     @property
     def patch_size(self) -> int:
         raise NotImplementedError
+
+    def text_tower(self) -> TextTower:
+        """The family's text encoder, for a method to adopt while it is applied.
+
+        It is no part of the model, nor of its state, unless the method registers
+        it; the builder calls `release_text_tower` once the method is applied.
+        """
+        raise ValueError(f"the {self.family} family has no text tower")
+
+    def release_text_tower(self) -> None:
+        """Let go of the text tower a method did not adopt (frees its memory)."""
 
 
 def _derived_seed(seed: int, purpose: str) -> int:

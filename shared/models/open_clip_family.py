@@ -5,14 +5,15 @@ The head is CLIP's zero-shot classifier: the normalised text embedding of
 times the cosine of the normalised image features with each row. Only the
 vision tower and that head stay in the model: the text tower is not needed to
 classify, so it is not part of the base the clients download, unless a method
-(CoOp text prompts) takes it over via `text_source`.
+(CoOp text prompts) adopts it through `ClipClassifier.text_tower()`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import open_clip
@@ -20,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.models.base import Preprocess, VisionClassifier
+from shared.models.base import Preprocess, TextTower, VisionClassifier
 from shared.models.configs import register_open_clip_configs
 from shared.models.synthetic import resolve_pretrained
 from shared.spec import FederationSpec
 
-__all__ = ["ClipClassifier", "FixedHead", "TextTower", "build_open_clip"]
+__all__ = ["ClipClassifier", "FixedHead", "OpenClipTextTower", "build_open_clip"]
 
 register_open_clip_configs()
 
@@ -64,17 +65,19 @@ class FixedHead(nn.Module):
         return self.weight
 
 
-class TextTower(nn.Module):
+class OpenClipTextTower(TextTower):
     """The parts of an open_clip text transformer, runnable on token embeddings.
 
     Holds the same modules open_clip uses in `encode_text`, so CoOp can feed
     learned context vectors in place of some token embeddings.
     """
 
-    def __init__(self, src: Any) -> None:
+    def __init__(self, src: Any, tokenizer: Callable[[list[str]], torch.Tensor]) -> None:
         super().__init__()
         if getattr(src, "cls_emb", None) is not None or not hasattr(src, "token_embedding"):
-            raise ValueError("text_prompt needs a CLIP-style text transformer (no HF text tower)")
+            raise ValueError(
+                "the text tower must be a CLIP-style text transformer (not an HF text tower)"
+            )
         self.token_embedding = src.token_embedding
         self.positional_embedding = src.positional_embedding
         self.transformer = src.transformer
@@ -83,10 +86,21 @@ class TextTower(nn.Module):
         self.register_buffer("attn_mask", src.attn_mask, persistent=False)
         self.pool_type = getattr(src, "text_pool_type", getattr(src, "pool_type", "argmax"))
         self.eos_id = getattr(src, "text_eos_id", getattr(src, "eos_id", None))
+        self.tokenizer = tokenizer
 
     @property
     def context_length(self) -> int:
         return int(self.positional_embedding.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.token_embedding.weight.shape[1])
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.positional_embedding.device)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(tokens)
 
     token_embedding: Any
     positional_embedding: Any
@@ -96,7 +110,6 @@ class TextTower(nn.Module):
     attn_mask: Any
 
     def encode(self, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Token embeddings [C, L, W] (and their ids, for pooling) -> features [C, D]."""
         x = embeddings + self.positional_embedding.to(embeddings.dtype)
         x = self.transformer(x, attn_mask=self.attn_mask)
         x = self.ln_final(x)
@@ -122,7 +135,7 @@ class ClipClassifier(VisionClassifier):
         head: nn.Module,
         logit_scale: torch.Tensor,
         preprocess: Preprocess,
-        text_source: tuple[nn.Module, Any] | None = None,
+        text_tower: Callable[[], TextTower] | None = None,
         prompt_template: str = "{}",
         class_names: Sequence[str] = (),
     ) -> None:
@@ -133,9 +146,9 @@ class ClipClassifier(VisionClassifier):
         self.head = head
         self.register_buffer("logit_scale", logit_scale.detach().clone())
         self.preprocess = preprocess
-        # (the CLIP model, its tokenizer): kept unregistered so that it is not
-        # part of the state unless a method adopts its text tower.
-        self.text_source = text_source
+        # makes the tower from the whole CLIP model, held here unregistered: it
+        # is no part of the state unless a method adopts the tower it makes
+        self._make_text_tower = text_tower
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = F.normalize(self.visual(pixel_values), dim=-1)
@@ -175,6 +188,14 @@ class ClipClassifier(VisionClassifier):
     @property
     def patch_size(self) -> int:
         return int(self.visual.patch_size[0])
+
+    def text_tower(self) -> TextTower:
+        if self._make_text_tower is None:
+            raise ValueError("this CLIP classifier holds no text tower (released after build)")
+        return self._make_text_tower()
+
+    def release_text_tower(self) -> None:
+        self._make_text_tower = None
 
 
 def _preprocess_override(arch: str, tag: str | None) -> dict[str, Any] | None:
@@ -240,7 +261,7 @@ def build_open_clip(
         head,
         clip.logit_scale.detach().reshape(()),
         _preprocess(clip),
-        text_source=(clip, tokenizer),
+        text_tower=functools.partial(OpenClipTextTower, clip, tokenizer),
         prompt_template=spec.task.prompt_template,
         class_names=spec.task.classes,
     )

@@ -1,14 +1,18 @@
-"""Tuning methods and the models they apply to (see DESIGN.md, "Tuning methods").
+"""Tuning methods applied to the models of a spec: one module per method, one registry.
 
-`build(spec)` returns a `BuiltModel`; `method_reports(spec)` tells what each
-method would send per round. Importing this package registers every method and
-FedTune's model configs.
+Each method's name, options, families and head rule are declared in
+`shared.methods`; its module here registers the wiring (`apply`). `build(spec)`
+returns a `BuiltModel`: the same names, shapes and initial values on every
+machine, split into the trainable state that travels each round and the
+frozen base. `method_reports(spec)` tells what each method would send per
+round. Importing this package registers every method and FedTune's model
+configs.
 """
 
 from shared.tuning import adapter, bias, full, head, lora, text_prompt, vpt  # noqa: F401  (registers)
 from shared.tuning.build import build
 from shared.tuning.built import BuiltModel, fingerprint
-from shared.tuning.registry import TuningMethod, get_method, method_names, register_method
+from shared.tuning.registry import TuningMethod, get_method, register_method
 from shared.tuning.report import MethodReport, format_method_table, method_reports
 
 __all__ = [
@@ -19,7 +23,6 @@ __all__ = [
     "fingerprint",
     "format_method_table",
     "get_method",
-    "method_names",
     "method_reports",
     "register_method",
 ]

@@ -14,16 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
+from shared.methods import AdapterOptions
 from shared.models.base import VisionClassifier
-from shared.tuning.registry import Options, TuningMethod, register_method
-
-
-class AdapterOptions(Options):
-    dim: int = Field(default=8, ge=1, le=4096, description="Bottleneck width.")
-    scale: float = Field(default=0.1, gt=0, description="Multiplier of the adapter's output.")
+from shared.tuning.registry import TuningMethod, register_method
 
 
 class Bottleneck(nn.Module):
@@ -56,7 +51,6 @@ class _AddParallel:
 @register_method
 class Adapter(TuningMethod):
     name = "adapter"
-    options_model = AdapterOptions
 
     def apply(self, model: VisionClassifier, options: AdapterOptions) -> list[str]:
         for block in model.blocks():

@@ -35,16 +35,12 @@ def build_for_counting(spec: FederationSpec) -> BuiltModel:
 
 def _build(spec: FederationSpec, *, load_weights: bool, device: torch.device) -> BuiltModel:
     method = get_method(spec.method.name)
-    method.check_family(spec.model.family)
-    options = method.parse_options(spec.method.options)
-    if spec.method.train_head and not method.accepts_train_head:
-        raise ValueError(
-            f"method.train_head: {method.name} produces the classifier itself; set it to false"
-        )
+    # checked again: specs made by `model_copy` (method reports) skip validation
+    options = spec.method.method_options(spec.model.family)
     model = build_family(spec, load_weights=load_weights, device=device)
     with seeded(spec.seed, f"method:{method.name}"), device:
         own = method.apply(model, options)
-    model.text_source = None
+    model.release_text_tower()
     head = model.head_param_names()
     train_head = spec.method.train_head or model.always_train_head
     own_set = set(own)

@@ -17,42 +17,16 @@ parameters per adapted projection.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
-from pydantic import Field, field_validator
 from torch import nn
 
+from shared.methods import LoraOptions
 from shared.models.base import VisionClassifier
-from shared.tuning.registry import Options, TuningMethod, register_method
-
-Target = Literal["attn", "mlp"]
-
-
-def _attn_only() -> list[Target]:
-    return ["attn"]
-
-
-class LoraOptions(Options):
-    r: int = Field(default=8, ge=1, le=4096, description="Rank of the low-rank update.")
-    alpha: float = Field(
-        default=16, gt=0, description="Scaling numerator: update is (alpha / r) B A x."
-    )
-    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    targets: list[Target] = Field(
-        default_factory=_attn_only,
-        min_length=1,
-        description="attn: query and value projections; mlp: both MLP linears.",
-    )
-
-    @field_validator("targets")
-    @classmethod
-    def _unique(cls, targets: list[str]) -> list[str]:
-        if len(set(targets)) != len(targets):
-            raise ValueError("targets must not repeat")
-        return targets
+from shared.tuning.registry import TuningMethod, register_method
 
 
 class LowRank(nn.Module):
@@ -127,7 +101,6 @@ class LoraMultiheadAttention(nn.Module):
 @register_method
 class Lora(TuningMethod):
     name = "lora"
-    options_model = LoraOptions
 
     def apply(self, model: VisionClassifier, options: LoraOptions) -> list[str]:
         linears: list[str] = []

@@ -1,70 +1,39 @@
-"""One registry of tuning methods; each method lives in its own module.
+"""One registry of tuning-method implementations; each method lives in its own module.
 
-A method has a typed options model (unknown or invalid options are refused
-with the option's name), the families it supports, and `apply`, which wires
-its modules into a `VisionClassifier` and returns the names of the parameters
-it trains. The builder freezes everything else.
+What a method is called, its options, the families it supports and whether it
+accepts `train_head` are declared once, in `shared.methods` (light, so that the
+spec validates without torch). A module here registers the implementation of
+one declared name: `apply` wires the method's modules into a
+`VisionClassifier` and returns the names of the parameters it trains; the
+builder freezes everything else.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar, get_args
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
+from shared.methods import METHODS, MethodInfo
 from shared.models.base import VisionClassifier
-from shared.spec import MethodName, format_validation_error
 
-__all__ = [
-    "NoOptions",
-    "Options",
-    "TuningMethod",
-    "get_method",
-    "method_names",
-    "register_method",
-]
-
-
-class Options(BaseModel):
-    """Base of method options: strict, frozen, every field described."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NoOptions(Options):
-    pass
+__all__ = ["TuningMethod", "get_method", "register_method"]
 
 
 class TuningMethod(ABC):
     name: ClassVar[str]
-    options_model: ClassVar[type[Options]] = NoOptions
-    families: ClassVar[frozenset[str]] = frozenset({"open_clip", "hf_vit"})
-    # False when the method itself produces the head (train_head would be meaningless)
-    accepts_train_head: ClassVar[bool] = True
 
-    def parse_options(self, raw: Mapping[str, Any]) -> Options:
-        try:
-            return self.options_model.model_validate(dict(raw))
-        except ValidationError as exc:
-            message = format_validation_error(exc)
-            raise ValueError(f"{_prefix_fields(message)} (method {self.name})") from None
+    @property
+    def info(self) -> MethodInfo:
+        """The method's declaration: options model, families, head rule."""
+        return METHODS[self.name]
 
-    def check_family(self, family: str) -> None:
-        if family not in self.families:
-            supported = ", ".join(sorted(self.families))
-            raise ValueError(
-                f"method.name: {self.name} supports model.family {supported}, not {family}"
-            )
+    @property
+    def accepts_train_head(self) -> bool:
+        return self.info.accepts_train_head
 
     @abstractmethod
     def apply(self, model: VisionClassifier, options: Any) -> list[str]:
         """Add the method's modules to `model`; return the names of the parameters it trains."""
-
-
-def _prefix_fields(message: str) -> str:
-    return "; ".join(f"method.options.{part}" for part in message.split("; "))
 
 
 _METHODS: dict[str, TuningMethod] = {}
@@ -73,7 +42,9 @@ M = TypeVar("M", bound=type[TuningMethod])
 
 
 def register_method(cls: M) -> M:
-    """Class decorator: make a method available by its `name`."""
+    """Class decorator: implement the method declared in `shared.methods` under `cls.name`."""
+    if cls.name not in METHODS:
+        raise ValueError(f"tuning method {cls.name!r} is not declared in shared.methods")
     if cls.name in _METHODS:
         raise ValueError(f"tuning method {cls.name!r} is registered twice")
     _METHODS[cls.name] = cls()
@@ -86,10 +57,3 @@ def get_method(name: str) -> TuningMethod:
     except KeyError:
         known = ", ".join(sorted(_METHODS))
         raise ValueError(f"method.name: unknown method {name!r} (known: {known})") from None
-
-
-def method_names(family: str | None = None) -> list[str]:
-    """Registered method names (those supporting `family` when given), in registry order."""
-    order = list(get_args(MethodName))
-    names = [n for n, m in _METHODS.items() if family is None or family in m.families]
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))

@@ -13,9 +13,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.blobs import torch_dtype
+from shared.methods import METHODS, method_names
 from shared.spec import FederationSpec
 from shared.tuning.build import build_for_counting
-from shared.tuning.registry import get_method, method_names
 
 __all__ = ["MethodReport", "format_method_table", "method_reports"]
 
@@ -42,9 +42,8 @@ def method_reports(spec: FederationSpec) -> list[MethodReport]:
     itemsize = torch_dtype(spec.transport.dtype).itemsize
     reports = []
     for name in method_names(spec.model.family):
-        method = get_method(name)
         options = spec.method.options if name == spec.method.name else {}
-        train_head = spec.method.train_head and method.accepts_train_head
+        train_head = spec.method.train_head and METHODS[name].accepts_train_head
         variant = spec.model_copy(
             update={
                 "method": spec.method.model_copy(

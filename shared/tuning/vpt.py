@@ -14,16 +14,11 @@ import math
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
+from shared.methods import VptOptions
 from shared.models.base import VisionClassifier
-from shared.tuning.registry import Options, TuningMethod, register_method
-
-
-class VptOptions(Options):
-    tokens: int = Field(default=10, ge=1, le=1024, description="Prompt tokens per block.")
-    deep: bool = Field(default=True, description="New prompts at every block (VPT-deep).")
+from shared.tuning.registry import TuningMethod, register_method
 
 
 def _with_prompts(x: torch.Tensor, prompts: torch.Tensor, replace: int) -> torch.Tensor:
@@ -58,7 +53,6 @@ class _Strip:
 @register_method
 class Vpt(TuningMethod):
     name = "vpt"
-    options_model = VptOptions
 
     def apply(self, model: VisionClassifier, options: VptOptions) -> list[str]:
         blocks = model.blocks()

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from safetensors.torch import load
 
 from shared.blobs import encode_state
+from shared.methods import method_names
 from shared.tuning import BuiltModel, build, fingerprint
-from shared.tuning.registry import method_names
 from tests.shared.tuning.specs import tiny_spec
 
 Check = Callable[[BuiltModel, str], bool]
