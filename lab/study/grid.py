@@ -7,7 +7,7 @@ on the comparisons it needs instead of the full product. Everything else
 (dataset, organisations, rounds, local epochs, seeds, models, per-method
 learning rates) is shared by every cell.
 
-Every problem is one line that names the field: `methods.2: unknown method 'bitfit' ...`.
+Every problem is one line that names the field: `methods.2: Input should be 'full', ...`.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from shared.spec import Family, MethodName, format_validation_error
+from shared.families import Family
+from shared.methods import METHODS, MethodName
+from shared.validation import format_validation_error, load_document
 
 __all__ = [
     "AXES",
-    "METHODS",
     "PRESETS",
     "Grid",
     "GridError",
@@ -43,8 +44,8 @@ __all__ = [
     "parse_grid",
 ]
 
-METHODS: tuple[str, ...] = ("full", "head", "bias", "lora", "adapter", "vpt", "text_prompt")
-OPEN_CLIP_ONLY = frozenset({"text_prompt"})
+# the methods that need CLIP, as their declarations say
+OPEN_CLIP_ONLY = frozenset(n for n, m in METHODS.items() if m.families == {"open_clip"})
 AXES = ("families", "bases", "methods", "alphas", "shots", "modes")
 PRESETS = ("quick", "paper")
 
@@ -180,26 +181,22 @@ class Grid(_Strict):
                         f"models.{fam}.pretrained: null, but {where}bases lists pretrained "
                         "(name a base, or use bases: [random])"
                     )
-            only = [m for m in axes["methods"] if m in OPEN_CLIP_ONLY]
-            if only and "open_clip" not in axes["families"]:
-                raise ValueError(
-                    f"{where}methods: {only[0]} is open_clip only, but {where}families "
-                    f"has only {', '.join(axes['families'])}"
-                )
+            for method in axes["methods"]:
+                info = METHODS[method]
+                if not any(info.supports(f) for f in axes["families"]):
+                    raise ValueError(
+                        f"{where}methods: {method} is {' and '.join(sorted(info.families))} "
+                        f"only, but {where}families has only {', '.join(axes['families'])}"
+                    )
         return self
 
 
-def _rename_errors(exc: ValidationError) -> str:
-    """pydantic's messages, with unknown keys and empty lists said plainly."""
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            return f"{loc}: unknown field"
-        if err["type"] == "too_short" and err["loc"]:
-            return f"{loc}: must not be empty"
-        if err["type"] == "missing":
-            return f"{loc}: required field is missing"
-    return format_validation_error(exc)
+# pydantic's messages for unknown keys, empty lists and missing fields, said plainly
+_PLAIN = {
+    "extra_forbidden": "unknown field",
+    "too_short": "must not be empty",
+    "missing": "required field is missing",
+}
 
 
 def parse_grid(data: Any, source: str = "grid") -> Grid:
@@ -209,21 +206,13 @@ def parse_grid(data: Any, source: str = "grid") -> Grid:
     try:
         return Grid.model_validate(data)
     except ValidationError as exc:
-        raise GridError(f"{source}: {_rename_errors(exc).splitlines()[0]}") from None
+        message = format_validation_error(exc, plain=_PLAIN)
+        raise GridError(f"{source}: {message.splitlines()[0]}") from None
 
 
 def load_grid(path: str | Path) -> Grid:
     """Read and check a grid YAML file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise GridError(f"cannot read grid file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise GridError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_grid(data, str(path))
+    return parse_grid(load_document(path, "grid", GridError), str(path))
 
 
 def load_preset(name: str) -> Grid:
