@@ -1,41 +1,9 @@
 """FedTune client SDK: a typed HTTP client of the aggregator, local training, the participate loop."""
 
+from client_sdk import _exceptions
 from client_sdk._base_client import Download
 from client_sdk._client import FedTuneClient
-from client_sdk._exceptions import (
-    APIConnectionError,
-    APIResponseValidationError,
-    APIStatusError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    ConflictError,
-    FedTuneError,
-    InsecureTransportError,
-    InternalServerError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    RateLimitError,
-    UnprocessableEntityError,
-)
+from client_sdk._exceptions import *  # noqa: F403  (the exception tree, listed once there)
 
-__all__ = [
-    "APIConnectionError",
-    "APIResponseValidationError",
-    "APIStatusError",
-    "APITimeoutError",
-    "AuthenticationError",
-    "BadRequestError",
-    "ConflictError",
-    "Download",
-    "FedTuneClient",
-    "FedTuneError",
-    "InsecureTransportError",
-    "InternalServerError",
-    "NotFoundError",
-    "PayloadTooLargeError",
-    "PermissionDeniedError",
-    "RateLimitError",
-    "UnprocessableEntityError",
-]
+__all__ = ["Download", "FedTuneClient"]
+__all__ += _exceptions.__all__

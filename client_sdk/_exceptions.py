@@ -34,7 +34,6 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "UnprocessableEntityError",
-    "make_status_error",
 ]
 
 
