@@ -1,4 +1,4 @@
-"""Named dependencies: the app's Core and RoundRunner, and who the caller is."""
+"""Named dependencies: the app's Core and RoundRunner, who the caller is, idempotent POSTs."""
 
 from __future__ import annotations
 
@@ -6,12 +6,22 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
+from aggregator_service.api.idempotency import IdempotencyKey, Idempotent
 from aggregator_service.services.access import Principal, authenticate
 from aggregator_service.services.context import Core
 from aggregator_service.services.runner import RoundRunner
 
-__all__ = ["AdminDep", "ClientOfDep", "CoreDep", "MemberDep", "PrincipalDep", "RunnerDep"]
+__all__ = [
+    "AdminDep",
+    "ClientOfDep",
+    "CoreDep",
+    "IdempotentDep",
+    "MemberDep",
+    "PrincipalDep",
+    "RunnerDep",
+]
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -59,6 +69,14 @@ def require_client_of(fid: str, principal: PrincipalDep) -> Principal:
     return principal
 
 
+def get_idempotent(request: Request, core: CoreDep, key: IdempotencyKey = None) -> Idempotent:
+    """The bearer token is read from the header, not through `_bearer`, so that registration
+    (which takes none) is not documented as needing one."""
+    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    return Idempotent(core, request, key, token if scheme.lower() == "bearer" and token else None)
+
+
 AdminDep = Annotated[Principal, Depends(require_admin)]
 MemberDep = Annotated[Principal, Depends(require_member)]
 ClientOfDep = Annotated[Principal, Depends(require_client_of)]
+IdempotentDep = Annotated[Idempotent, Depends(get_idempotent)]

@@ -6,13 +6,12 @@ Only sha256 hashes of tokens are stored; the plaintext is shown once.
 from __future__ import annotations
 
 import hmac
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import func, insert, select, update
 
-from aggregator_service.services.context import Core, hash_token, now
+from aggregator_service.services.context import Core, Mint, fresh_secret, hash_token, now
 from aggregator_service.services.errors import Forbidden, Invalid, NotFound, Unauthorized
 from aggregator_service.services.federations import federation_row, new_id
 from aggregator_service.storage.tables import clients, enrollment_tokens, updates
@@ -76,8 +75,10 @@ def authenticate(core: Core, token: str | None) -> Principal:
     return Principal(is_admin=False, client_id=row.id, federation_id=row.federation_id)
 
 
-def create_enrollment_token(core: Core, fid: str, req: EnrollmentTokenRequest) -> EnrollmentToken:
-    token = "fte_" + secrets.token_urlsafe(24)
+def create_enrollment_token(
+    core: Core, fid: str, req: EnrollmentTokenRequest, mint: Mint = fresh_secret
+) -> EnrollmentToken:
+    token = mint("fte_", 24)
     t = now()
     with core.db.write() as conn:
         federation_row(conn, fid)
@@ -98,12 +99,14 @@ def create_enrollment_token(core: Core, fid: str, req: EnrollmentTokenRequest) -
     )
 
 
-def register_client(core: Core, reg: ClientRegistration) -> ClientRegistered:
-    """Spend one use of the enrollment token and create the client with a fresh API key."""
+def register_client(
+    core: Core, reg: ClientRegistration, mint: Mint = fresh_secret
+) -> ClientRegistered:
+    """Spend one use of the enrollment token and create the client with a new API key."""
     if "\x00" in reg.name:  # PostgreSQL text cannot hold it; refused on every backend alike
         raise Invalid("name: must not contain a NUL character")
     token_hash = hash_token(reg.enrollment_token)
-    api_key = "ftk_" + secrets.token_urlsafe(32)
+    api_key = mint("ftk_", 32)
     cid = new_id("cli_")
     t = now()
     with core.db.write() as conn:

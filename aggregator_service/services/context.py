@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -18,7 +20,11 @@ from aggregator_service.storage import Database, LocalBlobStore
 from aggregator_service.storage.tables import federations
 from shared.spec import FederationSpec
 
-__all__ = ["Core", "Notifier", "hash_token", "now"]
+__all__ = ["Core", "Mint", "Notifier", "fresh_secret", "hash_token", "now"]
+
+# Makes a shown-once secret (an API key, an enrollment token): `mint(prefix, nbytes)` is the
+# prefix and `nbytes` random bytes in URL-safe base64.
+Mint = Callable[[str, int], str]
 
 
 def now() -> float:
@@ -27,6 +33,11 @@ def now() -> float:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def fresh_secret(prefix: str, nbytes: int) -> str:
+    """The `Mint` of every request without an Idempotency-Key: fresh randomness."""
+    return prefix + secrets.token_urlsafe(nbytes)
 
 
 class Notifier:

@@ -112,3 +112,17 @@ state_versions = Table(
     Column("server_state_digest", String(64)),
 )
 Index("ix_state_versions_digest", state_versions.c.federation_id, state_versions.c.digest)
+
+# The answers to POSTs sent with an Idempotency-Key, replayed to retries for a day
+# (services/idempotency.py). No key, credential or shown-once secret is stored in the clear.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 over caller, route and key
+    Column("request_sha256", String(64), nullable=False),
+    Column("salt", String(32), nullable=False),  # with the credential, derives the secrets
+    Column("answer", Text),  # null while the first request runs
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)
+Index("ix_idempotency_keys_expires_at", idempotency_keys.c.expires_at)

@@ -129,6 +129,7 @@ def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
         "rounds": 2,
         "updates": 3,
         "state_versions": 2,
+        "idempotency_keys": 0,
     }
     assert [(r["number"], r["status"], r["received"]) for r in rows["rounds"]] == [
         (1, "closed", 3),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
-from aggregator_service.api.deps import AdminDep, CoreDep
+from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep
 from aggregator_service.api.errors import error_responses
 from aggregator_service.services import access
 from shared.api import ClientInfo, ClientRegistered, ClientRegistration
@@ -18,12 +18,17 @@ router = APIRouter(prefix="/v1/clients", tags=["clients"])
     "",
     status_code=201,
     summary="Register a client",
-    description="Spends one use of an enrollment token. The API key is returned only here.",
+    description="Spends one use of an enrollment token. The API key is returned only here "
+    "(and to a retry with the same `Idempotency-Key`).",
     response_model=ClientRegistered,
-    responses=error_responses(401, 403, 422),
+    responses=error_responses(401, 403, 409, 422),
 )
-def register(reg: ClientRegistration, core: CoreDep) -> ClientRegistered:
-    return access.register_client(core, reg)
+async def register(reg: ClientRegistration, core: CoreDep, once: IdempotentDep) -> Response:
+    return await once.run(
+        lambda mint: access.register_client(core, reg, mint),
+        reg,
+        credential=reg.enrollment_token,
+    )
 
 
 @router.get(

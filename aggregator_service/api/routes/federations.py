@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request, Response
 
-from aggregator_service.api.deps import AdminDep, CoreDep, MemberDep
+from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep, MemberDep
 from aggregator_service.api.errors import error_responses
 from aggregator_service.services import access
 from aggregator_service.services.errors import Invalid
@@ -34,7 +32,7 @@ _SPEC_EXAMPLE = {
     description="Builds the model, stores the initial trainable state (and the frozen base when "
     "`model.base_source` is `server`) and opens round 1.",
     response_model=FederationInfo,
-    responses=error_responses(401, 403, 422),
+    responses=error_responses(401, 403, 409, 422),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -47,7 +45,9 @@ _SPEC_EXAMPLE = {
         }
     },
 )
-async def create(request: Request, core: CoreDep, _admin: AdminDep) -> FederationInfo:
+async def create(
+    request: Request, core: CoreDep, _admin: AdminDep, once: IdempotentDep
+) -> Response:
     try:
         data = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -56,7 +56,7 @@ async def create(request: Request, core: CoreDep, _admin: AdminDep) -> Federatio
         spec = parse_spec(data)
     except SpecError as exc:
         raise Invalid(str(exc), error="invalid_spec") from None
-    return await asyncio.to_thread(create_federation, core, spec)
+    return await once.run(lambda _mint: create_federation(core, spec), spec)
 
 
 @router.get(
@@ -77,9 +77,9 @@ def get(fid: str, core: CoreDep, _member: MemberDep) -> FederationInfo:
     description="A token lets organisations register as clients of this federation; "
     "it is shown once.",
     response_model=EnrollmentToken,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 409, 422),
 )
 async def enroll(
-    fid: str, req: EnrollmentTokenRequest, core: CoreDep, _admin: AdminDep
-) -> EnrollmentToken:
-    return await run_in_threadpool(access.create_enrollment_token, core, fid, req)
+    fid: str, req: EnrollmentTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
+) -> Response:
+    return await once.run(lambda mint: access.create_enrollment_token(core, fid, req, mint), req)

@@ -1,0 +1,178 @@
+"""Idempotency keys: a request retried with the same key gets the first answer again.
+
+A key is scoped to the caller's credential (the admin token, a client's API key,
+or for registration the enrollment token) and to the route, and bound to the
+request: the same key with another body is refused. Only answers of requests
+that succeeded are kept, for a day: a refused request changed nothing, so
+running it again answers as replaying it would. While the first request with a
+key still runs, its retries are refused (to retry later), so two never both run.
+
+Shown-once secrets (a new client's API key, an enrollment token) are not stored,
+here either: the database holds only hashes of usable secrets, and a copy of it
+must not become a list of API keys. Under a key, a request's secrets are derived
+(HMAC-SHA256) from the caller's credential, which the database holds only
+hashed, the key and a stored random salt; the stored answer holds a marker where
+each secret was, and a replay derives them again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from aggregator_service.services.context import Core, Mint, hash_token, now
+from aggregator_service.services.errors import Conflict
+from aggregator_service.storage.tables import idempotency_keys as table
+
+__all__ = ["KEEP_S", "Answer", "Attempt", "run_once"]
+
+KEEP_S = 24 * 3600.0  # how long an answer is replayed
+_ABANDONED_S = 15 * 60.0  # a first request still unanswered after this died with its process
+# JSON escapes control characters, so a raw one never occurs in an answer: it marks a secret.
+_MARK = "\x1f"
+_SLOT = re.compile(f"{_MARK}([0-9]+):([0-9]+){_MARK}")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One request sent with an Idempotency-Key."""
+
+    credential: str  # what the caller authenticates with
+    route: str  # method and path, e.g. "POST /v1/clients"
+    key: str
+    payload: str  # the request body, canonical JSON
+
+    @property
+    def id(self) -> str:
+        scope = json.dumps([hash_token(self.credential), self.route, self.key])
+        return hashlib.sha256(scope.encode("utf-8")).hexdigest()
+
+    @property
+    def request_sha256(self) -> str:
+        return hashlib.sha256(self.payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The JSON body of the answer; `replayed` when it is a stored one."""
+
+    body: str
+    replayed: bool
+
+
+class _DerivedSecrets:
+    """A `Mint` whose i-th secret is HMAC(seed, i): the same secrets whenever the seed is."""
+
+    def __init__(self, attempt: Attempt, salt: str) -> None:
+        message = f"fedtune idempotency\0{salt}\0{attempt.key}".encode()
+        self._seed = hmac.digest(attempt.credential.encode("utf-8"), message, "sha256")
+        self.minted: list[tuple[str, int]] = []  # (random part, nbytes) in order
+
+    def __call__(self, prefix: str, nbytes: int) -> str:
+        part = self._part(len(self.minted), nbytes)
+        self.minted.append((part, nbytes))
+        return prefix + part
+
+    def _part(self, index: int, nbytes: int) -> str:
+        if not 0 < nbytes <= 32:
+            raise ValueError(f"a derived secret holds 1 to 32 bytes, not {nbytes}")
+        digest = hmac.digest(self._seed, f"secret {index}".encode(), "sha256")[:nbytes]
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def seal(self, body: str) -> str:
+        """`body` with a marker in place of each secret minted."""
+        for index, (part, nbytes) in enumerate(self.minted):
+            body = body.replace(part, f"{_MARK}{index}:{nbytes}{_MARK}")
+        return body
+
+    def unseal(self, stored: str) -> str:
+        return _SLOT.sub(lambda m: self._part(int(m[1]), int(m[2])), stored)
+
+
+def run_once(core: Core, attempt: Attempt, call: Callable[[Mint], BaseModel]) -> Answer:
+    """`call`'s answer, run with secrets derived for `attempt`; or the answer stored for it.
+
+    Blocking: run in a thread. `Conflict` when the key was used for another request,
+    or its first request is still running.
+    """
+    claimed = _claim(core, attempt)
+    if isinstance(claimed, Answer):
+        return claimed
+    try:
+        body = call(claimed).model_dump_json()
+    except BaseException:
+        with core.db.write() as conn:
+            conn.execute(delete(table).where(table.c.id == attempt.id, table.c.answer.is_(None)))
+        raise
+    with core.db.write() as conn:
+        conn.execute(
+            update(table)
+            .where(table.c.id == attempt.id)
+            .values(answer=claimed.seal(body), expires_at=now() + KEEP_S)
+        )
+    return Answer(body, replayed=False)
+
+
+def _claim(core: Core, attempt: Attempt) -> Answer | _DerivedSecrets:
+    """The stored answer, or the right to run the request (its row, unanswered, is ours)."""
+    t = now()
+    with core.db.write() as conn:
+        conn.execute(delete(table).where(table.c.expires_at <= t))
+        row = conn.execute(select(table).where(table.c.id == attempt.id)).first()
+        if row is None:
+            salt = secrets.token_hex(16)
+            try:
+                conn.execute(
+                    insert(table).values(
+                        id=attempt.id,
+                        request_sha256=attempt.request_sha256,
+                        salt=salt,
+                        created_at=t,
+                        expires_at=t + KEEP_S,
+                    )
+                )
+            except IntegrityError:  # another process inserted it first (PostgreSQL)
+                raise _in_use() from None
+            return _DerivedSecrets(attempt, salt)
+        if row.request_sha256 != attempt.request_sha256:
+            raise Conflict(
+                "this Idempotency-Key was already used for a different request; "
+                "send a new key with each new request",
+                error="idempotency_key_reused",
+            )
+        if row.answer is not None:
+            return Answer(_DerivedSecrets(attempt, row.salt).unseal(row.answer), replayed=True)
+        if row.created_at > t - _ABANDONED_S:
+            raise _in_use()
+        # Run it again, as new: with a new salt, so no secret of the dead run comes back.
+        salt = secrets.token_hex(16)
+        taken = conn.execute(
+            update(table)
+            .where(
+                table.c.id == attempt.id,
+                table.c.answer.is_(None),
+                table.c.created_at == row.created_at,
+            )
+            .values(salt=salt, created_at=t, expires_at=t + KEEP_S)
+        )
+        if taken.rowcount != 1:
+            raise _in_use()
+        return _DerivedSecrets(attempt, salt)
+
+
+def _in_use() -> Conflict:
+    return Conflict(
+        "the first request with this Idempotency-Key is still being processed; "
+        "retry in a few seconds to get its answer",
+        error="idempotency_key_in_use",
+    )
