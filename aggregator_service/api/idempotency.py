@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from aggregator_service.services.context import Core, Mint, fresh_secret
-from aggregator_service.services.idempotency import Attempt, run_once
+from aggregator_service.services.idempotency import KEEP_S, Attempt, run_once
 
 __all__ = ["REPLAYED_HEADER", "IdempotencyKey", "Idempotent"]
 
@@ -23,7 +23,7 @@ IdempotencyKey = Annotated[
         min_length=1,
         max_length=255,
         description="A unique string per logical request (e.g. a UUID), the same on each retry "
-        "of it. A retry within 24 hours gets the first answer again (with "
+        f"of it. A retry within {KEEP_S / 3600:g} hours gets the first answer again (with "
         f"`{REPLAYED_HEADER}: true`) and changes nothing; the same key with a different body "
         "answers 409. Scoped to the caller's credential and the route.",
     ),

@@ -7,12 +7,13 @@ that succeeded are kept, for a day: a refused request changed nothing, so
 running it again answers as replaying it would. While the first request with a
 key still runs, its retries are refused (to retry later), so two never both run.
 
-Shown-once secrets (a new client's API key, an enrollment token) are not stored,
-here either: the database holds only hashes of usable secrets, and a copy of it
-must not become a list of API keys. Under a key, a request's secrets are derived
+Shown-once secrets (a new client's API key, an enrollment token) are kept here
+no more than anywhere else: the database holds only hashes of usable secrets,
+so that a copy of it is not a list of API keys, and storing answers as sent
+would break that for a day. Instead a request under a key derives its secrets
 (HMAC-SHA256) from the caller's credential, which the database holds only
-hashed, the key and a stored random salt; the stored answer holds a marker where
-each secret was, and a replay derives them again.
+hashed, the key and a random salt; the stored answer has a marker where each
+secret was, and a replay derives them again.
 """
 
 from __future__ import annotations
