@@ -14,7 +14,8 @@ from pydantic import ValidationError
 
 from aggregator_service.services.errors import DomainError
 from aggregator_service.settings import Settings
-from shared.spec import SpecError, format_validation_error, load_spec
+from shared.spec import SpecError, load_spec
+from shared.validation import format_validation_error
 
 __all__ = ["main", "openapi_document"]
 

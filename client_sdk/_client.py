@@ -31,6 +31,7 @@ from shared.api import (
     UpdateReceipt,
 )
 from shared.spec import FederationSpec
+from shared.validation import format_validation_error
 
 __all__ = ["Download", "FedTuneClient"]
 
@@ -41,14 +42,18 @@ def _parse(model: type[M], data: Any, what: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise APIResponseValidationError(f"{what}: unexpected response body: {exc}") from None
+        raise APIResponseValidationError(
+            f"{what}: unexpected response body: {format_validation_error(exc)}"
+        ) from None
 
 
 def _parse_list(model: type[M], data: Any, what: str) -> list[M]:
     try:
         return TypeAdapter(list[model]).validate_python(data)  # type: ignore[valid-type]
     except ValidationError as exc:
-        raise APIResponseValidationError(f"{what}: unexpected response body: {exc}") from None
+        raise APIResponseValidationError(
+            f"{what}: unexpected response body: {format_validation_error(exc)}"
+        ) from None
 
 
 class FedTuneClient(BaseClient):

@@ -29,6 +29,8 @@ from typing import Any, BinaryIO
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.validation import format_validation_error
+
 __all__ = [
     "DELTA_FORMAT",
     "MAX_HEADER_BYTES",
@@ -275,6 +277,7 @@ class Blob:
         dtype = torch_dtype(entry.dtype)
         step = len(buf) - len(buf) % dtype.itemsize
         if self.path is None:
+            assert self._buffer is not None
             data = memoryview(self._buffer)[self._base + entry.start : self._base + entry.end]
             for start in range(0, len(data), step):
                 n = min(step, len(data) - start)
@@ -368,9 +371,7 @@ class DeltaMetadata(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise BlobError(f"metadata '{loc}': {first['msg']}") from None
+            raise BlobError(f"metadata {format_validation_error(exc)}") from None
 
 
 _CODES = {name: code for code, (name, _) in _DTYPES.items()}

@@ -15,12 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.families import Family
 from shared.methods import METHODS, MethodName, MethodOptions
 from shared.strategies import STRATEGY_OPTIONS, StrategyName, StrategyOptions
-
-# Re-exported while the service's strategies still import their options from here;
-# they are declared in `shared.strategies`.
-from shared.strategies import FedAvgMOptions as FedAvgMOptions
-from shared.strategies import FedOptOptions as FedOptOptions
-from shared.strategies import TrimmedMeanOptions as TrimmedMeanOptions
 from shared.validation import format_validation_error, load_document
 
 __all__ = [

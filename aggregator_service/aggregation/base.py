@@ -23,6 +23,7 @@ import torch
 
 from aggregator_service.aggregation.deltas import BlobDeltas, Deltas, UpdateInput
 from shared.spec import AggregationSpec
+from shared.strategies import STRATEGY_NAMES
 
 __all__ = [
     "STRATEGIES",
@@ -67,7 +68,9 @@ STRATEGIES: dict[str, Strategy] = {}
 
 
 def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
-    """Decorator: make a strategy available under the spec's `aggregation.strategy` name."""
+    """Decorator: implement a strategy that `shared.strategies` declares (name and options)."""
+    if name not in STRATEGY_NAMES:
+        raise ValueError(f"strategy {name!r} is not declared in shared.strategies")
 
     def deco(fn: Strategy) -> Strategy:
         STRATEGIES[name] = fn

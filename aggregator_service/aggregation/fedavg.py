@@ -13,7 +13,6 @@ import torch
 from aggregator_service.aggregation.base import (
     AggregationResult,
     Contributions,
-    apply,
     register_strategy,
 )
 from aggregator_service.aggregation.deltas import Deltas
@@ -27,6 +26,8 @@ def fedavg(
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
 ) -> AggregationResult:
-    """new = old + Σ_k w_k Δ_k."""
+    """new = old + Σ_k w_k Δ_k (the mean's buffer becomes the result: no second copy)."""
     means = Contributions(deltas, spec).means(global_state)
-    return AggregationResult({name: apply(old, mean) for name, old, mean in means})
+    return AggregationResult(
+        {name: mean.add_(old.to(torch.float32)).to(old.dtype) for name, old, mean in means}
+    )

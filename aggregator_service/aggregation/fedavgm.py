@@ -21,7 +21,8 @@ from aggregator_service.aggregation.base import (
 )
 from aggregator_service.aggregation.deltas import Deltas
 from aggregator_service.aggregation.fedopt import Moments
-from shared.spec import AggregationSpec, FedAvgMOptions
+from shared.spec import AggregationSpec
+from shared.strategies import FedAvgMOptions
 
 
 @register_strategy("fedavgm")

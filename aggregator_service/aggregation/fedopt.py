@@ -20,7 +20,8 @@ import torch
 
 from aggregator_service.aggregation.base import AggregationResult, Contributions, apply
 from aggregator_service.aggregation.deltas import Deltas
-from shared.spec import AggregationSpec, FedOptOptions
+from shared.spec import AggregationSpec
+from shared.strategies import FedOptOptions
 
 __all__ = ["Moments", "SecondMoment", "server_optimise"]
 

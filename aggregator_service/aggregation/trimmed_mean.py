@@ -17,7 +17,8 @@ import torch
 from aggregator_service.aggregation.base import AggregationResult, register_strategy
 from aggregator_service.aggregation.coordinatewise import aggregate_coordinatewise, ordered_rows
 from aggregator_service.aggregation.deltas import Deltas
-from shared.spec import AggregationSpec, TrimmedMeanOptions
+from shared.spec import AggregationSpec
+from shared.strategies import TrimmedMeanOptions
 
 
 def trim_count(n: int, fraction: float) -> int:

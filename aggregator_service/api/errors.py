@@ -26,6 +26,7 @@ from aggregator_service.services.errors import (
     Unauthorized,
 )
 from shared.api import ErrorBody
+from shared.validation import format_validation_error
 
 __all__ = ["RejectNul", "error_responses", "install_error_handlers", "status_of"]
 
@@ -72,14 +73,6 @@ def _json(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
-def _format_validation(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{loc}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 _HTTP_CODES = {
     401: "unauthorized",
     403: "forbidden",
@@ -96,7 +89,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _json(422, ErrorBody(error="validation_error", detail=_format_validation(exc)))
+        return _json(
+            422,
+            ErrorBody(
+                error="validation_error",
+                detail=format_validation_error(exc, omit=("body",), root="body"),
+            ),
+        )
 
     async def http_error(_req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -26,6 +26,7 @@ import transformers
 
 from lab.datasets import DIGIT_CLASSES, DIGIT_PROMPT, LabeledImages, load_digits, split_held_out
 from lab.evaluation import accuracy
+from shared.methods import method_names
 from shared.models.synthetic import find_base
 from shared.spec import FederationSpec, parse_spec
 from shared.tuning import BuiltModel, build, get_method
@@ -35,8 +36,8 @@ __all__ = ["FAMILIES", "main", "probe_method", "zero_shot"]
 TAG = "fedtune-synth-v1"
 # family -> (arch, methods)
 FAMILIES = {
-    "open_clip": ("fedtune-synth-clip", ["head", "bias", "lora", "adapter", "vpt", "text_prompt"]),
-    "hf_vit": ("fedtune-tiny-vit", ["head", "bias", "lora", "adapter", "vpt"]),
+    "open_clip": ("fedtune-synth-clip", [m for m in method_names("open_clip") if m != "full"]),
+    "hf_vit": ("fedtune-tiny-vit", [m for m in method_names("hf_vit") if m != "full"]),
 }
 
 

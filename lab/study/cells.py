@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lab.datasets import DIGIT_PROMPT
-from lab.study.grid import OPEN_CLIP_ONLY, Grid
+from lab.study.grid import Grid
+from shared.methods import METHODS
 from shared.spec import FederationSpec, parse_spec
 
 __all__ = ["DEFAULT_PROMPT", "Cell", "Setting", "dataset_key", "expand", "fmt_alpha", "fmt_shots"]
@@ -162,7 +163,7 @@ def expand(grid: Grid) -> list[Cell]:
             ax["modes"],
         )  # fmt: skip
         for seed, alpha, shots, family, method, base, mode in product:
-            if method in OPEN_CLIP_ONLY and family != "open_clip":
+            if not METHODS[method].supports(family):
                 continue
             cell = replace(
                 _cell(grid, prompt, family, base, method, mode), alpha=alpha, shots=shots, seed=seed
@@ -173,7 +174,7 @@ def expand(grid: Grid) -> list[Cell]:
 
 def _cell(grid: Grid, prompt: str, family: str, base: str, method: str, mode: str) -> Cell:
     model = grid.models[family]  # type: ignore[index]
-    settings = grid.method_settings.get(method)  # type: ignore[call-overload]
+    settings = grid.method_settings.get(method)
     return Cell(
         family=family,
         arch=model.arch,

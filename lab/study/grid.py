@@ -45,7 +45,6 @@ __all__ = [
 ]
 
 # the methods that need CLIP, as their declarations say
-OPEN_CLIP_ONLY = frozenset(n for n, m in METHODS.items() if m.families == {"open_clip"})
 AXES = ("families", "bases", "methods", "alphas", "shots", "modes")
 PRESETS = ("quick", "paper")
 

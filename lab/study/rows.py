@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.study.results import RESULTS_FILE, json_list, read_rows
+from shared.methods import METHOD_NAMES
 
 __all__ = [
     "Result",
@@ -116,7 +117,7 @@ def values(results: Iterable[Result], field: str) -> list[str]:
         "family": ["open_clip", "hf_vit"],
         "base": ["pretrained", "random"],
         "mode": ["federated", "local"],
-        "method": ["full", "head", "bias", "lora", "adapter", "vpt", "text_prompt"],
+        "method": list(METHOD_NAMES),
     }.get(field, [])
     return [v for v in preferred if v in found] + sorted(found - set(preferred))
 
