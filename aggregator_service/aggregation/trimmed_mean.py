@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 
@@ -50,9 +51,8 @@ def trimmed_mean(
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
 ) -> AggregationResult:
-    opts = spec.strategy_options()
-    assert isinstance(opts, TrimmedMeanOptions)
-    fraction = opts.trim_fraction
+    """new = old + the per-coordinate mean of the values left after trimming both ends."""
+    fraction = cast(TrimmedMeanOptions, spec.strategy_options()).trim_fraction
     return aggregate_coordinatewise(
         global_state, deltas, spec, lambda block: trimmed_mean_of_block(block, fraction)
     )

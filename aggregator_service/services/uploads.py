@@ -20,7 +20,6 @@ from typing import BinaryIO
 from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from aggregator_service.services.buffers import page_buffer
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, TooLarge
 from aggregator_service.services.rounds import read_status
@@ -33,7 +32,7 @@ from aggregator_service.storage.tables import (
     updates,
 )
 from shared.api import RoundState, RoundStatus, TensorInfo, UpdateReceipt
-from shared.blobs import DeltaMetadata
+from shared.blobs import DeltaMetadata, page_buffer
 from shared.spec import FederationSpec
 
 __all__ = ["Received", "ingest", "receive_body"]
@@ -178,18 +177,8 @@ def _ingest_once(
     core.metrics.updates_accepted.inc()
     core.metrics.bytes_in.inc(body.size)
     core.notifier.notify(fid)
-    return UpdateReceipt(
-        federation_id=fid,
-        round=number,
-        client_id=client_id,
-        sha256=body.sha256,
-        bytes=body.size,
-        num_examples=meta.num_examples,
-        duplicate=False,
-        received=received,
-        quorum=spec.rounds.quorum,
-        round_status=state,
-    )
+    stored = (body.sha256, body.size, meta.num_examples)
+    return _receipt(spec, fid, number, client_id, stored, False, received, state)
 
 
 def _commit(
@@ -288,15 +277,31 @@ def _duplicate(
             round=status,
         )
     rnd = _progress(conn, fid, number)
+    stored = (prior.sha256, prior.bytes, prior.num_examples)
+    return _receipt(spec, fid, number, client_id, stored, True, rnd.received, rnd.status)
+
+
+def _receipt(
+    spec: FederationSpec,
+    fid: str,
+    number: int,
+    client_id: str,
+    stored: tuple[str, int, int],
+    duplicate: bool,
+    received: int,
+    state: RoundState,
+) -> UpdateReceipt:
+    """The answer to an upload; `stored` is the accepted update's (sha256, bytes, num_examples)."""
+    sha256, size, num_examples = stored
     return UpdateReceipt(
         federation_id=fid,
         round=number,
         client_id=client_id,
-        sha256=prior.sha256,
-        bytes=prior.bytes,
-        num_examples=prior.num_examples,
-        duplicate=True,
-        received=rnd.received,
+        sha256=sha256,
+        bytes=size,
+        num_examples=num_examples,
+        duplicate=duplicate,
+        received=received,
         quorum=spec.rounds.quorum,
-        round_status=rnd.status,
+        round_status=state,
     )

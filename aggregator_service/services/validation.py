@@ -1,7 +1,8 @@
 """Checks on an uploaded delta before it is accepted: format, metadata, manifest, values.
 
-Runs on the temp file the body was streamed into. Values are read with plain
-file reads into one small fixed buffer and checked into another, so checking a
+Runs on the temp file the body was streamed into, through the codec
+(`shared.blobs.Blob`). Values are read with plain file reads into one small
+fixed buffer and checked into another, so checking a
 delta costs the same memory whatever its size (512 KiB per worker thread
 checking one). Nothing is ever unpickled.
 """
@@ -13,10 +14,16 @@ from pathlib import Path
 
 import torch
 
-from aggregator_service.services.buffers import page_buffer
 from aggregator_service.services.errors import Invalid, Malformed
 from shared.api import TensorInfo
-from shared.blobs import BlobError, DeltaMetadata, SafetensorsHeader, read_header, torch_dtype
+from shared.blobs import (
+    Blob,
+    BlobError,
+    DeltaMetadata,
+    SafetensorsHeader,
+    page_buffer,
+    torch_dtype,
+)
 from shared.spec import FederationSpec
 
 __all__ = ["validate_delta"]
@@ -62,7 +69,7 @@ def _check_tensors(
             )
 
 
-def _check_finite(path: Path, header: SafetensorsHeader, names: list[str]) -> None:
+def _check_finite(blob: Blob, names: list[str]) -> None:
     """Refuse NaN/Inf, reading each tensor in 256 KiB slices (the file is never mapped).
 
     `x - x` is 0 for finite x and NaN for NaN or ±Inf; it is written into one
@@ -70,27 +77,17 @@ def _check_finite(path: Path, header: SafetensorsHeader, names: list[str]) -> No
     """
     buf = page_buffer(_CHECK_CHUNK_BYTES)
     scratch = torch.frombuffer(page_buffer(_CHECK_CHUNK_BYTES), dtype=torch.uint8)
-    base = 8 + header.header_size
-    with path.open("rb", buffering=0) as f:
-        for name in names:
-            entry = header.tensors[name]
-            dtype = torch_dtype(entry.dtype)
-            if not dtype.is_floating_point:
-                continue
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            step = _CHECK_CHUNK_BYTES - _CHECK_CHUNK_BYTES % itemsize
-            f.seek(base + entry.start)
-            left = entry.end - entry.start
-            while left > 0:
-                n = f.readinto(memoryview(buf)[: min(step, left)])
-                if not n:
-                    raise _malformed(f"tensor {name!r}: file ended early")
-                values = torch.frombuffer(buf, dtype=dtype, count=n // itemsize)
-                diff = scratch.view(dtype)[: n // itemsize]
+    for name in names:
+        if not torch_dtype(blob.entry(name).dtype).is_floating_point:
+            continue
+        try:
+            for values in blob.slices(name, buf):
+                diff = scratch.view(values.dtype)[: values.numel()]
                 if bool(torch.sub(values, values, out=diff).any()):
                     kind = "NaN" if bool(torch.isnan(values).any()) else "Inf"
                     raise _invalid(f"tensor {name!r} contains {kind} values")
-                left -= n
+        except BlobError as exc:
+            raise _malformed(str(exc)) from None
 
 
 def validate_delta(
@@ -103,14 +100,14 @@ def validate_delta(
 ) -> DeltaMetadata:
     """Return the delta's metadata, or raise `Malformed` (unreadable) or `Invalid`."""
     try:
-        header = read_header(path)
+        blob = Blob.open(path)
     except BlobError as exc:
         size = path.stat().st_size
         raise _malformed(
             f"update is not a valid safetensors file ({size} bytes received): {exc}"
         ) from None
     try:
-        meta = DeltaMetadata.from_safetensors(header.metadata)
+        meta = DeltaMetadata.from_safetensors(blob.metadata)
     except BlobError as exc:
         raise _invalid(f"bad update metadata: {exc}") from None
     if meta.num_examples > max_num_examples:
@@ -122,6 +119,6 @@ def validate_delta(
         raise _invalid(f"metadata 'federation' is {meta.federation!r} but the URL names {fid!r}")
     if meta.round != number:
         raise _invalid(f"metadata 'round' is {meta.round} but the URL names round {number}")
-    _check_tensors(header, manifest, spec.transport.dtype)
-    _check_finite(path, header, sorted(manifest))
+    _check_tensors(blob.header, manifest, spec.transport.dtype)
+    _check_finite(blob, sorted(manifest))
     return meta
