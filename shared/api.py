@@ -215,6 +215,12 @@ class RoundRecord(_Model):
     aggregation_started_at: datetime | None = None
     closed_at: datetime | None = None
     aggregation_seconds: float | None = Field(default=None, examples=[0.12])
+    excluded: dict[str, str] = Field(
+        default_factory=dict,
+        description="Updates left out of the aggregate (client id -> why): their values "
+        "made it non-finite.",
+        examples=[{"c_3f9a": "largest update norm (3.4e+38) while the aggregate was non-finite"}],
+    )
 
 
 class Health(_Model):

@@ -18,6 +18,7 @@ from shared.strategies import STRATEGY_OPTIONS, StrategyName, StrategyOptions
 from shared.validation import format_validation_error, load_document
 
 __all__ = [
+    "DEFAULT_CLIP_NORM",
     "AggregationSpec",
     "FederationSpec",
     "LocalTrainingSpec",
@@ -32,6 +33,11 @@ __all__ = [
 ]
 
 TransportDtype = Literal["float32", "float16", "bfloat16"]
+
+# aggregation.clip_norm when a spec leaves it out and tunes a lightweight method: honest
+# lightweight deltas (prompts, adapters, LoRA factors, a few epochs) stay well inside it,
+# and it bounds what any one update can move the global state by.
+DEFAULT_CLIP_NORM = 10.0
 
 
 class _Strict(BaseModel):
@@ -142,7 +148,20 @@ class AggregationSpec(_Strict):
     clip_norm: float | None = Field(
         default=None,
         gt=0,
-        description="Optional per-update L2 norm bound applied before aggregation.",
+        description="Per-update L2 norm bound applied before aggregation; when the field is "
+        f"left out, {DEFAULT_CLIP_NORM} for every method but full; null = no bound.",
+    )
+    max_weight_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Largest share of the aggregate one update may weigh (the excess is spread "
+        "over the others; with fewer than 1/share updates they weigh equally).",
+    )
+    max_abs_value: float | None = Field(
+        default=1e4,
+        gt=0,
+        description="Uploads holding a value of larger magnitude are refused; null = no bound.",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Strategy options.")
 
@@ -182,6 +201,24 @@ class FederationSpec(_Strict):
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
     transport: TransportSpec = Field(default_factory=TransportSpec)
     seed: int = Field(default=0, ge=0, description="Seed for every random initialisation.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_clip_norm(cls, data: Any) -> Any:
+        """Lightweight methods get `DEFAULT_CLIP_NORM` unless the spec sets clip_norm (even null)."""
+        if not isinstance(data, dict):
+            return data
+        method, aggregation = data.get("method"), data.get("aggregation", {})
+        name = method.get("name") if isinstance(method, dict) else getattr(method, "name", None)
+        if name in (None, "full"):
+            return data
+        if isinstance(aggregation, AggregationSpec):
+            if "clip_norm" in aggregation.model_fields_set:
+                return data
+            aggregation = aggregation.model_dump(exclude_unset=True)
+        if isinstance(aggregation, dict) and "clip_norm" not in aggregation:
+            return {**data, "aggregation": {**aggregation, "clip_norm": DEFAULT_CLIP_NORM}}
+        return data
 
     @model_validator(mode="after")
     def _method_fits_model(self) -> FederationSpec:

@@ -200,7 +200,33 @@ def _weights(num_examples: Sequence[int], spec: AggregationSpec) -> list[float]:
     total = sum(num_examples)
     if total <= 0 or any(n < 0 for n in num_examples):
         raise ValueError("weighting by num_examples needs positive example counts")
-    return [n / total for n in num_examples]
+    return cap_shares([n / total for n in num_examples], spec.max_weight_share)
+
+
+def cap_shares(weights: Sequence[float], cap: float) -> list[float]:
+    """Normalised weights with none above `cap`, the excess spread pro rata over the rest.
+
+    Water-filling: weights at the cap are fixed there and the remaining mass is
+    shared among the others in proportion to their own weights, until none
+    exceeds it. With fewer than 1/cap updates no cap can hold, so the cap
+    becomes 1/n (equal weights): one member never outweighs the others.
+    """
+    n = len(weights)
+    cap = max(cap, 1.0 / n)
+    out = list(weights)
+    capped: set[int] = set()
+    while True:
+        over = {i for i in range(n) if i not in capped and out[i] > cap}
+        if not over:
+            return out
+        capped |= over
+        free = [i for i in range(n) if i not in capped]
+        left = 1.0 - cap * len(capped)
+        mass = sum(weights[i] for i in free)
+        for i in capped:
+            out[i] = cap
+        for i in free:
+            out[i] = left * weights[i] / mass if mass > 0 else left / len(free)
 
 
 def aggregate(

@@ -16,6 +16,7 @@ from aggregator_service.services.federations import federation_row
 from aggregator_service.storage.tables import (
     INT_MAX,
     clients,
+    exclusions,
     federations,
     rounds,
     state_versions,
@@ -114,6 +115,12 @@ def list_rounds(core: Core, fid: str) -> list[RoundRecord]:
             .where(updates.c.federation_id == fid)
             .order_by(updates.c.round, updates.c.client_id)
         ).all()
+        excluded_rows = conn.execute(
+            select(exclusions).where(exclusions.c.federation_id == fid)
+        ).all()
+    excluded: dict[int, dict[str, str]] = defaultdict(dict)
+    for e in sorted(excluded_rows, key=lambda e: (e.round, e.client_id)):
+        excluded[e.round][e.client_id] = e.reason
     by_round: dict[int, list[ParticipantRecord]] = defaultdict(list)
     for u in update_rows:
         by_round[u.round].append(
@@ -142,6 +149,7 @@ def list_rounds(core: Core, fid: str) -> list[RoundRecord]:
             aggregation_started_at=_ts(r.aggregation_started_at),
             closed_at=_ts(r.closed_at),
             aggregation_seconds=r.aggregation_seconds,
+            excluded=excluded[r.number],
         )
         for r in round_rows
     ]

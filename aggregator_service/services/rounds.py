@@ -11,19 +11,31 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
+import torch
 from sqlalchemy import ColumnElement, Connection, false, insert, select, update
 
 from aggregator_service.aggregation import UpdateInput, aggregate
+from aggregator_service.aggregation.base import AggregationResult, Contributions
+from aggregator_service.aggregation.deltas import BlobDeltas
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.federations import federation_row, store_state
-from aggregator_service.storage.tables import INT_MAX, federations, rounds, state_versions, updates
+from aggregator_service.storage.tables import (
+    INT_MAX,
+    exclusions,
+    federations,
+    rounds,
+    state_versions,
+    updates,
+)
 from shared.api import RoundStatus
 from shared.blobs import read_state
-from shared.spec import FederationSpec
+from shared.spec import AggregationSpec, FederationSpec
 
 __all__ = [
+    "aggregate_finite",
     "aggregate_round",
     "current_revision",
     "due_rounds",
@@ -215,17 +227,79 @@ def aggregate_round(core: Core, fid: str, number: int) -> bool:
     global_state = read_state(core.blobs.path(rnd.base_version))
     server_state = read_state(core.blobs.path(server_digest)) if server_digest else {}
     inputs = [UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples) for u in ups]
-    result = aggregate(global_state, inputs, spec.aggregation, server_state)
+    result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state)
+    if result is None:
+        log.error(
+            "federation %s round %d: no subset of its %d updates aggregates to a finite state; "
+            "nothing published, the round reopens",
+            fid,
+            number,
+            len(inputs),
+        )
+        _reopen(core, fid, number)
+        return False
+    for cid, why in excluded.items():
+        log.warning("federation %s round %d: update of %s excluded: %s", fid, number, cid, why)
     digest = store_state(core, result.state)
     new_server = store_state(core, result.server_state) if result.server_state else None
     seconds = time.perf_counter() - started
-    if not _close(core, spec, fid, number, digest, new_server, seconds):
+    if not _close(core, spec, fid, number, digest, new_server, seconds, excluded):
         return False
     core.metrics.rounds_aggregated.inc()
     core.metrics.aggregation_seconds.observe(seconds)
     log.info("federation %s round %d closed -> %s (%.3fs)", fid, number, digest[:12], seconds)
     core.notifier.notify(fid)
     return True
+
+
+def aggregate_finite(
+    global_state: Mapping[str, torch.Tensor],
+    inputs: Sequence[UpdateInput],
+    spec: AggregationSpec,
+    server_state: Mapping[str, torch.Tensor],
+) -> tuple[AggregationResult | None, dict[str, str]]:
+    """Aggregate, never to a non-finite state: (result or None, excluded client id -> why).
+
+    When the new state or server state holds NaN/Inf, updates are left out one at a
+    time, largest L2 norm first, and the rest aggregated again, until the result is
+    finite. None when no update is left (nothing may be published).
+    """
+    left = list(inputs)
+    excluded: dict[str, str] = {}
+    norms: dict[str, float] | None = None
+    while left:
+        result = aggregate(global_state, left, spec, server_state)
+        if _finite(result):
+            return result, excluded
+        if norms is None:
+            contributions = Contributions(BlobDeltas(list(inputs)), spec)
+            norms = dict(zip(contributions.deltas.client_ids, contributions.norms(), strict=True))
+        worst = max(left, key=lambda u: (norms[u.client_id], u.client_id))
+        excluded[worst.client_id] = (
+            f"largest update norm ({norms[worst.client_id]:.3g}) while the aggregate was non-finite"
+        )
+        left.remove(worst)
+    return None, excluded
+
+
+def _finite(result: AggregationResult) -> bool:
+    tensors = [*result.state.values(), *result.server_state.values()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _reopen(core: Core, fid: str, number: int) -> None:
+    """aggregating -> open: the round waits for an operator (see the log), publishing nothing."""
+    with core.db.write() as conn:
+        conn.execute(
+            update(rounds)
+            .where(
+                rounds.c.federation_id == fid,
+                rounds.c.number == number,
+                rounds.c.status == "aggregating",
+            )
+            .values(status="open", aggregation_started_at=None, revision=rounds.c.revision + 1)
+        )
+    core.notifier.notify(fid)
 
 
 def _close(
@@ -236,6 +310,7 @@ def _close(
     digest: str,
     server_digest: str | None,
     seconds: float,
+    excluded: Mapping[str, str] | None = None,
 ) -> bool:
     """One transaction: close the round, record the version, open the next or complete."""
     t = now()
@@ -259,6 +334,12 @@ def _close(
                 federation_id=fid, round=number, digest=digest, server_state_digest=server_digest
             )
         )
+        for cid, why in sorted((excluded or {}).items()):
+            conn.execute(
+                insert(exclusions).values(
+                    federation_id=fid, round=number, client_id=cid, reason=why
+                )
+            )
         fed = update(federations).where(federations.c.id == fid)
         if number >= spec.rounds.total:
             conn.execute(fed.values(status="completed"))

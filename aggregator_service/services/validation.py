@@ -69,11 +69,13 @@ def _check_tensors(
             )
 
 
-def _check_finite(blob: Blob, names: list[str]) -> None:
-    """Refuse NaN/Inf, reading each tensor in 256 KiB slices (the file is never mapped).
+def _check_finite(blob: Blob, names: list[str], max_abs: float | None = None) -> None:
+    """Refuse NaN/Inf, and values beyond `max_abs` when set, in one pass of 256 KiB slices.
 
-    `x - x` is 0 for finite x and NaN for NaN or ±Inf; it is written into one
-    scratch buffer, so the check allocates nothing per slice.
+    Without a bound, `x - x` is 0 for finite x and NaN for NaN or ±Inf; with one,
+    `|x|`'s maximum is NaN, Inf or too large exactly when the slice is refused.
+    Either is written into one scratch buffer, so the check allocates nothing per
+    slice (the file is never mapped).
     """
     buf = page_buffer(_CHECK_CHUNK_BYTES)
     scratch = torch.frombuffer(page_buffer(_CHECK_CHUNK_BYTES), dtype=torch.uint8)
@@ -83,11 +85,29 @@ def _check_finite(blob: Blob, names: list[str]) -> None:
         try:
             for values in blob.slices(name, buf):
                 diff = scratch.view(values.dtype)[: values.numel()]
-                if bool(torch.sub(values, values, out=diff).any()):
-                    kind = "NaN" if bool(torch.isnan(values).any()) else "Inf"
-                    raise _invalid(f"tensor {name!r} contains {kind} values")
+                if max_abs is None:
+                    bad = bool(torch.sub(values, values, out=diff).any())
+                else:
+                    bad = (
+                        values.numel() > 0
+                        and not float(torch.abs(values, out=diff).max()) <= max_abs
+                    )
+                if bad:
+                    _refuse(name, values, max_abs)
         except BlobError as exc:
             raise _malformed(str(exc)) from None
+
+
+def _refuse(name: str, values: torch.Tensor, max_abs: float | None) -> None:
+    if bool(torch.isnan(values).any()):
+        raise _invalid(f"tensor {name!r} contains NaN values")
+    if bool(torch.isinf(values).any()):
+        raise _invalid(f"tensor {name!r} contains Inf values")
+    biggest = float(values.abs().max())
+    raise _invalid(
+        f"tensor {name!r} holds a value of magnitude {biggest:.3g}; this federation's "
+        f"aggregation.max_abs_value is {max_abs:g}"
+    )
 
 
 def validate_delta(
@@ -120,5 +140,5 @@ def validate_delta(
     if meta.round != number:
         raise _invalid(f"metadata 'round' is {meta.round} but the URL names round {number}")
     _check_tensors(blob.header, manifest, spec.transport.dtype)
-    _check_finite(blob, sorted(manifest))
+    _check_finite(blob, sorted(manifest), spec.aggregation.max_abs_value)
     return meta

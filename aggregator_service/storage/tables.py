@@ -102,6 +102,17 @@ updates = Table(
     UniqueConstraint("federation_id", "round", "client_id", name="uq_update_per_client_round"),
 )
 
+# Updates a round's aggregation left out, and why (a non-finite aggregate: services/rounds.py).
+# A table of its own, so databases created before it gain it through create_all.
+exclusions = Table(
+    "exclusions",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("client_id", String(32), ForeignKey("clients.id"), primary_key=True),
+    Column("reason", Text, nullable=False),
+)
+
 # Global state after each round (0 = initial) and the strategy's server state beside it.
 state_versions = Table(
     "state_versions",

@@ -18,8 +18,17 @@ def _random_fill(seed: int) -> Fill:
     return fill
 
 
-def test_quorum_of_three_gives_old_plus_example_weighted_mean(federation, delta):
-    fed = federation(clients=3, quorum=3, min_updates=2, total=2)
+def _unbounded(**rounds: object) -> dict:
+    """The tiny spec with the weight cap and the default clip off: plain example weighting."""
+    from tests.aggregator_service.conftest import tiny_spec
+
+    spec = tiny_spec(**rounds)
+    spec["aggregation"] = {"max_weight_share": 1.0, "clip_norm": None}
+    return spec
+
+
+def test_quorum_of_three_gives_old_plus_example_weighted_mean(start_app, new_federation, delta):
+    fed = new_federation(start_app(), _unbounded(quorum=3, min_updates=2, total=2), 3)
     base = fed.info.global_version
     old = fed.state()
     examples = {cid: n for cid, n in zip(sorted(fed.keys), (10, 30, 60), strict=True)}
@@ -114,12 +123,12 @@ def test_update_while_the_round_aggregates_is_refused_with_the_round(
     assert fed.wait_round(2)["round"] == 2
 
 
-def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, federation, delta):
+def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, new_federation, delta):
     from sqlalchemy import select, update
 
     from aggregator_service.storage.tables import rounds, state_versions
 
-    fed = federation(clients=3, quorum=3, min_updates=2, total=2)
+    fed = new_federation(start_app(), _unbounded(quorum=3, min_updates=2, total=2), 3)
     c0, c1, _ = sorted(fed.keys)
     base = fed.info.global_version
     old = fed.state()

@@ -25,7 +25,7 @@ def test_unknown_strategy_names_the_known_ones():
 def test_weights_follow_examples_or_are_uniform(make_update, deltas):
     updates = [make_update("b", {"w": [0.0]}, 30), make_update("a", {"w": [0.0]}, 10)]
 
-    by_examples = Contributions(deltas(updates), AggregationSpec())
+    by_examples = Contributions(deltas(updates), AggregationSpec(max_weight_share=1.0))
     assert list(by_examples.deltas.client_ids) == ["a", "b"]
     assert by_examples.weights == [0.25, 0.75]
     assert Contributions(deltas(updates), AggregationSpec(weighting="uniform")).weights == [

@@ -16,7 +16,7 @@ def test_fedavg_weights_deltas_by_examples(make_update, deltas):
     ]
     old = {"w": torch.tensor([10.0, 0.0]), "b": torch.tensor([-1.0])}
 
-    result = get_strategy("fedavg")(old, deltas(updates), AggregationSpec(), {})
+    result = get_strategy("fedavg")(old, deltas(updates), AggregationSpec(max_weight_share=1), {})
 
     # w: 0.25 * [1, 2] + 0.75 * [3, 6] = [2.5, 5]; b: 0.25 * 4 = 1
     assert torch.equal(result.state["w"], torch.tensor([12.5, 5.0]))

@@ -27,9 +27,11 @@ POSITIONS = {
 BAD = {"nan": (float("nan"), "NaN"), "inf": (float("inf"), "Inf"), "-inf": (float("-inf"), "Inf")}
 
 
-def _spec(dtype: str) -> FederationSpec:
+def _spec(dtype: str, max_abs_value: float | None = None) -> FederationSpec:
+    """The tiny spec in `dtype`, without a magnitude bound unless one is given."""
     raw = yaml.safe_load((EXAMPLES / "tiny-clip-bias.yaml").read_text())
     raw["transport"] = {"dtype": dtype}
+    raw["aggregation"] = {**raw.get("aggregation", {}), "max_abs_value": max_abs_value}
     return parse_spec(raw)
 
 
@@ -82,3 +84,36 @@ def test_finite_extremes_across_slices_pass(tmp_path, dtype):
     meta = _check(_delta(tmp_path, tensors), tensors, dtype)
 
     assert (meta.federation, meta.round, meta.num_examples) == ("fed_v", 1, 3)
+
+
+@pytest.mark.parametrize("value", [2.0e4, -3.0e38])
+def test_a_value_beyond_max_abs_value_is_refused_naming_the_tensor(tmp_path, value):
+    tensors = _tensors(torch.float32)
+    tensors["b"][SLICE // 4 + 17] = value
+
+    with pytest.raises(Invalid) as refused:
+        validate_delta(
+            _delta(tmp_path, tensors),
+            _spec("float32", max_abs_value=1e4),
+            {k: TensorInfo(shape=list(t.shape), dtype="float32") for k, t in tensors.items()},
+            "fed_v",
+            1,
+            10**6,
+        )
+
+    assert refused.value.error == "invalid_update"
+    assert str(refused.value).startswith("tensor 'b' holds a value of magnitude")
+    assert "max_abs_value is 10000" in str(refused.value)
+
+
+def test_values_within_max_abs_value_pass(tmp_path):
+    tensors = _tensors(torch.float32)
+    tensors["b"][3] = -1e4
+    manifest = {k: TensorInfo(shape=list(t.shape), dtype="float32") for k, t in tensors.items()}
+    spec = _spec("float32", max_abs_value=1e4)
+    assert validate_delta(_delta(tmp_path, tensors), spec, manifest, "fed_v", 1, 10**6).round == 1
+
+
+def test_the_default_spec_bounds_magnitudes():
+    raw = yaml.safe_load((EXAMPLES / "tiny-clip-bias.yaml").read_text())
+    assert parse_spec(raw).aggregation.max_abs_value == 1e4
