@@ -27,7 +27,8 @@ class CliError(Exception):
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     fields = (
         *("host", "port", "data_dir", "database_url", "ssl_certfile", "ssl_keyfile"),
-        *("admin_token_file", "max_upload_mb"),
+        *("admin_token_file", "max_upload_mb", "max_json_kb", "max_header_kb"),
+        *("header_timeout_s", "keep_alive_s", "limit_concurrency", "max_connections"),
     )
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     try:
@@ -39,6 +40,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from aggregator_service.api.connections import guarded_h11
     from aggregator_service.main import create_app
 
     settings = _settings(args)
@@ -59,6 +61,10 @@ def _serve(args: argparse.Namespace) -> None:
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        http=guarded_h11(settings.header_timeout_s, settings.max_connections),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        limit_concurrency=settings.limit_concurrency,
     )
     uvicorn.Server(config).run()
 
@@ -135,6 +141,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ssl-keyfile", type=Path)
     s.add_argument("--admin-token-file", type=Path)
     s.add_argument("--max-upload-mb", type=float)
+    s.add_argument("--max-json-kb", type=float, help="largest JSON body (default 64)")
+    s.add_argument("--max-header-kb", type=float, help="largest request headers (default 16)")
+    s.add_argument("--header-timeout-s", type=float, help="header read timeout (default 10)")
+    s.add_argument("--keep-alive-s", type=float, help="idle keep-alive timeout (default 5)")
+    s.add_argument("--limit-concurrency", type=int, help="503 past this (default 1000)")
+    s.add_argument("--max-connections", type=int, help="close connections past this (2000)")
     s.set_defaults(run=_serve)
 
     c = sub.add_parser("create-federation", help="create a federation offline from a spec file")

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from aggregator_service.api.errors import RejectNul, install_error_handlers
+from aggregator_service.api.limits import BodyGuard
 from aggregator_service.api.routes import clients, federations, health, rounds, states
 from aggregator_service.metrics import Metrics
 from aggregator_service.services.context import Core, hash_token
@@ -63,6 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.core = core
     app.state.runner = runner
     install_error_handlers(app)
+    app.add_middleware(
+        BodyGuard,
+        core=core,
+        max_json_bytes=settings.max_json_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
     app.add_middleware(RejectNul)
     for module in (federations, clients, rounds, states, health):
         app.include_router(module.router)

@@ -52,11 +52,37 @@ class Settings(BaseSettings):
     poll_recheck_s: float = Field(
         default=0.3, gt=0, description="Long-poll database re-check interval (cross-process)."
     )
+    max_json_kb: float = Field(
+        default=64, gt=0, description="Largest JSON request body (the update upload aside)."
+    )
+    max_header_kb: float = Field(
+        default=16, gt=0, description="Largest request line plus headers (431 past it)."
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A request's line and headers must arrive within this."
+    )
+    keep_alive_s: float = Field(
+        default=5.0, gt=0, description="An idle kept-alive connection is closed after this."
+    )
+    limit_concurrency: int = Field(
+        default=1000, ge=1, description="Connections plus running requests past this answer 503."
+    )
+    max_connections: int = Field(
+        default=2000, ge=1, description="Connections past this are closed as they open."
+    )
     log_level: str = Field(default="info", description="uvicorn log level.")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_json_bytes(self) -> int:
+        return int(self.max_json_kb * 1024)
+
+    @property
+    def max_header_bytes(self) -> int:
+        return int(self.max_header_kb * 1024)
 
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'fedtune.db'}"

@@ -67,6 +67,8 @@ def test_methods_json_lists_reports(capsys):
             "no such file",
         ),
         (["serve", "--data-dir", "{tmp}", "--port", "99999"], "port"),
+        (["serve", "--data-dir", "{tmp}", "--max-json-kb", "0"], "max_json_kb"),
+        (["serve", "--data-dir", "{tmp}", "--header-timeout-s", "-1"], "header_timeout_s"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_with_status_2(tmp_path, capsys, argv, fragment):

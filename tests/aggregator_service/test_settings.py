@@ -21,6 +21,12 @@ from aggregator_service.settings import Settings, resolve_admin_token
             "postgresql+psycopg://db/fedtune",
         ),
         ("FEDTUNE_DATA_DIR", "/srv/fedtune", "data_dir", Path("/srv/fedtune")),
+        ("FEDTUNE_MAX_JSON_KB", "32", "max_json_bytes", 32 * 1024),
+        ("FEDTUNE_MAX_HEADER_KB", "8", "max_header_bytes", 8 * 1024),
+        ("FEDTUNE_HEADER_TIMEOUT_S", "2.5", "header_timeout_s", 2.5),
+        ("FEDTUNE_KEEP_ALIVE_S", "3", "keep_alive_s", 3.0),
+        ("FEDTUNE_LIMIT_CONCURRENCY", "50", "limit_concurrency", 50),
+        ("FEDTUNE_MAX_CONNECTIONS", "80", "max_connections", 80),
     ],
 )
 def test_environment_sets_each_field(monkeypatch, var, value, field, expected):
