@@ -1,7 +1,13 @@
 # The FedTune aggregator image. The service holds no GPU work: it builds the
 # initial state once per federation and averages deltas, so the CPU wheels of
 # torch are enough and keep the image small.
-FROM python:3.11-slim AS base
+#
+# Base image pinned by digest, so a rebuild cannot pick up a different image
+# under the same tag. Override with --build-arg PYTHON_IMAGE=... to test a newer one.
+# pin: replace with the digest you verified
+# (`docker buildx imagetools inspect python:3.11-slim`, the index digest).
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:REPLACE_WITH_THE_DIGEST_YOU_VERIFIED
+FROM ${PYTHON_IMAGE} AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -10,18 +16,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     FEDTUNE_PORT=8443 \
     FEDTUNE_DATA_DIR=/var/lib/fedtune
 
-RUN groupadd --system fedtune && useradd --system --gid fedtune --home /var/lib/fedtune fedtune \
-    && mkdir -p /var/lib/fedtune && chown fedtune:fedtune /var/lib/fedtune
+# A fixed numeric uid/gid: Kubernetes' runAsNonRoot can only check a numeric USER, and
+# deploy/kubernetes/aggregator.yaml sets the same runAsUser/runAsGroup/fsGroup.
+ARG FEDTUNE_UID=10001
+RUN groupadd --system --gid ${FEDTUNE_UID} fedtune \
+    && useradd --system --uid ${FEDTUNE_UID} --gid fedtune --home /var/lib/fedtune \
+       --shell /usr/sbin/nologin fedtune \
+    && mkdir -p /var/lib/fedtune && chown fedtune:fedtune /var/lib/fedtune \
+    && chmod 0700 /var/lib/fedtune
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY aggregator_service ./aggregator_service
 COPY client_sdk ./client_sdk
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch<=2.14.1" "torchvision<=0.29.1" \
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.6,<=2.14.1" "torchvision<=0.29.1" \
     && pip install ".[postgres]"
 
-USER fedtune
+USER 10001:10001
 VOLUME ["/var/lib/fedtune"]
 EXPOSE 8443
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +25,12 @@ from client_sdk._exceptions import (
     FedTuneError,
 )
 from client_sdk.credentials import Credentials
+from client_sdk.workdir import safe_id
 
 __all__ = ["main"]
 
 PROG = "fedtune-client"
+ENV_ENROLLMENT_TOKEN = "FEDTUNE_ENROLLMENT_TOKEN"
 log = logging.getLogger("client_sdk")
 
 
@@ -84,7 +87,18 @@ def _parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser("register", help="join a federation with an enrollment token")
     common(reg, server_required=True)
-    reg.add_argument("--enrollment-token", required=True, help="fte_… token from the operator")
+    token = reg.add_mutually_exclusive_group()
+    token.add_argument(
+        "--enrollment-token-file",
+        default=None,
+        metavar="PATH",
+        help=f"read the fte_… token from PATH, or from stdin with `-` (or set ${ENV_ENROLLMENT_TOKEN})",
+    )
+    token.add_argument(
+        "--enrollment-token",
+        default=None,
+        help="the token itself (visible in `ps` and shell history; prefer --enrollment-token-file)",
+    )
     reg.add_argument("--name", required=True, help="this organisation's name")
     reg.add_argument("--force", action="store_true", help="overwrite existing credentials")
 
@@ -130,14 +144,42 @@ def _client(
     )
 
 
+def _enrollment_token(args: argparse.Namespace) -> str:
+    """The token from --enrollment-token-file (`-` is stdin), the environment, or the flag."""
+    if args.enrollment_token is not None:
+        print(
+            f"{PROG}: warning: --enrollment-token is visible to other users in `ps` and in shell "
+            f"history; use --enrollment-token-file or ${ENV_ENROLLMENT_TOKEN}",
+            file=sys.stderr,
+        )
+        token, source = args.enrollment_token, "--enrollment-token"
+    elif args.enrollment_token_file == "-":
+        token, source = sys.stdin.readline(), "stdin"
+    elif args.enrollment_token_file is not None:
+        token = Path(args.enrollment_token_file).read_text(encoding="utf-8")
+        source = args.enrollment_token_file
+    elif os.environ.get(ENV_ENROLLMENT_TOKEN):
+        token, source = os.environ[ENV_ENROLLMENT_TOKEN], f"${ENV_ENROLLMENT_TOKEN}"
+    else:
+        raise FedTuneError(
+            f"no enrollment token: pass --enrollment-token-file PATH (or `-` for stdin), "
+            f"or set ${ENV_ENROLLMENT_TOKEN}"
+        )
+    token = token.strip()
+    if not token:
+        raise FedTuneError(f"the enrollment token from {source} is empty")
+    return token
+
+
 def _register(args: argparse.Namespace) -> int:
     path = args.credentials or creds_mod.default_credentials_path()
     if path.exists() and not args.force:
         raise FedTuneError(
             f"credentials already exist at {path}; pass --credentials NEW_FILE or --force"
         )
+    token = _enrollment_token(args)
     with _client(args, args.server, None, None) as client:
-        reg = client.register_client(args.enrollment_token, args.name)
+        reg = client.register_client(token, args.name)
     ca = str(args.ca_cert.resolve()) if args.ca_cert else None
     creds = Credentials(
         server=client.base_url,
@@ -163,7 +205,7 @@ def _train(args: argparse.Namespace) -> int:
     options = ParticipateOptions(
         federation_id=creds.federation_id,
         data=args.data,
-        work_dir=args.work_dir or Path(".fedtune") / creds.client_id,
+        work_dir=args.work_dir or Path(".fedtune") / safe_id(creds.client_id, "client id"),
         device=args.device,
         val_fraction=args.val_fraction,
         progress=not args.quiet,

@@ -17,6 +17,7 @@ written-but-unacknowledged delta unchanged.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,13 +25,28 @@ from typing import Literal
 from client_sdk._exceptions import FedTuneError
 from shared.blobs import atomic_write_bytes
 
-__all__ = ["JournalEntry", "WorkDir", "WorkDirError"]
+__all__ = ["JournalEntry", "WorkDir", "WorkDirError", "safe_id"]
 
 EntryStatus = Literal["written", "uploaded", "abandoned"]
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 class WorkDirError(FedTuneError):
     """A work dir that belongs to another client or cannot be used."""
+
+
+def _checked(value: str, pattern: re.Pattern[str], what: str) -> str:
+    """Refuse a server-sent value that is not a plain name before it becomes part of a path."""
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise WorkDirError(f"refusing {what} {value!r} from the server: not a plain safe name")
+    return value
+
+
+def safe_id(value: str, what: str = "id") -> str:
+    """`value` if it is a client or federation id safe as one path component."""
+    return _checked(value, _NAME, what)
 
 
 @dataclass
@@ -45,8 +61,8 @@ class JournalEntry:
 class WorkDir:
     def __init__(self, root: str | Path, federation_id: str, client_id: str) -> None:
         self.root = Path(root)
-        self.federation_id = federation_id
-        self.client_id = client_id
+        self.federation_id = safe_id(federation_id, "federation id")
+        self.client_id = safe_id(client_id, "client id")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -99,10 +115,11 @@ class WorkDir:
                 self.delta_path(r).unlink(missing_ok=True)
 
     def state_path(self, sha256: str) -> Path:
-        return self.root / "state" / f"{sha256}.safetensors"
+        return self.root / "state" / f"{_checked(sha256, _DIGEST, 'global version')}.safetensors"
 
     def base_path(self, fingerprint: str) -> Path:
-        return self.root / "base" / f"{fingerprint}.safetensors"
+        digest = _checked(fingerprint, _DIGEST, "base fingerprint")
+        return self.root / "base" / f"{digest}.safetensors"
 
     @property
     def final_dir(self) -> Path:

@@ -8,9 +8,9 @@ into them. No FastAPI or httpx here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.spec import FederationSpec
 
@@ -29,6 +29,8 @@ __all__ = [
     "RoundRecord",
     "RoundState",
     "RoundStatus",
+    "SafeId",
+    "Sha256Hex",
     "TensorInfo",
     "UpdateReceipt",
 ]
@@ -37,6 +39,12 @@ API_PREFIX = "/v1"
 
 RoundState = Literal["open", "aggregating", "closed"]
 FederationStatus = Literal["running", "completed"]
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""A lowercase sha256 hex digest: global versions, fingerprints, blob digests."""
+
+SafeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+"""A client or federation id: a plain name, safe as one path component."""
 
 _SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
@@ -64,14 +72,14 @@ class ErrorBody(_Model):
 
 
 class FederationInfo(_Model):
-    id: str = Field(description="Federation id.", examples=["fed_3k9x2m"])
+    id: SafeId = Field(description="Federation id.", examples=["fed_3k9x2m"])
     name: str = Field(examples=["cifar10-clip-bias"])
     spec: FederationSpec
     status: FederationStatus = Field(examples=["running"])
     current_round: int = Field(
         description="Round now open (or the last one when completed).", examples=[1]
     )
-    global_version: str = Field(
+    global_version: Sha256Hex = Field(
         description="sha256 of the current global trainable state.", examples=[_SHA]
     )
     manifest: dict[str, TensorInfo] = Field(
@@ -85,7 +93,7 @@ class FederationInfo(_Model):
             }
         ],
     )
-    base_fingerprint: str = Field(
+    base_fingerprint: Sha256Hex = Field(
         description="sha256 over the frozen tensors in name order.", examples=[_SHA]
     )
     base_available: bool = Field(
@@ -113,7 +121,7 @@ class EnrollmentToken(_Model):
     token: str = Field(
         description="Give this to one organisation; shown once.", examples=["fte_Zx81..."]
     )
-    federation_id: str = Field(examples=["fed_3k9x2m"])
+    federation_id: SafeId = Field(examples=["fed_3k9x2m"])
     uses: int = Field(examples=[1])
     expires_at: datetime
 
@@ -129,30 +137,30 @@ class ClientRegistration(_Model):
 
 
 class ClientRegistered(_Model):
-    client_id: str = Field(examples=["cli_7h2k"])
+    client_id: SafeId = Field(examples=["cli_7h2k"])
     api_key: str = Field(
         description="Bearer token for this client; shown only once.", examples=["ftk_..."]
     )
-    federation_id: str = Field(examples=["fed_3k9x2m"])
+    federation_id: SafeId = Field(examples=["fed_3k9x2m"])
     name: str = Field(examples=["st-marys-hospital"])
 
 
 class ClientInfo(_Model):
-    client_id: str = Field(examples=["cli_7h2k"])
+    client_id: SafeId = Field(examples=["cli_7h2k"])
     name: str = Field(examples=["st-marys-hospital"])
-    federation_id: str = Field(examples=["fed_3k9x2m"])
+    federation_id: SafeId = Field(examples=["fed_3k9x2m"])
     created_at: datetime
     revoked: bool = Field(examples=[False])
     updates: int = Field(default=0, description="Updates accepted from this client.", examples=[12])
 
 
 class RoundStatus(_Model):
-    federation_id: str = Field(examples=["fed_3k9x2m"])
+    federation_id: SafeId = Field(examples=["fed_3k9x2m"])
     federation_status: FederationStatus = Field(examples=["running"])
     round: int = Field(description="Current round number, 1-based.", examples=[3])
     total_rounds: int = Field(examples=[50])
     status: RoundState = Field(examples=["open"])
-    global_version: str = Field(
+    global_version: Sha256Hex = Field(
         description="sha256 of the state this round trains from.", examples=[_SHA]
     )
     quorum: int = Field(examples=[3])
@@ -170,10 +178,10 @@ class RoundStatus(_Model):
 
 
 class UpdateReceipt(_Model):
-    federation_id: str = Field(examples=["fed_3k9x2m"])
+    federation_id: SafeId = Field(examples=["fed_3k9x2m"])
     round: int = Field(examples=[3])
-    client_id: str = Field(examples=["cli_7h2k"])
-    sha256: str = Field(examples=[_SHA])
+    client_id: SafeId = Field(examples=["cli_7h2k"])
+    sha256: Sha256Hex = Field(examples=[_SHA])
     bytes: int = Field(examples=[411648])
     num_examples: int = Field(examples=[5000])
     duplicate: bool = Field(
@@ -185,11 +193,11 @@ class UpdateReceipt(_Model):
 
 
 class ParticipantRecord(_Model):
-    client_id: str = Field(examples=["cli_7h2k"])
+    client_id: SafeId = Field(examples=["cli_7h2k"])
     name: str = Field(examples=["st-marys-hospital"])
     num_examples: int = Field(examples=[5000])
     bytes: int = Field(examples=[411648])
-    sha256: str = Field(examples=[_SHA])
+    sha256: Sha256Hex = Field(examples=[_SHA])
     metrics: dict[str, float] = Field(examples=[{"train_loss": 0.41, "val_accuracy": 0.87}])
     received_at: datetime
 
@@ -197,8 +205,10 @@ class ParticipantRecord(_Model):
 class RoundRecord(_Model):
     round: int = Field(examples=[3])
     status: RoundState = Field(examples=["closed"])
-    base_version: str = Field(description="Global version the round trained from.", examples=[_SHA])
-    result_version: str | None = Field(
+    base_version: Sha256Hex = Field(
+        description="Global version the round trained from.", examples=[_SHA]
+    )
+    result_version: Sha256Hex | None = Field(
         description="Global version it produced, once closed.", examples=[_SHA]
     )
     participants: list[ParticipantRecord]

@@ -4,6 +4,9 @@ Everything the service keeps in bulk (global states, bases, client deltas,
 strategy server states) is a safetensors file named by its sha256. Temp files
 carry the writer's host and pid so start-up cleans only the leftovers of dead
 processes, never those of a live replica sharing the directory.
+
+Directories are created 0700 and files 0600 whatever the umask: the blobs are
+the federation's model states and every member's updates.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from pathlib import Path
 
 from shared.blobs import fsync_dir, sha256_file
 
-__all__ = ["LocalBlobStore"]
+__all__ = ["DIR_MODE", "FILE_MODE", "LocalBlobStore", "private_dir"]
+
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 # A replica on another host may still be writing its temp files; only old ones are dead.
@@ -32,8 +38,8 @@ class LocalBlobStore:
         self.root = root
         self.objects = root / "sha256"
         self.tmp = root / "tmp"
-        self.objects.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir(parents=True, exist_ok=True)
+        for directory in (root, self.objects, self.tmp):
+            private_dir(directory)
         self._tag = f"{socket.gethostname()}-{os.getpid()}"
 
     def path(self, digest: str) -> Path:
@@ -45,8 +51,17 @@ class LocalBlobStore:
         return self.path(digest).is_file()
 
     def new_temp(self) -> Path:
-        """A fresh temp path in the store's filesystem (the caller writes it)."""
-        return self.tmp / f"{self._tag}-{secrets.token_hex(8)}.tmp"
+        """A fresh, empty temp file (mode 0600) in the store's filesystem; the caller writes it.
+
+        Created here with O_EXCL, so a file or symlink planted at the name is refused, and
+        opening it again with "wb" truncates it but keeps its mode."""
+        tmp = self.tmp / f"{self._tag}-{secrets.token_hex(8)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
+        return tmp
 
     def commit_temp(self, tmp: Path, digest: str) -> bool:
         """fsync `tmp` and rename it to its digest; False when that blob already existed."""
@@ -55,8 +70,9 @@ class LocalBlobStore:
             tmp.unlink(missing_ok=True)
             return False
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(dest.parent)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
         return True
@@ -67,8 +83,7 @@ class LocalBlobStore:
             return digest
         tmp = self.new_temp()
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
+            tmp.write_bytes(data)
             self.commit_temp(tmp, digest)
         finally:
             tmp.unlink(missing_ok=True)
@@ -103,13 +118,21 @@ class LocalBlobStore:
         return removed
 
     def writable(self) -> bool:
-        probe = self.new_temp()
         try:
-            probe.write_bytes(b"")
-            probe.unlink()
+            self.new_temp().unlink()
             return True
         except OSError:
             return False
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) and make `path` itself 0700, whatever the umask."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != DIR_MODE:
+        path.chmod(DIR_MODE)
 
 
 def _alive(pid: int) -> bool:

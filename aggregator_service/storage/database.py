@@ -11,12 +11,17 @@ re-checks its WHERE against the committed row, so exactly one of several
 processes sees rowcount 1 (a stricter level would abort the loser with a
 serialisation error instead). Reads are READ ONLY at REPEATABLE READ: one
 snapshot for the whole block, as a SQLite read transaction sees.
+
+A SQLite file is created 0600 (SQLite gives its -wal and -shm files the same
+mode) in a directory created 0700, whatever the umask.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, text
@@ -31,6 +36,8 @@ _BUSY_TIMEOUT_S = 30
 _CONNECT_TIMEOUT_S = 10
 # Held while creating the schema, so processes starting together on one database take turns.
 _SCHEMA_LOCK_KEY = 0x66656474756E65  # "fedtune"
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
 
 
 def parse_database_url(url: str) -> URL:
@@ -63,6 +70,7 @@ class Database:
         parsed = parse_database_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
+            _create_private_sqlite_file(parsed.database)
             self._reader = _sqlite_engine(parsed, begin="BEGIN")
             self._writer = _sqlite_engine(parsed, begin="BEGIN IMMEDIATE")
         else:
@@ -119,6 +127,21 @@ def _postgres_engine(url: URL, isolation: str, readonly: bool) -> Engine:
         raise ValueError(
             "PostgreSQL needs the psycopg driver: pip install 'fedtune[postgres]'"
         ) from None
+
+
+def _create_private_sqlite_file(database: str | None) -> None:
+    """Create the database file 0600 (and a missing directory 0700) before SQLite opens it."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if not path.parent.exists():
+        path.parent.mkdir(mode=_DIR_MODE, parents=True)
+        path.parent.chmod(_DIR_MODE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), _FILE_MODE)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+    finally:
+        os.close(fd)
 
 
 def _sqlite_engine(url: URL, begin: str) -> Engine:
