@@ -2,11 +2,13 @@
 # initial state once per federation and averages deltas, so the CPU wheels of
 # torch are enough and keep the image small.
 #
-# Base image pinned by digest, so a rebuild cannot pick up a different image
-# under the same tag. Override with --build-arg PYTHON_IMAGE=... to test a newer one.
-# pin: replace with the digest you verified
-# (`docker buildx imagetools inspect python:3.11-slim`, the index digest).
-ARG PYTHON_IMAGE=python:3.11-slim@sha256:REPLACE_WITH_THE_DIGEST_YOU_VERIFIED
+# Pin the base image by digest for production builds, so a rebuild cannot pick up a
+# different image under the same tag: look the digest up once where a registry is
+# reachable (`docker buildx imagetools inspect python:3.11-slim`, the index digest) and
+# build with --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest>. The default is
+# the tag, so a plain `docker build` works; no digest is recorded here because none was
+# verified where this file was written.
+ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE} AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
