@@ -26,7 +26,8 @@ class CliError(Exception):
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     fields = (
-        *("host", "port", "data_dir", "database_url", "ssl_certfile", "ssl_keyfile"),
+        *("host", "port", "data_dir", "database_url", "database_url_file"),
+        *("ssl_certfile", "ssl_keyfile"),
         *("admin_token_file", "max_upload_mb", "max_json_kb", "max_header_kb"),
         *("header_timeout_s", "keep_alive_s", "limit_concurrency", "max_connections"),
     )
@@ -132,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     def data_args(sp: argparse.ArgumentParser, required: bool) -> None:
         sp.add_argument("--data-dir", type=Path, required=required, help="database and blobs")
         sp.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in data dir)")
+        sp.add_argument(
+            "--database-url-file", type=Path, help="file holding the SQLAlchemy URL (first line)"
+        )
 
     s = sub.add_parser("serve", help="run the aggregator service")
     s.add_argument("--host")

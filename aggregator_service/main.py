@@ -15,6 +15,7 @@ from aggregator_service.services.context import Core, hash_token
 from aggregator_service.services.runner import RoundRunner
 from aggregator_service.settings import Settings, resolve_admin_token
 from aggregator_service.storage import Database, LocalBlobStore
+from aggregator_service.storage.blobs import private_dir
 
 __all__ = ["build_core", "create_app"]
 
@@ -28,7 +29,7 @@ _DESCRIPTION = (
 
 def build_core(settings: Settings) -> Core:
     """Open (creating when missing) the data directory, database schema and blob store."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     db = Database(settings.sqlalchemy_url())
     db.create_schema()
     return Core(

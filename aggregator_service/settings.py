@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "resolve_admin_token"]
@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default SQLite (WAL) in data_dir."
+    )
+    database_url_file: Path | None = Field(
+        default=None,
+        description="File holding the SQLAlchemy URL (first line), so its password stays "
+        "out of the environment and the process list; database_url wins when both are set.",
     )
     ssl_certfile: Path | None = Field(default=None, description="TLS certificate chain (PEM).")
     ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM).")
@@ -86,6 +91,21 @@ class Settings(BaseSettings):
 
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'fedtune.db'}"
+
+    @model_validator(mode="after")
+    def _read_database_url_file(self) -> Settings:
+        if self.database_url or self.database_url_file is None:
+            return self
+        try:
+            lines = self.database_url_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read database_url_file {self.database_url_file}: {exc.strerror}"
+            ) from None
+        if not lines or not lines[0].strip():
+            raise ValueError(f"database_url_file {self.database_url_file} is empty")
+        self.database_url = lines[0].strip()
+        return self
 
 
 def resolve_admin_token(settings: Settings) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from aggregator_service.settings import Settings, resolve_admin_token
 
@@ -47,3 +48,30 @@ def test_admin_token_is_generated_once_with_private_mode(tmp_path):
 
     assert first == second and first.startswith("fta_")
     assert (tmp_path / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_database_url_can_come_from_a_file(tmp_path):
+    secret = tmp_path / "database-url"
+    secret.write_text("postgresql+psycopg://fedtune:s3cret@db:5432/fedtune\n")
+
+    settings = Settings(data_dir=tmp_path, database_url_file=secret)
+
+    assert settings.sqlalchemy_url() == "postgresql+psycopg://fedtune:s3cret@db:5432/fedtune"
+
+
+@pytest.mark.parametrize("content", [None, "", "\n"])
+def test_a_missing_or_empty_database_url_file_is_one_clear_error(tmp_path, content):
+    secret = tmp_path / "database-url"
+    if content is not None:
+        secret.write_text(content)
+
+    with pytest.raises(ValidationError, match="database_url_file"):
+        Settings(data_dir=tmp_path, database_url_file=secret)
+
+
+def test_the_data_directory_is_created_private(tmp_path):
+    from aggregator_service.main import build_core
+
+    build_core(Settings(data_dir=tmp_path / "data"))
+
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
