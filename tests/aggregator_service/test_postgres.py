@@ -103,7 +103,9 @@ def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
     pg_url, start_app, new_federation, spec_with, delta
 ):
     app = start_app(database_url=pg_url)
-    fed = new_federation(app, spec_with(quorum=3, min_updates=3, total=2), 3)
+    spec = spec_with(quorum=3, min_updates=3, total=2)
+    spec["aggregation"] = {"max_weight_share": 1.0, "clip_norm": None}  # plain example weights
+    fed = new_federation(app, spec, 3)
     cids = sorted(fed.keys)
     old = fed.state()
     examples = dict(zip(cids, (10, 30, 60), strict=True))
@@ -130,6 +132,7 @@ def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
         "updates": 3,
         "state_versions": 2,
         "idempotency_keys": 0,
+        "exclusions": 0,
     }
     assert [(r["number"], r["status"], r["received"]) for r in rows["rounds"]] == [
         (1, "closed", 3),
