@@ -32,6 +32,7 @@ __all__ = [
     "Strategy",
     "aggregate",
     "apply",
+    "delta_norms",
     "get_strategy",
     "register_strategy",
 ]
@@ -125,15 +126,8 @@ class Contributions:
         return t
 
     def norms(self) -> list[float]:
-        """L2 norm of each whole delta, accumulated in float64 tensor by tensor."""
-        out = []
-        for i in range(len(self.deltas)):
-            sq = 0.0
-            for name in self.deltas.names(i):
-                t = self.deltas.tensor(i, name).to(torch.float64).reshape(-1)
-                sq += float(torch.dot(t, t))
-            out.append(math.sqrt(sq))
-        return out
+        """L2 norm of each whole delta (see `delta_norms`)."""
+        return delta_norms(self.deltas)
 
     def mean(self, name: str, like: torch.Tensor) -> torch.Tensor:
         """Σ_k w_k s_k Δ_k for tensor `name` as a new float32 tensor.
@@ -187,6 +181,18 @@ class Contributions:
                 if self.scales[i] != 1.0:
                     block[i].mul_(self.scales[i])
             yield slice(start, stop), block
+
+
+def delta_norms(deltas: Deltas) -> list[float]:
+    """L2 norm of each whole delta, in client-id order, accumulated in float64 tensor by tensor."""
+    out = []
+    for i in range(len(deltas)):
+        sq = 0.0
+        for name in deltas.names(i):
+            t = deltas.tensor(i, name).to(torch.float64).reshape(-1)
+            sq += float(torch.dot(t, t))
+        out.append(math.sqrt(sq))
+    return out
 
 
 def apply(old: torch.Tensor, step: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

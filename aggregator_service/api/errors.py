@@ -28,7 +28,13 @@ from aggregator_service.services.errors import (
 from shared.api import ErrorBody
 from shared.validation import format_validation_error
 
-__all__ = ["RejectNul", "error_responses", "install_error_handlers", "status_of"]
+__all__ = [
+    "RejectNul",
+    "error_response",
+    "error_responses",
+    "install_error_handlers",
+    "status_of",
+]
 
 log = logging.getLogger("fedtune.server")
 
@@ -69,7 +75,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 
-def _json(status: int, body: ErrorBody, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, body: ErrorBody, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """An `ErrorBody` as the JSON response every refusal of the API answers with."""
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
@@ -85,11 +94,11 @@ _HTTP_CODES = {
 def install_error_handlers(app: FastAPI) -> None:
     async def domain_error(_req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
-        return _json(status_of(exc), _body_of(exc))
+        return error_response(status_of(exc), _body_of(exc))
 
     async def validation_error(_req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _json(
+        return error_response(
             422,
             ErrorBody(
                 error="validation_error",
@@ -101,11 +110,13 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return _json(exc.status_code, ErrorBody(error=code, detail=detail), exc.headers)
+        return error_response(exc.status_code, ErrorBody(error=code, detail=detail), exc.headers)
 
     async def unexpected(_req: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return _json(500, ErrorBody(error="internal_error", detail="internal server error"))
+        return error_response(
+            500, ErrorBody(error="internal_error", detail="internal server error")
+        )
 
     app.add_exception_handler(DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -125,7 +136,7 @@ class RejectNul:
         if refusal is None:
             await self.app(scope, receive, send)
         else:
-            await _json(*refusal)(scope, receive, send)
+            await error_response(*refusal)(scope, receive, send)
 
 
 def _nul_refusal(scope: Scope) -> tuple[int, ErrorBody] | None:

@@ -20,7 +20,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aggregator_service.api.errors import status_of
+from aggregator_service.api.errors import error_response, status_of
 from aggregator_service.services.access import authenticate
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import DomainError
@@ -52,7 +52,7 @@ class BodyGuard:
         if _head_size(scope) > self.max_header_bytes:
             detail = f"request line and headers larger than {self.max_header_bytes} bytes"
             too_large = ErrorBody(error="headers_too_large", detail=detail)
-            await _refuse(431, too_large, {"Connection": "close"})(scope, receive, send)
+            await error_response(431, too_large, {"Connection": "close"})(scope, receive, send)
             return
         path: str = scope["path"]
         if scope["method"] in _NO_BODY or _UPLOAD.fullmatch(path):
@@ -62,7 +62,7 @@ class BodyGuard:
             refusal = await self._authenticate(scope)
             if refusal is not None:
                 # The body stays unread on the wire: the connection cannot be reused.
-                await _refuse(*refusal, {"Connection": "close"})(scope, receive, send)
+                await error_response(*refusal, {"Connection": "close"})(scope, receive, send)
                 return
         body = await self._read_bounded(scope, receive, send)
         if body is None:
@@ -112,13 +112,9 @@ def _head_size(scope: Scope) -> int:
     )
 
 
-def _refuse(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
-
-
 def _too_large(limit: int) -> JSONResponse:
     detail = f"request body larger than {limit} bytes"
-    return _refuse(
+    return error_response(
         413, ErrorBody(error="payload_too_large", detail=detail), {"Connection": "close"}
     )
 

@@ -18,7 +18,7 @@ import torch
 from sqlalchemy import ColumnElement, Connection, false, insert, select, update
 
 from aggregator_service.aggregation import UpdateInput, aggregate
-from aggregator_service.aggregation.base import AggregationResult, Contributions
+from aggregator_service.aggregation.base import AggregationResult, delta_norms
 from aggregator_service.aggregation.deltas import BlobDeltas
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.federations import federation_row, store_state
@@ -271,9 +271,9 @@ def aggregate_finite(
         result = aggregate(global_state, left, spec, server_state)
         if _finite(result):
             return result, excluded
-        if norms is None:
-            contributions = Contributions(BlobDeltas(list(inputs)), spec)
-            norms = dict(zip(contributions.deltas.client_ids, contributions.norms(), strict=True))
+        if norms is None:  # computed once, and only when a round goes wrong
+            deltas = BlobDeltas(inputs)
+            norms = dict(zip(deltas.client_ids, delta_norms(deltas), strict=True))
         worst = max(left, key=lambda u: (norms[u.client_id], u.client_id))
         excluded[worst.client_id] = (
             f"largest update norm ({norms[worst.client_id]:.3g}) while the aggregate was non-finite"
