@@ -30,6 +30,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         *("ssl_certfile", "ssl_keyfile"),
         *("admin_token_file", "max_upload_mb", "max_json_kb", "max_header_kb"),
         *("header_timeout_s", "keep_alive_s", "limit_concurrency", "max_connections"),
+        *("max_polls_per_client", "max_uploads_per_client", "insecure_http", "docs"),
+        *("metrics_token_file", "metrics_host", "metrics_port"),
     )
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     try:
@@ -151,6 +153,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-alive-s", type=float, help="idle keep-alive timeout (default 5)")
     s.add_argument("--limit-concurrency", type=int, help="503 past this (default 1000)")
     s.add_argument("--max-connections", type=int, help="close connections past this (2000)")
+    s.add_argument("--max-polls-per-client", type=int, help="concurrent long-polls per key (4)")
+    s.add_argument("--max-uploads-per-client", type=int, help="concurrent uploads per key (2)")
+    s.add_argument(
+        "--insecure-http",
+        action="store_true",
+        default=None,
+        help="allow plain HTTP on a non-loopback address (TLS terminated by a proxy)",
+    )
+    s.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve /docs and /openapi.json (default on)",
+    )
+    s.add_argument("--metrics-token-file", type=Path, help="bearer token for /metrics")
+    s.add_argument("--metrics-host", help="address of the separate metrics listener")
+    s.add_argument("--metrics-port", type=int, help="serve /metrics without a token here")
     s.set_defaults(run=_serve)
 
     c = sub.add_parser("create-federation", help="create a federation offline from a spec file")

@@ -75,6 +75,38 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         default=2000, ge=1, description="Connections past this are closed as they open."
     )
+    max_polls_per_client: int = Field(
+        default=4, ge=1, description="Concurrent long-polls one API key may hold (429 past it)."
+    )
+    max_uploads_per_client: int = Field(
+        default=2, ge=1, description="Concurrent uploads one API key may send (429 past it)."
+    )
+    busy_retry_after_s: int = Field(
+        default=2, ge=1, description="Retry-After (seconds) sent with a per-client 429."
+    )
+    insecure_http: bool = Field(
+        default=False,
+        description="Serve plain HTTP on a non-loopback address (behind a TLS-terminating proxy).",
+    )
+    docs: bool = Field(
+        default=True, description="Serve /docs (Swagger UI from local assets) and /openapi.json."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token for /metrics (the admin token works too)."
+    )
+    metrics_token_file: Path | None = Field(
+        default=None, description="File holding the /metrics bearer token (first line)."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address of the separate metrics listener."
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics without a token on this separate port (e.g. for a scraper "
+        "inside the cluster); unset: /metrics only on the main port, behind a token.",
+    )
     log_level: str = Field(default="info", description="uvicorn log level.")
 
     @property

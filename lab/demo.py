@@ -124,9 +124,9 @@ def _table(history: list[RoundRecord], accuracy: list[float], full_bytes: int) -
     ]
     for rec in history:
         loss = rec.metrics.get("train_loss")
-        per_org = rec.bytes_in // max(len(rec.participants), 1)
+        per_org = rec.bytes_in // max(rec.participant_count, 1)
         lines.append(
-            f"{rec.round:>5}  {len(rec.participants):>7}  "
+            f"{rec.round:>5}  {rec.participant_count:>7}  "
             f"{(f'{loss:.4f}' if loss is not None else '-'):>15}  "
             f"{accuracy[rec.round]:>12.3f}  {_kib(per_org):>12}  {_kib(full_bytes):>18}"
         )

@@ -211,7 +211,12 @@ class RoundRecord(_Model):
     result_version: Sha256Hex | None = Field(
         description="Global version it produced, once closed.", examples=[_SHA]
     )
-    participants: list[ParticipantRecord]
+    participants: list[ParticipantRecord] = Field(
+        description="Every participant for the admin; a client sees only its own entry."
+    )
+    participant_count: int = Field(
+        default=0, description="How many updates the round accepted.", examples=[3]
+    )
     bytes_in: int = Field(description="Update bytes accepted this round.", examples=[1234944])
     bytes_out: int = Field(
         description="State and base bytes served while the round was open.", examples=[822000]
@@ -228,7 +233,7 @@ class RoundRecord(_Model):
     excluded: dict[str, str] = Field(
         default_factory=dict,
         description="Updates left out of the aggregate (client id -> why): their values "
-        "made it non-finite.",
+        "made it non-finite. A client sees only its own entry.",
         examples=[{"c_3f9a": "largest update norm (3.4e+38) while the aggregate was non-finite"}],
     )
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
+from aggregator_service.services.access import Principal
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import Invalid, NotFound
 from aggregator_service.services.federations import federation_row
@@ -103,7 +104,9 @@ def _weighted_means(parts: list[ParticipantRecord]) -> dict[str, float]:
     return {k: sums[k] / weights[k] for k in sorted(sums) if weights[k] > 0}
 
 
-def list_rounds(core: Core, fid: str) -> list[RoundRecord]:
+def list_rounds(core: Core, fid: str, viewer: Principal) -> list[RoundRecord]:
+    """The round history. The admin sees every participant; a client sees the aggregates and
+    its own entry only, never the other members' names, hashes or metrics."""
     with core.db.read() as conn:
         federation_row(conn, fid)
         round_rows = conn.execute(
@@ -134,13 +137,20 @@ def list_rounds(core: Core, fid: str) -> list[RoundRecord]:
                 received_at=datetime.fromtimestamp(u.received_at, UTC),
             )
         )
+
+    def visible(entries: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in entries.items() if viewer.is_admin or k == viewer.client_id}
+
     return [
         RoundRecord(
             round=r.number,
             status=r.status,
             base_version=r.base_version,
             result_version=r.result_version,
-            participants=by_round[r.number],
+            participants=[
+                p for p in by_round[r.number] if viewer.is_admin or p.client_id == viewer.client_id
+            ],
+            participant_count=len(by_round[r.number]),
             bytes_in=r.bytes_in,
             bytes_out=r.bytes_out,
             metrics=_weighted_means(by_round[r.number]),
@@ -149,7 +159,7 @@ def list_rounds(core: Core, fid: str) -> list[RoundRecord]:
             aggregation_started_at=_ts(r.aggregation_started_at),
             closed_at=_ts(r.closed_at),
             aggregation_seconds=r.aggregation_seconds,
-            excluded=excluded[r.number],
+            excluded=visible(excluded[r.number]),
         )
         for r in round_rows
     ]

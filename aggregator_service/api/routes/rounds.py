@@ -51,12 +51,13 @@ async def current(
 @router.get(
     "",
     summary="Round history",
-    description="Participants, bytes in and out, example-weighted metrics and timings per round.",
+    description="Participants, bytes in and out, example-weighted metrics and timings per round. "
+    "A client sees the aggregates and its own participation; the admin sees every participant.",
     response_model=list[RoundRecord],
     responses=error_responses(401, 403, 404, 422),
 )
-def history(fid: str, core: CoreDep, _member: MemberDep) -> list[RoundRecord]:
-    return list_rounds(core, fid)
+def history(fid: str, core: CoreDep, member: MemberDep) -> list[RoundRecord]:
+    return list_rounds(core, fid, member)
 
 
 @router.put(
