@@ -31,7 +31,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         *("admin_token_file", "max_upload_mb", "max_json_kb", "max_header_kb"),
         *("header_timeout_s", "keep_alive_s", "limit_concurrency", "max_connections"),
         *("max_polls_per_client", "max_uploads_per_client", "insecure_http", "docs"),
-        *("metrics_token_file", "metrics_host", "metrics_port"),
+        *("metrics_token_file", "metrics_host", "metrics_port", "blob_url", "presign_downloads"),
     )
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     try:
@@ -138,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--database-url-file", type=Path, help="file holding the SQLAlchemy URL (first line)"
         )
+        sp.add_argument("--blob-url", help="s3://bucket/prefix (default: blobs in the data dir)")
 
     s = sub.add_parser("serve", help="run the aggregator service")
     s.add_argument("--host")
@@ -170,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-token-file", type=Path, help="bearer token for /metrics")
     s.add_argument("--metrics-host", help="address of the separate metrics listener")
     s.add_argument("--metrics-port", type=int, help="serve /metrics without a token here")
+    s.add_argument(
+        "--presign-downloads",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with an S3 store, redirect downloads to presigned URLs (default on)",
+    )
     s.set_defaults(run=_serve)
 
     c = sub.add_parser("create-federation", help="create a federation offline from a spec file")

@@ -107,6 +107,17 @@ class Settings(BaseSettings):
         description="Serve /metrics without a token on this separate port (e.g. for a scraper "
         "inside the cluster); unset: /metrics only on the main port, behind a token.",
     )
+    blob_url: str | None = Field(
+        default=None,
+        description="Where blobs live: unset for data_dir/blobs, or s3://bucket/prefix for an "
+        "S3-compatible store (endpoint, region and credentials from the standard AWS_* "
+        "environment variables).",
+    )
+    presign_downloads: bool = Field(
+        default=True,
+        description="With an S3 store, answer state and base downloads with a redirect to a "
+        "short-lived presigned URL instead of streaming them through the service.",
+    )
     log_level: str = Field(default="info", description="uvicorn log level.")
 
     @property
