@@ -3,11 +3,16 @@
 Labels always follow the federation's class order, whatever order folders or
 rows come in. Unreadable images are skipped and counted, never fatal; a folder
 or label that is not one of the spec's classes is an error that names it.
+
+Augmentation is reproducible: with an `augment_seed`, each sample's random
+transform draws from torch's RNG seeded by (that seed, the sample's index), so
+it depends neither on batch order nor on which DataLoader worker loads it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import random
 from collections import Counter
@@ -20,7 +25,14 @@ from PIL import Image, UnidentifiedImageError
 
 from client_sdk._exceptions import FedTuneError
 
-__all__ = ["DataError", "ImageDataset", "LocalData", "load_local_data", "split_train_val"]
+__all__ = [
+    "DataError",
+    "ImageDataset",
+    "LocalData",
+    "derive_seed",
+    "load_local_data",
+    "split_train_val",
+]
 
 log = logging.getLogger("client_sdk")
 
@@ -149,8 +161,23 @@ def split_train_val(
     return order[n_val:], order[:n_val]
 
 
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from the parts' text (sha256), the same on every machine and run."""
+    text = ":".join(["fedtune", *map(str, parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
 class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
-    """`(transform(image), label)` pairs, served from the decode cache when possible."""
+    """`(transform(image), label)` pairs, served from the decode cache when possible.
+
+    With `augment_seed` set, sample `i`'s transform runs with torch's CPU RNG
+    seeded from (augment_seed, i), its previous state restored after; the
+    trainer sets a new seed each epoch. Worker processes get the attribute with
+    the dataset when an epoch's iterator starts. Without it, the transform
+    draws from torch's global RNG as it stands.
+    """
+
+    augment_seed: int | None = None
 
     def __init__(
         self,
@@ -172,4 +199,8 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
             image = _decode(file)
             if image is None:
                 raise DataError(f"image {file} became unreadable during training")
-        return self.transform(image), label
+        if self.augment_seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.augment_seed, i))
+            return self.transform(image), label

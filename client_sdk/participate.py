@@ -3,6 +3,8 @@
 Every step is restart-safe through the work dir's journal (see `workdir`):
 an acknowledged round is never retrained, a written delta is re-sent unchanged,
 and a 409 (stale base, closed round) just moves on to the next round.
+Training is seeded by the spec's seed, the organisation's registered name and
+the round (see `training`), so a restarted client retrains a round exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class ParticipateOptions:
     val_fraction: float = 0.1
     progress: bool = True
     wait_s: int = C.MAX_WAIT_S // 2
+    # The organisation's registered name (its credentials' `name`): with the spec's seed and
+    # the round it seeds local training. The server's client id would differ between runs.
+    organisation: str = ""
 
 
 class Participant:
@@ -71,6 +76,7 @@ class Participant:
             data,
             device=device,
             val_fraction=options.val_fraction,
+            organisation=options.organisation,
             progress=options.progress,
         )
         self.states = StateStore(client, self.info, self.workdir)

@@ -3,14 +3,30 @@
 Only the method's trainable tensors are optimised; the delta is
 `local_trainable - global_trainable` in the spec's transport dtype, written
 atomically as safetensors with `DeltaMetadata`.
+
+Reproducible: every random draw of a round's training comes from generators
+seeded by `derive_seed("train", spec.seed, organisation, round, purpose)`:
+"shuffle" for the DataLoader's order, "augment:<epoch>" for each sample's
+augmentation (see `ImageDataset`) and "step" for torch's global RNG during the
+steps (dropout), restored afterwards. The organisation is its registered name
+(the server's client id is random, so two runs of a federation would differ).
+New modules are initialised from the spec's seed when the model is built, and
+every trainable tensor is then overwritten by the global state. Deterministic
+algorithms are on while training, so the same round on the same kind of
+machine (CPU model, thread count, library versions) gives the same delta
+bytes, whatever the DataLoader's worker count. On CUDA, cuBLAS is given a fixed
+workspace (`CUBLAS_WORKSPACE_CONFIG`, unless already set) and ops that have no
+deterministic kernel only warn: a repeat on the same GPU model, driver and
+libraries is expected to be bit-identical, not one on another GPU or on CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from client_sdk._exceptions import FedTuneError
-from client_sdk.data import ImageDataset, LocalData, split_train_val
+from client_sdk.data import ImageDataset, LocalData, derive_seed, split_train_val
 from shared.blobs import DeltaMetadata, atomic_save_state, sha256_file, torch_dtype
 from shared.spec import FederationSpec
 from shared.tuning import BuiltModel
@@ -29,6 +45,8 @@ __all__ = ["DeviceError", "LocalTrainer", "RoundResult", "accuracy", "resolve_de
 
 log = logging.getLogger("client_sdk")
 EVAL_BATCH = 256
+# cuBLAS's deterministic setting (needed before its first use in the process).
+CUBLAS_WORKSPACE = ":4096:8"
 
 
 class DeviceError(FedTuneError):
@@ -87,8 +105,36 @@ def accuracy(
     return correct / max(total, 1)
 
 
+@contextlib.contextmanager
+def _reproducible(device: torch.device, seed: int) -> Iterator[None]:
+    """Torch's RNG (CPU and `device`) seeded and deterministic algorithms on; both restored."""
+    mode = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        elif device.type == "mps":
+            torch.mps.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
+
+
 class LocalTrainer:
-    """Holds the built model and the local split; runs one round at a time."""
+    """Holds the built model and the local split; runs one round at a time.
+
+    `organisation` (its registered name) seeds local training together with
+    the spec's seed and the round (see the module docstring); with "" every
+    organisation draws the same random streams, still reproducibly.
+    """
+
+    num_workers = 0  # DataLoader worker processes for training; results do not depend on it
 
     def __init__(
         self,
@@ -98,9 +144,13 @@ class LocalTrainer:
         *,
         device: torch.device,
         val_fraction: float,
+        organisation: str = "",
         progress: bool = False,
     ) -> None:
         self.spec, self.bm, self.device, self.progress = spec, bm, device, progress
+        self.organisation = organisation
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         train, val = split_train_val(data.samples, val_fraction, seed=spec.seed)
         self.train_set = ImageDataset(train, bm.transform(True), data.images)
         self.val_set = ImageDataset(val, bm.transform(False), data.images)
@@ -132,18 +182,34 @@ class LocalTrainer:
             )
         return torch.optim.AdamW(self.params, lr=lt.lr, weight_decay=lt.weight_decay)
 
+    def seed(self, round: int, purpose: str) -> int:
+        """The seed of one kind of random draw in this organisation's `round`."""
+        return derive_seed("train", self.spec.seed, self.organisation, round, purpose)
+
     def train(self, round: int) -> _EpochStats:
-        """`local_training.epochs` epochs over the train split, stopping at `max_steps`."""
+        """`local_training.epochs` epochs over the train split, stopping at `max_steps`.
+
+        A function of (spec, organisation, round, global state, data) alone.
+        """
+        with _reproducible(self.device, self.seed(round, "step")):
+            return self._train(round)
+
+    def _train(self, round: int) -> _EpochStats:
         lt = self.spec.local_training
         optimizer = self._optimizer()
-        generator = torch.Generator().manual_seed(self.spec.seed * 100_003 + round)
+        generator = torch.Generator().manual_seed(self.seed(round, "shuffle"))
         loader = DataLoader(
-            self.train_set, batch_size=lt.batch_size, shuffle=True, generator=generator
+            self.train_set,
+            batch_size=lt.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.num_workers,
         )
         stats = _EpochStats()
         self.model.train()
         start = time.perf_counter()
         for epoch in range(1, lt.epochs + 1):
+            self.train_set.augment_seed = self.seed(round, f"augment:{epoch}")
             bar = tqdm(
                 loader,
                 desc=f"round {round} epoch {epoch}/{lt.epochs}",

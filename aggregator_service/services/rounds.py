@@ -24,6 +24,7 @@ from aggregator_service.services.context import Core, now
 from aggregator_service.services.federations import federation_row, store_state
 from aggregator_service.storage.tables import (
     INT_MAX,
+    clients,
     exclusions,
     federations,
     rounds,
@@ -216,7 +217,12 @@ def aggregate_round(core: Core, fid: str, number: int) -> bool:
         ups = conn.execute(
             select(updates.c.client_id, updates.c.sha256, updates.c.num_examples)
             .where(updates.c.federation_id == fid, updates.c.round == number)
-            .order_by(updates.c.client_id)
+            # by organisation name: it repeats between runs of a federation, a client id does not
+            .order_by(
+                select(clients.c.name).where(clients.c.id == updates.c.client_id).scalar_subquery(),
+                updates.c.sha256,
+                updates.c.client_id,
+            )
         ).all()
         server_digest = conn.execute(
             select(state_versions.c.server_state_digest).where(

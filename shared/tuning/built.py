@@ -128,7 +128,11 @@ class BuiltModel:
         return fingerprint(self.base_state())
 
     def transform(self, train: bool) -> Callable[[Image.Image], torch.Tensor]:
-        """PIL image -> normalised [3, H, W]; training adds a light random crop."""
+        """PIL image -> normalised [3, H, W]; training adds a light random crop.
+
+        The crop draws from torch's global CPU RNG: a caller that wants it
+        reproducible seeds that per sample (the client's `ImageDataset` does).
+        """
         p = self.preprocess
         mode = _INTERPOLATION.get(p.interpolation, T.InterpolationMode.BICUBIC)
         resize: list[Callable[..., object]]

@@ -1,9 +1,11 @@
-"""One local round on the tiny ViT: the delta, its dtype and metadata, the step cap."""
+"""One local round on the tiny ViT: the delta, its dtype and metadata, the step cap, and
+that training is a function of (spec seed, organisation, round) alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -18,13 +20,13 @@ from shared.tuning import build
 CLASSES = ["cat", "dog"]
 
 
-def _spec(dtype: str = "float32", max_steps: int | None = None):
+def _spec(dtype: str = "float32", max_steps: int | None = None, method: dict | None = None):
     return parse_spec(
         {
             "name": "t",
             "model": {"family": "hf_vit", "arch": "fedtune-tiny-vit", "pretrained": None},
             "task": {"classes": CLASSES},
-            "method": {"name": "bias"},
+            "method": method or {"name": "bias"},
             "local_training": {"epochs": 2, "batch_size": 2, "lr": 1e-2, "max_steps": max_steps},
             "transport": {"dtype": dtype},
         }
@@ -32,18 +34,23 @@ def _spec(dtype: str = "float32", max_steps: int | None = None):
 
 
 def _folder(root: Path) -> Path:
+    """Textured images (a random crop of a flat one would not show)."""
+    rng = np.random.default_rng(0)
     for c, name in enumerate(CLASSES):
         for i in range(4):
             path = root / name / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (32, 32), (200 * c, 40 * i, 100)).save(path)
+            pixels = np.clip(rng.normal(100 * c + 20 * i, 60, (32, 32, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(path)
     return root
 
 
-def _trainer(tmp_path: Path, spec) -> LocalTrainer:
+def _trainer(tmp_path: Path, spec, organisation: str = "") -> LocalTrainer:
     bm = build(spec)
     data = load_local_data(_folder(tmp_path / "data"), CLASSES)
-    return LocalTrainer(spec, bm, data, device=torch.device("cpu"), val_fraction=0.25)
+    return LocalTrainer(
+        spec, bm, data, device=torch.device("cpu"), val_fraction=0.25, organisation=organisation
+    )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -94,3 +101,53 @@ def test_only_trainable_parameters_change(tmp_path):
 def test_requesting_a_missing_cuda_device_is_a_clear_error():
     with pytest.raises(DeviceError, match="no CUDA device"):
         resolve_device("cuda")
+
+
+LORA_DROPOUT = {"name": "lora", "options": {"r": 2, "alpha": 4, "dropout": 0.5}}
+
+
+def _delta_bytes(tmp_path: Path, organisation: str, round: int, workers: int = 0) -> dict:
+    """Train a freshly built model one round (augmentation, dropout, shuffling in play)."""
+    trainer = _trainer(tmp_path, _spec(method=LORA_DROPOUT), organisation)
+    trainer.num_workers = workers
+    start = trainer.bm.trainable_state()
+    trainer.train(round)
+    return {k: v.numpy().tobytes() for k, v in trainer.delta(start).items()}
+
+
+def test_same_seed_organisation_and_round_give_the_same_delta_bytes(tmp_path):
+    first = _delta_bytes(tmp_path, "org-a", 1)
+    torch.manual_seed(12345)  # whatever the global RNG holds
+    torch.rand(7)
+
+    assert _delta_bytes(tmp_path, "org-a", 1) == first
+    assert _delta_bytes(tmp_path, "org-b", 1) != first
+    assert _delta_bytes(tmp_path, "org-a", 2) != first
+
+
+def test_the_augmentation_depends_on_the_organisation_and_the_round(tmp_path):
+    def crops(organisation: str, round: int) -> torch.Tensor:
+        trainer = _trainer(tmp_path, _spec(), organisation)
+        trainer.train_set.augment_seed = trainer.seed(round, "augment:1")
+        return torch.stack([trainer.train_set[i][0] for i in range(trainer.num_examples)])
+
+    a1 = crops("org-a", 1)
+
+    assert torch.equal(crops("org-a", 1), a1)
+    assert not torch.equal(crops("org-b", 1), a1)
+    assert not torch.equal(crops("org-a", 2), a1)
+
+
+def test_training_does_not_depend_on_the_dataloader_worker_count(tmp_path):
+    assert _delta_bytes(tmp_path, "org-a", 1, workers=2) == _delta_bytes(tmp_path, "org-a", 1)
+
+
+def test_training_restores_the_global_rng_and_the_deterministic_mode(tmp_path):
+    trainer = _trainer(tmp_path, _spec(max_steps=1))
+    rng = torch.get_rng_state()
+    mode = torch.are_deterministic_algorithms_enabled()
+
+    trainer.train(1)
+
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.are_deterministic_algorithms_enabled() == mode
