@@ -41,5 +41,10 @@ EXPOSE 8443
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
     CMD python -c "import os,ssl,urllib.request as u; c=ssl._create_unverified_context(); s='https' if os.environ.get('FEDTUNE_SSL_CERTFILE') else 'http'; u.urlopen(f'{s}://127.0.0.1:{os.environ[\"FEDTUNE_PORT\"]}/healthz', context=c if s=='https' else None, timeout=2)"
 
+# The service listens on 0.0.0.0 and refuses to start there on plain HTTP: give it its TLS
+# pair (FEDTUNE_SSL_CERTFILE, FEDTUNE_SSL_KEYFILE; deploy/TLS.md), or, only when a
+# TLS-terminating proxy or ingress is the sole way in (deploy/reverse-proxy.md), set
+# FEDTUNE_INSECURE_HTTP=true. /metrics on this port needs the metrics or admin token; a
+# cluster-internal scraper can use the separate listener instead (--metrics-port).
 ENTRYPOINT ["fedtune-server"]
 CMD ["serve"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import sys
@@ -18,6 +19,10 @@ from shared.spec import SpecError, load_spec
 from shared.validation import format_validation_error
 
 __all__ = ["main", "openapi_document"]
+
+log = logging.getLogger("fedtune.server")
+
+_LOOPBACK_NAMES = ("localhost", "localhost.")
 
 
 class CliError(Exception):
@@ -40,11 +45,37 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         raise CliError(f"bad setting: {format_validation_error(exc)}") from None
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any address
+
+
+def _check_transport(settings: Settings) -> None:
+    """Plain HTTP only on loopback, unless the operator says a TLS proxy is in front."""
+    if settings.ssl_certfile is not None or _is_loopback(settings.host):
+        return
+    if not settings.insecure_http:
+        raise CliError(
+            f"refusing plain HTTP on {settings.host}: give --ssl-certfile and --ssl-keyfile, "
+            "or --insecure-http when a TLS-terminating proxy is in front"
+        )
+    log.warning(
+        "serving plain HTTP on %s (--insecure-http): tokens and model updates cross the "
+        "network unencrypted, so a TLS-terminating proxy must be in front of this port",
+        settings.host,
+    )
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from aggregator_service.api.connections import guarded_h11
     from aggregator_service.main import create_app
+    from aggregator_service.metrics import MetricsListener
 
     settings = _settings(args)
     for name in ("ssl_certfile", "ssl_keyfile"):
@@ -55,6 +86,7 @@ def _serve(args: argparse.Namespace) -> None:
         raise CliError("--ssl-certfile and --ssl-keyfile go together")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fedtune").setLevel(logging.INFO)
+    _check_transport(settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -69,7 +101,15 @@ def _serve(args: argparse.Namespace) -> None:
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         limit_concurrency=settings.limit_concurrency,
     )
-    uvicorn.Server(config).run()
+    listener = None
+    if settings.metrics_port is not None:
+        core = app.state.core
+        listener = MetricsListener(core.metrics, settings.metrics_host, settings.metrics_port)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if listener is not None:
+            listener.close()
 
 
 def _create_federation(args: argparse.Namespace) -> None:

@@ -9,8 +9,8 @@ from fastapi import FastAPI
 
 from aggregator_service.api.errors import RejectNul, install_error_handlers
 from aggregator_service.api.limits import BodyGuard
-from aggregator_service.api.routes import clients, federations, health, rounds, states
-from aggregator_service.metrics import Metrics
+from aggregator_service.api.routes import clients, docs, federations, health, rounds, states
+from aggregator_service.metrics import Metrics, resolve_metrics_token
 from aggregator_service.services.context import Core, hash_token
 from aggregator_service.services.runner import RoundRunner
 from aggregator_service.settings import Settings, resolve_admin_token
@@ -36,7 +36,7 @@ def build_core(settings: Settings) -> Core:
         settings=settings,
         db=db,
         blobs=LocalBlobStore(settings.data_dir / "blobs"),
-        metrics=Metrics(),
+        metrics=Metrics(token=resolve_metrics_token(settings)),
         admin_token_hash=hash_token(resolve_admin_token(settings)),
     )
 
@@ -61,6 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=_DESCRIPTION,
         lifespan=lifespan,
         separate_input_output_schemas=False,
+        openapi_url="/openapi.json" if settings.docs else None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.core = core
     app.state.runner = runner
@@ -74,4 +77,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RejectNul)
     for module in (federations, clients, rounds, states, health):
         app.include_router(module.router)
+    if app.openapi_url is not None:
+        docs.install_docs(app, app.openapi_url)
     return app

@@ -1,14 +1,31 @@
-"""Prometheus metrics on a per-app registry, so many apps can live in one process."""
+"""Prometheus metrics on a per-app registry, so many apps can live in one process.
+
+Who may read them: on the main listener the metrics token or the admin token (checked by the
+route); on the optional separate listener (`--metrics-port`, for a scraper inside the
+cluster) anyone who can reach it.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import hashlib
+import hmac
+import logging
+import threading
+from wsgiref.simple_server import WSGIServer
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import start_http_server
+
+from aggregator_service.settings import Settings
+
+__all__ = ["Metrics", "MetricsListener", "resolve_metrics_token"]
+
+log = logging.getLogger("fedtune.server")
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = None) -> None:
+        self._token_digest = _digest(token) if token else None
         self.registry = CollectorRegistry()
         r = self.registry
         self.rounds_aggregated = Counter(
@@ -31,3 +48,46 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def is_metrics_token(self, token: str) -> bool:
+        """Whether `token` is the metrics token (False when none is configured)."""
+        if self._token_digest is None:
+            return False
+        return hmac.compare_digest(_digest(token), self._token_digest)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def resolve_metrics_token(settings: Settings) -> str | None:
+    """The metrics token from the settings or from its file (first line); None when unset."""
+    if settings.metrics_token is not None:
+        return settings.metrics_token.get_secret_value() or None
+    path = settings.metrics_token_file
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read metrics token file {path}: {exc.strerror}") from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ValueError(f"metrics token file {path} is empty")
+    return token
+
+
+class MetricsListener:
+    """The registry served without a token on its own address, in a background thread."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._server: WSGIServer
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+        self.port = int(self._server.server_port)
+        log.info("metrics without a token on http://%s:%d/metrics", host, self.port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

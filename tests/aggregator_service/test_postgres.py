@@ -152,7 +152,7 @@ class Served:
         return httpx.Client(base_url=self.proc.url, headers=headers, timeout=60, **kw)
 
     def counter(self, name: str) -> float:
-        with self.client(None) as c:
+        with self.client() as c:  # the admin token reads /metrics
             lines = c.get("/metrics").text.splitlines()
         return sum(float(line.split()[1]) for line in lines if line.startswith(name + " "))
 

@@ -10,7 +10,7 @@ from aggregator_service.storage.tables import rounds, state_versions
 
 
 def _aggregated(app) -> float:
-    for line in app.client(None).get("/metrics").text.splitlines():
+    for line in app.client().get("/metrics").text.splitlines():
         if line.startswith("fedtune_rounds_aggregated_total "):
             return float(line.split()[1])
     raise AssertionError("metric missing")

@@ -153,7 +153,7 @@ def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, new_fed
             select(state_versions.c.round).where(state_versions.c.federation_id == fed.id)
         ).all()
     assert sorted(v.round for v in versions) == [0, 1]
-    assert "fedtune_rounds_aggregated_total 1.0" in fed.app.client(None).get("/metrics").text
+    assert "fedtune_rounds_aggregated_total 1.0" in fed.app.client().get("/metrics").text
 
 
 def test_running_app_takes_over_an_aggregation_whose_process_died(start_app, federation, delta):

@@ -1,24 +1,27 @@
-"""A real `fedtune-server serve` process over HTTPS completes a round."""
+"""A real `fedtune-server serve` process over HTTPS completes a round; plain HTTP is served
+on loopback only, unless the operator says a TLS-terminating proxy is in front."""
 
 from __future__ import annotations
 
 import ssl
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from lab.local_federation import start_server
+from lab.local_federation import free_port, quiet_env, server_command, start_server
 from shared.api import FederationInfo
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+PLAIN_HTTP_WARNING = "WARNING fedtune.server: serving plain HTTP on 0.0.0.0"
 
 
 def test_serve_with_tls_completes_a_round_over_https(tmp_path, tls, delta):
-    (tmp_path / "admin").write_text("fta_tls-admin\n")
+    (tmp_path / "admin").write_text("fta_tls-admin-token-0123456789abcdef\n")
     server = start_server(tmp_path / "data", tls=tls, admin_token_file=tmp_path / "admin")
     url = server.url
     ca_file = ssl.create_default_context(cafile=str(tls[2]))
@@ -58,3 +61,42 @@ def test_serve_with_tls_completes_a_round_over_https(tmp_path, tls, delta):
     log = server.log_path.read_text(errors="replace")
     assert server.proc.returncode in (0, -15), log[-2000:]
     assert "Traceback" not in log
+
+
+def test_serve_refuses_plain_http_on_all_addresses(tmp_path):
+    cmd = server_command(
+        "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--data-dir", str(tmp_path / "d")
+    )
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=quiet_env())
+
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("fedtune-server: refusing plain HTTP on 0.0.0.0")
+    assert proc.stderr.count("\n") == 1 and "--insecure-http" in proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_insecure_http_serves_on_all_addresses_with_a_warning(tmp_path):
+    args = ["--host", "0.0.0.0", "--insecure-http"]  # the later --host wins
+    server = start_server(tmp_path / "data", extra_args=args)
+    try:
+        ready = httpx.get(f"{server.url}/readyz", timeout=10)
+    finally:
+        server.stop()
+
+    log = server.log_path.read_text(errors="replace")
+    assert ready.status_code == 200
+    assert PLAIN_HTTP_WARNING in log
+    assert "TLS-terminating proxy" in log
+
+
+def test_tls_on_all_addresses_serves_without_the_warning(tmp_path, tls):
+    server = start_server(tmp_path / "data", tls=tls, extra_args=["--host", "0.0.0.0"])
+    try:
+        ready = httpx.get(f"{server.url}/readyz", timeout=10, verify=str(tls[2]))
+    finally:
+        server.stop()
+
+    log = server.log_path.read_text(errors="replace")
+    assert ready.status_code == 200
+    assert "plain HTTP" not in log

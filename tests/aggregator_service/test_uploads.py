@@ -363,5 +363,5 @@ def test_body_over_max_without_content_length_is_refused(scene: Scene, unchanged
 
 
 def test_refusals_are_counted_by_reason(scene: Scene):
-    text = scene.fed.app.client(None).get("/metrics").text
+    text = scene.fed.app.client().get("/metrics").text
     assert 'fedtune_updates_refused_total{reason="invalid_update"}' in text

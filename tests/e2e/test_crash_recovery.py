@@ -134,7 +134,8 @@ class Fed:
         return [RoundRecord.model_validate(x) for x in r.json()]
 
     def rounds_aggregated_metric(self) -> float:
-        text = httpx.get(f"{self.server.url}/metrics", timeout=10).text
+        with self.server.http() as c:  # the admin token reads /metrics
+            text = c.get("/metrics").text
         line = next(x for x in text.splitlines() if x.startswith("fedtune_rounds_aggregated_total"))
         return float(line.split()[-1])
 

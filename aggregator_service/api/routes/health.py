@@ -1,14 +1,18 @@
-"""Liveness, readiness and Prometheus metrics (no auth)."""
+"""Liveness and readiness (no auth), and Prometheus metrics (the metrics or admin token)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from aggregator_service.api.deps import CoreDep
+from aggregator_service.api.errors import error_responses
+from aggregator_service.services.access import authenticate
 from aggregator_service.services.context import Core
+from aggregator_service.services.errors import Forbidden, Unauthorized
 from shared.api import Health
 
 router = APIRouter(tags=["health"])
@@ -42,11 +46,32 @@ async def readyz(core: CoreDep) -> Response:
     return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)
 
 
+_METRICS_AUTH = "/metrics needs Authorization: Bearer <the metrics token or the admin token>"
+
+
+def _authorize_metrics(core: Core, request: Request) -> None:
+    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    token = token if scheme.lower() == "bearer" else ""
+    if token and core.metrics.is_metrics_token(token):
+        return
+    try:
+        principal = authenticate(core, token or None)
+    except Unauthorized:
+        raise Unauthorized(_METRICS_AUTH) from None
+    if not principal.is_admin:
+        raise Forbidden(_METRICS_AUTH + "; a client API key is not enough")
+
+
 @router.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (the metrics token or the admin token)",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        **error_responses(401, 403),
+    },
+    openapi_extra={"security": [{"HTTPBearer": []}]},
 )
-def metrics(core: CoreDep) -> Response:
+def metrics(core: CoreDep, request: Request) -> Response:
+    _authorize_metrics(core, request)
     return Response(core.metrics.render(), media_type=CONTENT_TYPE_LATEST)
