@@ -33,7 +33,7 @@ COPY shared ./shared
 COPY aggregator_service ./aggregator_service
 COPY client_sdk ./client_sdk
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.6,<=2.14.1" "torchvision<=0.29.1" \
-    && pip install ".[postgres]"
+    && pip install ".[postgres,s3]"
 
 USER 10001:10001
 VOLUME ["/var/lib/fedtune"]

@@ -14,7 +14,7 @@ from aggregator_service.metrics import Metrics, resolve_metrics_token
 from aggregator_service.services.context import Core, hash_token
 from aggregator_service.services.runner import RoundRunner
 from aggregator_service.settings import Settings, resolve_admin_token
-from aggregator_service.storage import Database, LocalBlobStore
+from aggregator_service.storage import Database, open_blob_store
 from aggregator_service.storage.blobs import private_dir
 
 __all__ = ["build_core", "create_app"]
@@ -35,7 +35,7 @@ def build_core(settings: Settings) -> Core:
     return Core(
         settings=settings,
         db=db,
-        blobs=LocalBlobStore(settings.data_dir / "blobs"),
+        blobs=open_blob_store(settings.data_dir, settings.blob_url),
         metrics=Metrics(token=resolve_metrics_token(settings)),
         admin_token_hash=hash_token(resolve_admin_token(settings)),
     )

@@ -98,6 +98,7 @@ class BaseClient:
     ) -> None:
         self.base_url = _check_url(base_url, allow_http)
         self.api_key = api_key
+        self._allow_http, self._ca_cert = allow_http, ca_cert  # for redirects to a blob store
         self.max_retries = max_retries
         headers = {"User-Agent": C.USER_AGENT}
         self._http = httpx.Client(
@@ -252,7 +253,10 @@ class BaseClient:
                 etag = response.headers.get("etag", "").strip().removeprefix("W/").strip('"')
                 if response.status_code == 304:
                     return Download(dest, if_none_match or etag, 0, True, headers)
-                sha, size = _stream_to_file(response, dest, progress=progress, label=label)
+                if response.is_redirect:
+                    sha, size = self._from_store(response, etag, dest, progress, label)
+                else:
+                    sha, size = _stream_to_file(response, dest, progress=progress, label=label)
             if etag and sha != etag:
                 dest.unlink(missing_ok=True)
                 raise APIResponseValidationError(
@@ -262,6 +266,47 @@ class BaseClient:
             return Download(dest, sha, size, False, headers)
 
         return self._retrying(f"GET {path}", attempt)
+
+    def _from_store(
+        self, redirect: httpx.Response, etag: str, dest: Path, progress: bool, label: str
+    ) -> tuple[str, int]:
+        """Follow one redirect to the blob store (a presigned URL): no Authorization is sent,
+        no further redirect is followed, and the server's ETag is required to check the bytes."""
+        what = f"GET {redirect.request.url.path}"
+        location = redirect.headers.get("location", "")
+        url = redirect.url.join(location)
+        if not location or url.scheme not in ("http", "https") or not url.host:
+            raise APIResponseValidationError(
+                f"{what} redirected to {location!r}; only an http(s) blob store is followed"
+            )
+        if url.scheme == "http" and not self._allow_http:
+            raise InsecureTransportError(
+                f"{what} redirected to plain http://{url.host}; refused without --insecure-http"
+            )
+        if not etag:
+            raise APIResponseValidationError(f"{what} redirected without an ETag to check")
+        verify = ssl.create_default_context()  # the store's public roots, and a private CA
+        if self._ca_cert is not None:
+            verify.load_verify_locations(cafile=str(self._ca_cert))
+        store_url = f"{url.scheme}://{url.netloc.decode()}"
+        with httpx.Client(
+            headers={"User-Agent": C.USER_AGENT}, timeout=self._http.timeout, verify=verify
+        ) as store:
+            try:
+                with store.stream("GET", url) as response:
+                    status = response.status_code
+                    if status != 200:
+                        hop = " (one redirect is followed, no more)" if status < 400 else ""
+                        raise APIConnectionError(
+                            f"{what}: the blob store {store_url} answered {status}{hop}",
+                            url=store_url,
+                            retryable=status in (403, 408, 429) or status >= 500,
+                        )
+                    return _stream_to_file(response, dest, progress=progress, label=label)
+            except httpx.TimeoutException as exc:
+                raise APITimeoutError(f"{what}: the blob store {store_url} timed out") from exc
+            except httpx.TransportError as exc:
+                raise _connection_error(exc, exc.request) from exc
 
     def _upload(
         self, path: str, source: Path, *, progress: bool = False, label: str = "upload"

@@ -7,6 +7,9 @@ processes, never those of a live replica sharing the directory.
 
 Directories are created 0700 and files 0600 whatever the umask: the blobs are
 the federation's model states and every member's updates.
+
+`BlobStore` is the interface the services use; `open_blob_store` picks the
+local directory (the default) or an S3-compatible bucket (`storage/s3.py`).
 """
 
 from __future__ import annotations
@@ -18,10 +21,18 @@ import secrets
 import socket
 import time
 from pathlib import Path
+from typing import Protocol
 
 from shared.blobs import fsync_dir, sha256_file
 
-__all__ = ["DIR_MODE", "FILE_MODE", "LocalBlobStore", "private_dir"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "BlobStore",
+    "LocalBlobStore",
+    "open_blob_store",
+    "private_dir",
+]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -29,6 +40,51 @@ FILE_MODE = 0o600
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 # A replica on another host may still be writing its temp files; only old ones are dead.
 _FOREIGN_TEMP_MAX_AGE_S = 24 * 3600
+
+
+class BlobStore(Protocol):
+    """Immutable blobs named by their sha256, written through a local temp file."""
+
+    def path(self, digest: str) -> Path:
+        """A local file holding the blob, to read or memory-map (the blob must exist)."""
+        ...
+
+    def exists(self, digest: str) -> bool: ...
+
+    def size(self, digest: str) -> int: ...
+
+    def new_temp(self) -> Path:
+        """A fresh, empty private temp file for the caller to write, then commit."""
+        ...
+
+    def commit_temp(self, tmp: Path, digest: str) -> bool:
+        """Store the (already verified) temp file as `digest`; False when it already existed."""
+        ...
+
+    def put_bytes(self, data: bytes) -> str: ...
+
+    def put_file(self, path: Path) -> str: ...
+
+    def remove(self, digest: str) -> None: ...
+
+    def remove_stale_temps(self) -> int: ...
+
+    def writable(self) -> bool: ...
+
+    def redirect_url(self, digest: str) -> str | None:
+        """A short-lived URL clients may fetch the blob from directly, or None."""
+        ...
+
+
+def open_blob_store(data_dir: Path, blob_url: str | None) -> LocalBlobStore:
+    """`data_dir/blobs`, or the S3 bucket of `blob_url` (s3://bucket/prefix) with a local cache.
+
+    Raises ValueError with the reason when the URL is malformed or the bucket unusable."""
+    if blob_url is None:
+        return LocalBlobStore(data_dir / "blobs")
+    from aggregator_service.storage.s3 import S3BlobStore  # boto3 is the optional `s3` extra
+
+    return S3BlobStore.open(blob_url, cache_root=data_dir / "blob-cache")
 
 
 class LocalBlobStore:
@@ -50,6 +106,12 @@ class LocalBlobStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
+    def size(self, digest: str) -> int:
+        return self.path(digest).stat().st_size
+
+    def redirect_url(self, digest: str) -> str | None:
+        return None
+
     def new_temp(self) -> Path:
         """A fresh, empty temp file (mode 0600) in the store's filesystem; the caller writes it.
 
@@ -65,7 +127,10 @@ class LocalBlobStore:
 
     def commit_temp(self, tmp: Path, digest: str) -> bool:
         """fsync `tmp` and rename it to its digest; False when that blob already existed."""
-        dest = self.path(digest)
+        return self._place(tmp, digest)
+
+    def _place(self, tmp: Path, digest: str) -> bool:
+        dest = LocalBlobStore.path(self, digest)
         if dest.is_file():
             tmp.unlink(missing_ok=True)
             return False

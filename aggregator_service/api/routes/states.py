@@ -1,11 +1,16 @@
-"""Global trainable states and the frozen base, streamed from the blob store with ETags."""
+"""Global trainable states and the frozen base, streamed from the blob store with ETags.
+
+With an S3 store and `presign_downloads` on, the answer is a 307 to a short-lived
+presigned URL of the object instead; the ETag still names the sha256, which the
+client checks on what the store sends.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from aggregator_service.api.deps import CoreDep, MemberDep
@@ -26,6 +31,10 @@ _SAFETENSORS: dict[int | str, dict[str, Any]] = {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
     304: {"description": "Not modified: If-None-Match names this blob."},
+    307: {
+        "description": "Fetch the blob from the blob store at `Location` (a presigned URL, "
+        "without this API's Authorization header); its sha256 must equal the ETag."
+    },
 }
 
 
@@ -42,7 +51,14 @@ async def _serve(
     headers = {"ETag": f'"{ref.digest}"', **headers}
     if _matches(if_none_match, ref.digest):
         return Response(status_code=304, headers=headers)
-    path = core.blobs.path(ref.digest)
+    url = None
+    if core.settings.presign_downloads:
+        url = await run_in_threadpool(core.blobs.redirect_url, ref.digest)
+    if url is not None:
+        size = await run_in_threadpool(core.blobs.size, ref.digest)
+        await run_in_threadpool(count_bytes_out, core, fid, size)
+        return RedirectResponse(url, 307, headers={**headers, "Cache-Control": "no-store"})
+    path = await run_in_threadpool(core.blobs.path, ref.digest)  # may fill a cache
     size = path.stat().st_size
     await run_in_threadpool(count_bytes_out, core, fid, size)
     return FileResponse(path, media_type="application/octet-stream", headers=headers)
