@@ -10,12 +10,15 @@ import os
 import secrets
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "resolve_admin_token"]
+__all__ = ["MIN_ADMIN_TOKEN_CHARS", "Settings", "resolve_admin_token"]
 
 log = logging.getLogger("fedtune.server")
+
+# An operator-chosen admin token shorter than this is refused at start-up.
+MIN_ADMIN_TOKEN_CHARS = 32
 
 
 class Settings(BaseSettings):
@@ -135,6 +138,16 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'fedtune.db'}"
 
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().strip()) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters "
+                "(e.g. 32 random bytes in URL-safe base64)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _read_database_url_file(self) -> Settings:
         if self.database_url or self.database_url_file is None:
@@ -152,30 +165,41 @@ class Settings(BaseSettings):
 
 
 def resolve_admin_token(settings: Settings) -> str:
-    """The admin token: from the settings, from its file, or generated into data_dir (0600)."""
+    """The admin token: from the settings, from its file, or generated into data_dir (0600).
+
+    A token file (`admin_token_file`, or the generated `data_dir/admin-token`) may list
+    several tokens, one per non-empty line, all valid (rotation without downtime: see
+    `services.context.AdminTokens`); the first is returned. Every token from the settings or
+    a file must have `MIN_ADMIN_TOKEN_CHARS` characters (`ValueError` otherwise).
+    """
     if settings.admin_token is not None:
-        return settings.admin_token.get_secret_value()
-    if settings.admin_token_file is not None:
-        try:
-            lines = settings.admin_token_file.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read admin token file {settings.admin_token_file}: {exc.strerror}"
-            ) from None
-        token = lines[0].strip() if lines else ""
-        if not token:
-            raise ValueError(f"admin token file {settings.admin_token_file} is empty")
-        return token
-    path = settings.data_dir / "admin-token"
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    token = "fta_" + secrets.token_urlsafe(32)
+        return settings.admin_token.get_secret_value().strip()
+    path = settings.admin_token_file
+    if path is None:
+        path = settings.data_dir / "admin-token"
+        if not path.exists():
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            token = "fta_" + secrets.token_urlsafe(32)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process generated it first
+                pass
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(token + "\n")
+                log.warning("generated an admin token into %s (mode 0600)", path)
+                return token
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process generated it first
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    log.warning("generated an admin token into %s (mode 0600)", path)
-    return token
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read admin token file {path}: {exc.strerror}") from None
+    tokens = [line.strip() for line in text.splitlines() if line.strip()]
+    if not tokens:
+        raise ValueError(f"admin token file {path} is empty")
+    for number, token in enumerate(tokens, 1):
+        if len(token) < MIN_ADMIN_TOKEN_CHARS:
+            raise ValueError(
+                f"admin token file {path}: the token on non-empty line {number} is shorter "
+                f"than {MIN_ADMIN_TOKEN_CHARS} characters"
+            )
+    return tokens[0]

@@ -9,20 +9,23 @@ raises the exceptions of `client_sdk._exceptions`.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from client_sdk import _constants as C
-from client_sdk._base_client import BaseClient, Download
-from client_sdk._exceptions import APIResponseValidationError
+from client_sdk._base_client import BaseClient, Download, _decode_json
+from client_sdk._exceptions import APIResponseValidationError, ConflictError, FedTuneError
 from shared.api import (
     API_PREFIX,
     ClientInfo,
+    ClientKeyRotated,
     ClientRegistered,
     ClientRegistration,
     EnrollmentToken,
+    EnrollmentTokenInfo,
     EnrollmentTokenRequest,
     FederationInfo,
     Health,
@@ -87,6 +90,20 @@ class FedTuneClient(BaseClient):
         )
         return _parse(EnrollmentToken, data, "create enrollment token")
 
+    def list_enrollment_tokens(self, federation_id: str) -> list[EnrollmentTokenInfo]:
+        """The federation's enrollment tokens (admin), without the secrets."""
+        data = self._request_json(
+            "GET", f"{API_PREFIX}/federations/{federation_id}/enrollment-tokens"
+        )
+        return _parse_list(EnrollmentTokenInfo, data, "list enrollment tokens")
+
+    def revoke_enrollment_token(self, federation_id: str, token_id: str) -> EnrollmentTokenInfo:
+        """Revoke the enrollment token with this `id` (admin); registering with it is refused."""
+        data = self._request_json(
+            "DELETE", f"{API_PREFIX}/federations/{federation_id}/enrollment-tokens/{token_id}"
+        )
+        return _parse(EnrollmentTokenInfo, data, "revoke enrollment token")
+
     # -- clients ----------------------------------------------------------------
 
     def register_client(self, enrollment_token: str, name: str) -> ClientRegistered:
@@ -104,6 +121,34 @@ class FedTuneClient(BaseClient):
     def revoke_client(self, client_id: str) -> ClientInfo:
         data = self._request_json("DELETE", f"{API_PREFIX}/clients/{client_id}")
         return _parse(ClientInfo, data, "revoke client")
+
+    def rotate_key(self, client_id: str, *, idempotency_key: str | None = None) -> ClientKeyRotated:
+        """A new API key for `client_id` (this client's own, or any as the admin).
+
+        A client's old key keeps working until the new one is first used, so pass an
+        `idempotency_key` saved before the call: a retry with the old key and that key, even
+        from another process after a crash, gets the same new key. This client switches to
+        the new key only for a client's own rotation, once the answer arrived.
+        """
+        path = f"{API_PREFIX}/clients/{client_id}/key"
+        key = idempotency_key or uuid.uuid4().hex
+
+        def attempt() -> Any:
+            request = self._http.build_request("POST", path, headers=self._headers(None, key))
+            with self._send(request) as response:
+                body = response.read()
+            return _decode_json(body, f"POST {path}")
+
+        rotated = _parse(ClientKeyRotated, self._retrying(f"POST {path}", attempt), "rotate key")
+        if rotated.previous_key_valid_until is not None:
+            self.api_key = rotated.api_key
+        return rotated
+
+    def _should_retry(self, err: FedTuneError) -> bool:
+        """Also retry a request whose Idempotency-Key the server is still processing."""
+        if isinstance(err, ConflictError) and err.code == "idempotency_key_in_use":
+            return True
+        return super()._should_retry(err)
 
     # -- rounds -----------------------------------------------------------------
 

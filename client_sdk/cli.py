@@ -1,4 +1,5 @@
-"""`fedtune-client`: register an organisation, train in a federation, show its status.
+"""`fedtune-client`: register an organisation, train in a federation, show its status,
+rotate its API key.
 
 Every failure a user can cause ends in one line on stderr and a non-zero exit,
 never a traceback.
@@ -112,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="federation, current round, this client's updates")
     common(status, server_required=False)
+
+    rotate = sub.add_parser(
+        "rotate-key", help="replace this client's API key and rewrite the credentials file"
+    )
+    common(rotate, server_required=False)
     return parser
 
 
@@ -238,6 +244,41 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_key(args: argparse.Namespace) -> int:
+    """Rotate, save, then use the new key once (which ends the old one on the server).
+
+    The Idempotency-Key is saved beside the credentials before the request, so running this
+    again after a crash or a lost answer gets the same new key from the server (the old key
+    stays valid until the new one is first used)."""
+    path = args.credentials or creds_mod.default_credentials_path()
+    creds, server = _load_creds(args)
+    idempotency_key = creds_mod.pending_rotation(path, creds)
+    with _client(args, server, creds.api_key, creds.ca_cert) as client:
+        try:
+            rotated = client.rotate_key(creds.client_id, idempotency_key=idempotency_key)
+        except AuthenticationError as exc:
+            raise FedTuneError(
+                f"the server refused the key in {path}: {exc.detail} (revoked; or a rotation "
+                "already finished elsewhere, so the new key is in another credentials file)"
+            ) from None
+        creds_mod.save(creds.model_copy(update={"api_key": rotated.api_key}), path)
+        creds_mod.finish_rotation(path)
+        try:
+            client.get_federation(creds.federation_id)  # first use: the old key stops working
+        except FedTuneError as exc:
+            print(
+                f"{PROG}: warning: could not use the new key yet ({_explain(exc)}); the old key "
+                f"stays valid until it is, or {rotated.previous_key_valid_until} at the latest",
+                file=sys.stderr,
+            )
+            return 0
+    print(
+        f"rotated the API key of {creds.name} ({creds.client_id}); saved to {path}; "
+        "the old key no longer works (restart any `fedtune-client train` using it)"
+    )
+    return 0
+
+
 def _explain(exc: BaseException) -> str:
     """One line a user can act on."""
     if isinstance(exc, APIStatusError) and exc.code == "enrollment_invalid":
@@ -260,7 +301,12 @@ def _explain(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(None)
-    commands = {"register": _register, "train": _train, "status": _status}
+    commands = {
+        "register": _register,
+        "train": _train,
+        "status": _status,
+        "rotate-key": _rotate_key,
+    }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -17,9 +17,11 @@ from shared.spec import FederationSpec
 __all__ = [
     "API_PREFIX",
     "ClientInfo",
+    "ClientKeyRotated",
     "ClientRegistered",
     "ClientRegistration",
     "EnrollmentToken",
+    "EnrollmentTokenInfo",
     "EnrollmentTokenRequest",
     "ErrorBody",
     "FederationInfo",
@@ -117,13 +119,32 @@ class EnrollmentTokenRequest(_Model):
     )
 
 
+EnrollmentTokenId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+"""An enrollment token's id: the first 16 hex digits of its sha256, never the token."""
+
+
 class EnrollmentToken(_Model):
     token: str = Field(
         description="Give this to one organisation; shown once.", examples=["fte_Zx81..."]
     )
+    id: EnrollmentTokenId = Field(
+        description="Names the token in the list and to revoke it (not a secret).",
+        examples=["3f9a0c1e5b7d2a64"],
+    )
     federation_id: SafeId = Field(examples=["fed_3k9x2m"])
     uses: int = Field(examples=[1])
     expires_at: datetime
+
+
+class EnrollmentTokenInfo(_Model):
+    """An issued enrollment token, without its secret."""
+
+    id: EnrollmentTokenId = Field(examples=["3f9a0c1e5b7d2a64"])
+    federation_id: SafeId = Field(examples=["fed_3k9x2m"])
+    uses_left: int = Field(description="Registrations it still allows.", examples=[1])
+    expires_at: datetime
+    created_at: datetime
+    revoked: bool = Field(description="Revoked by the admin: it allows none.", examples=[False])
 
 
 class ClientRegistration(_Model):
@@ -143,6 +164,19 @@ class ClientRegistered(_Model):
     )
     federation_id: SafeId = Field(examples=["fed_3k9x2m"])
     name: str = Field(examples=["st-marys-hospital"])
+
+
+class ClientKeyRotated(_Model):
+    """A client's new API key, shown only here (and to a retry with the same Idempotency-Key)."""
+
+    client_id: SafeId = Field(examples=["cli_7h2k"])
+    federation_id: SafeId = Field(examples=["fed_3k9x2m"])
+    api_key: str = Field(description="The new bearer token of this client.", examples=["ftk_..."])
+    previous_key_valid_until: datetime | None = Field(
+        description="A client rotating its own key: the key it called with stays valid until "
+        "the new one is first used, or this time at the latest. Null when the admin rotated: "
+        "the old key stopped working at once."
+    )
 
 
 class ClientInfo(_Model):

@@ -5,32 +5,50 @@ Only sha256 hashes of tokens are stored; the plaintext is shown once.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, null, select, update
+from sqlalchemy.engine import Connection, Row
 
 from aggregator_service.services.context import Core, Mint, fresh_secret, hash_token, now
 from aggregator_service.services.errors import Forbidden, Invalid, NotFound, Unauthorized
 from aggregator_service.services.federations import federation_row, new_id
-from aggregator_service.storage.tables import clients, enrollment_tokens, updates
+from aggregator_service.services.idempotency import KEEP_S
+from aggregator_service.storage.tables import (
+    clients,
+    enrollment_token_revocations,
+    enrollment_tokens,
+    previous_keys,
+    updates,
+)
 from shared.api import (
     ClientInfo,
+    ClientKeyRotated,
     ClientRegistered,
     ClientRegistration,
     EnrollmentToken,
+    EnrollmentTokenInfo,
     EnrollmentTokenRequest,
 )
 
 __all__ = [
+    "PREVIOUS_KEY_GRACE_S",
     "Principal",
     "authenticate",
     "create_enrollment_token",
+    "enrollment_token_id",
     "list_clients",
+    "list_enrollment_tokens",
     "register_client",
     "revoke_client",
+    "revoke_enrollment_token",
+    "rotate_key",
 ]
+
+# How long a client's key stays valid after it rotated it, unless the new key is used first:
+# as long as the rotation's answer is replayed to a retry with the same Idempotency-Key.
+PREVIOUS_KEY_GRACE_S = KEEP_S
 
 
 @dataclass(frozen=True)
@@ -40,6 +58,7 @@ class Principal:
     is_admin: bool
     client_id: str | None = None
     federation_id: str | None = None
+    key_hash: str | None = None  # a client's: the hash of the API key it called with
 
     def require_admin(self) -> None:
         if not self.is_admin:
@@ -56,23 +75,100 @@ class Principal:
 
 def authenticate(core: Core, token: str | None) -> Principal:
     """Resolve the bearer token (None: no `Authorization: Bearer` header); `Unauthorized` when
-    missing, unknown or revoked."""
+    missing, unknown or revoked.
+
+    A client's key from before it rotated its own stays valid until the new key is first used
+    (which retires it) or `PREVIOUS_KEY_GRACE_S` has passed.
+    """
     if not token:
         raise Unauthorized("missing Authorization: Bearer <token> header")
     digest = hash_token(token)
-    if hmac.compare_digest(digest, core.admin_token_hash):
+    if core.is_admin_token(digest):
         return Principal(is_admin=True)
     with core.db.read() as conn:
         row = conn.execute(
-            select(clients.c.id, clients.c.federation_id, clients.c.revoked).where(
-                clients.c.key_hash == digest
+            select(
+                clients.c.id,
+                clients.c.federation_id,
+                clients.c.revoked,
+                previous_keys.c.client_id.label("rotating"),
             )
+            .select_from(
+                clients.outerjoin(previous_keys, previous_keys.c.client_id == clients.c.id)
+            )
+            .where(clients.c.key_hash == digest)
         ).first()
+        if row is None:
+            row = _previous_key_owner(conn, digest)
     if row is None:
         raise Unauthorized("unknown token; register with an enrollment token")
     if row.revoked:
         raise Unauthorized(f"client {row.id} has been revoked")
-    return Principal(is_admin=False, client_id=row.id, federation_id=row.federation_id)
+    if row.rotating is not None:  # the new key's first use retires the key before it
+        with core.db.write() as conn:
+            conn.execute(delete(previous_keys).where(previous_keys.c.client_id == row.id))
+    return Principal(
+        is_admin=False, client_id=row.id, federation_id=row.federation_id, key_hash=digest
+    )
+
+
+def _previous_key_owner(conn: Connection, digest: str) -> Row | None:
+    """The client whose still-valid previous key this is (`rotating` null: nothing to retire)."""
+    return conn.execute(
+        select(
+            clients.c.id,
+            clients.c.federation_id,
+            clients.c.revoked,
+            null().label("rotating"),
+        )
+        .select_from(clients.join(previous_keys, previous_keys.c.client_id == clients.c.id))
+        .where(previous_keys.c.key_hash == digest, previous_keys.c.expires_at > now())
+    ).first()
+
+
+def rotate_key(
+    core: Core, caller: Principal, cid: str, mint: Mint = fresh_secret
+) -> ClientKeyRotated:
+    """A new API key for client `cid`, called by that client or the admin.
+
+    The admin's rotation ends the old key at once. A client's own rotation keeps the key it
+    called with valid until the new one is first used (at most `PREVIOUS_KEY_GRACE_S`), so a
+    retry after a lost answer authenticates and gets the same answer replayed.
+    """
+    if not caller.is_admin and caller.client_id != cid:
+        raise Forbidden("a client may rotate only its own API key")
+    api_key = mint("ftk_", 32)
+    t = now()
+    with core.db.write() as conn:
+        row = conn.execute(
+            select(clients.c.federation_id, clients.c.revoked).where(clients.c.id == cid)
+        ).first()
+        if row is None:
+            raise NotFound(f"no client {cid!r}")
+        if row.revoked:
+            raise Forbidden(f"client {cid} has been revoked; its key cannot be rotated")
+        conn.execute(delete(previous_keys).where(previous_keys.c.client_id == cid))
+        if not caller.is_admin and caller.key_hash is not None:
+            conn.execute(
+                insert(previous_keys).values(
+                    client_id=cid, key_hash=caller.key_hash, expires_at=t + PREVIOUS_KEY_GRACE_S
+                )
+            )
+        conn.execute(
+            update(clients).where(clients.c.id == cid).values(key_hash=hash_token(api_key))
+        )
+    grace = None if caller.is_admin else datetime.fromtimestamp(t + PREVIOUS_KEY_GRACE_S, UTC)
+    return ClientKeyRotated(
+        client_id=cid,
+        federation_id=row.federation_id,
+        api_key=api_key,
+        previous_key_valid_until=grace,
+    )
+
+
+def enrollment_token_id(token_hash: str) -> str:
+    """The public id of an enrollment token: the first 16 hex digits of its stored sha256."""
+    return token_hash[:16]
 
 
 def create_enrollment_token(
@@ -93,6 +189,7 @@ def create_enrollment_token(
         )
     return EnrollmentToken(
         token=token,
+        id=enrollment_token_id(hash_token(token)),
         federation_id=fid,
         uses=req.uses,
         expires_at=datetime.fromtimestamp(t + req.expires_in_s, UTC),
@@ -125,7 +222,15 @@ def register_client(
             ).first()
             if row is None:
                 raise Unauthorized("unknown enrollment token", error="enrollment_invalid")
-            why = "has expired" if row.expires_at <= t else "has no uses left"
+            revoked = conn.execute(
+                select(enrollment_token_revocations.c.token_hash).where(
+                    enrollment_token_revocations.c.token_hash == token_hash
+                )
+            ).first()
+            if revoked is not None:
+                why = "has been revoked"
+            else:
+                why = "has expired" if row.expires_at <= t else "has no uses left"
             raise Forbidden(
                 f"enrollment token {why}; ask the admin for a new one", error="enrollment_invalid"
             )
@@ -193,3 +298,71 @@ def revoke_client(core: Core, cid: str) -> ClientInfo:
     if not found:
         raise NotFound(f"no client {cid!r}")
     return found[0]
+
+
+def _token_infos(
+    conn: Connection, fid: str, token_id: str | None = None
+) -> list[EnrollmentTokenInfo]:
+    query = (
+        select(enrollment_tokens, enrollment_token_revocations.c.revoked_at)
+        .select_from(
+            enrollment_tokens.outerjoin(
+                enrollment_token_revocations,
+                enrollment_token_revocations.c.token_hash == enrollment_tokens.c.token_hash,
+            )
+        )
+        .where(enrollment_tokens.c.federation_id == fid)
+        .order_by(enrollment_tokens.c.created_at, enrollment_tokens.c.token_hash)
+    )
+    if token_id is not None:
+        query = query.where(func.substr(enrollment_tokens.c.token_hash, 1, 16) == token_id)
+    return [
+        EnrollmentTokenInfo(
+            id=enrollment_token_id(r.token_hash),
+            federation_id=r.federation_id,
+            uses_left=r.uses_left,
+            expires_at=datetime.fromtimestamp(r.expires_at, UTC),
+            created_at=datetime.fromtimestamp(r.created_at, UTC),
+            revoked=r.revoked_at is not None,
+        )
+        for r in conn.execute(query).all()
+    ]
+
+
+def list_enrollment_tokens(core: Core, fid: str) -> list[EnrollmentTokenInfo]:
+    """Every enrollment token issued for federation `fid`, oldest first, without its secret."""
+    with core.db.read() as conn:
+        federation_row(conn, fid)
+        return _token_infos(conn, fid)
+
+
+def revoke_enrollment_token(core: Core, fid: str, token_id: str) -> EnrollmentTokenInfo:
+    """Revoke an enrollment token of `fid` (idempotent): it allows no more registrations;
+    clients that registered with it stay."""
+    with core.db.write() as conn:
+        federation_row(conn, fid)
+        found = conn.execute(
+            select(enrollment_tokens.c.token_hash).where(
+                enrollment_tokens.c.federation_id == fid,
+                func.substr(enrollment_tokens.c.token_hash, 1, 16) == token_id,
+            )
+        ).all()
+        if not found:
+            raise NotFound(f"no enrollment token {token_id!r} in federation {fid}")
+        t = now()
+        for (token_hash,) in found:
+            conn.execute(
+                update(enrollment_tokens)
+                .where(enrollment_tokens.c.token_hash == token_hash)
+                .values(uses_left=0)
+            )
+            known = conn.execute(
+                select(enrollment_token_revocations.c.token_hash).where(
+                    enrollment_token_revocations.c.token_hash == token_hash
+                )
+            ).first()
+            if known is None:
+                conn.execute(
+                    insert(enrollment_token_revocations).values(token_hash=token_hash, revoked_at=t)
+                )
+        return _token_infos(conn, fid, token_id)[0]

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
+import logging
+import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import select
 
 from aggregator_service.metrics import Metrics
 from aggregator_service.services.errors import NotFound
-from aggregator_service.settings import Settings
+from aggregator_service.settings import MIN_ADMIN_TOKEN_CHARS, Settings
 from aggregator_service.storage import Database, LocalBlobStore
 from aggregator_service.storage.tables import federations
 from shared.spec import FederationSpec
 
-__all__ = ["Core", "Mint", "Notifier", "fresh_secret", "hash_token", "now"]
+__all__ = ["AdminTokens", "Core", "Mint", "Notifier", "fresh_secret", "hash_token", "now"]
+
+log = logging.getLogger("fedtune.server")
 
 # Makes a shown-once secret (an API key, an enrollment token): `mint(prefix, nbytes)` is the
 # prefix and `nbytes` random bytes in URL-safe base64.
@@ -65,16 +71,102 @@ class Notifier:
             event.set()
 
 
+class AdminTokens:
+    """The valid admin tokens (hashes): the settings' one, or every line of the token file.
+
+    The file is re-read when its modification time, size or inode changes, looked at no more
+    than once per `recheck_s` (on authentication), so an operator rotates without a restart:
+    add the new token as a line, move the tools over, remove the old line. Replicas reading the
+    same mounted secret all follow. A changed file that is unreadable, empty or holds a token
+    shorter than `MIN_ADMIN_TOKEN_CHARS` is logged and ignored: the tokens read before stay.
+    """
+
+    def __init__(self, first_hash: str, path: Path | None = None, recheck_s: float = 1.0):
+        self._hashes: tuple[str, ...] = (first_hash,)
+        self._path = path
+        self._recheck_s = recheck_s
+        self._checked = float("-inf")
+        self._seen: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+        if path is not None:
+            self._reload(force=True)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, first_hash: str) -> AdminTokens:
+        """Fixed when the token came from the settings; otherwise following the token file."""
+        if settings.admin_token is not None:
+            return cls(first_hash)
+        return cls(first_hash, settings.admin_token_file or settings.data_dir / "admin-token")
+
+    def matches(self, digest: str) -> bool:
+        """Whether `digest` (sha256 hex of a bearer token) is one of the admin tokens'."""
+        self._reload()
+        # compare with every hash, so the timing says nothing about which one matched
+        found = False
+        for known in self._hashes:
+            found |= hmac.compare_digest(digest, known)
+        return found
+
+    def _reload(self, force: bool = False) -> None:
+        if self._path is None:
+            return
+        t = time.monotonic()
+        with self._lock:
+            if not force and t - self._checked < self._recheck_s:
+                return
+            self._checked = t
+            try:
+                st = os.stat(self._path)
+            except OSError as exc:
+                log.error(
+                    "admin token file %s: %s; keeping the tokens read before", self._path, exc
+                )
+                return
+            seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if seen == self._seen:
+                return
+            self._seen = seen
+            hashes = self._read(self._path)
+            if hashes:
+                self._hashes = hashes
+
+    @staticmethod
+    def _read(path: Path) -> tuple[str, ...]:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            log.error("admin token file %s: %s; keeping the tokens read before", path, exc)
+            return ()
+        tokens = [line.strip() for line in text.splitlines() if line.strip()]
+        if not tokens or any(len(token) < MIN_ADMIN_TOKEN_CHARS for token in tokens):
+            log.error(
+                "admin token file %s is empty or holds a token shorter than %d characters; "
+                "keeping the tokens read before",
+                path,
+                MIN_ADMIN_TOKEN_CHARS,
+            )
+            return ()
+        return tuple(hash_token(token) for token in tokens)
+
+
 @dataclass
 class Core:
     settings: Settings
     db: Database
     blobs: LocalBlobStore
     metrics: Metrics
-    admin_token_hash: str
+    admin_token_hash: str  # the first admin token's at start-up; `admin_tokens` checks all
     notifier: Notifier = field(default_factory=Notifier)
+    admin_tokens: AdminTokens = field(init=False)
     _specs: dict[str, FederationSpec] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.admin_tokens = AdminTokens.from_settings(self.settings, self.admin_token_hash)
+
+    def is_admin_token(self, digest: str) -> bool:
+        """Whether `digest` (sha256 hex of a bearer token) is a valid admin token's."""
+        return self.admin_tokens.matches(digest)
 
     def spec(self, federation_id: str) -> FederationSpec:
         """The federation's spec (immutable, so cached); `NotFound` when there is none."""

@@ -87,6 +87,26 @@ enrollment_tokens = Table(
     Column("created_at", Double, nullable=False),
 )
 
+# Tables of their own (not columns), so databases created before them gain them through
+# create_all. A revoked enrollment token also has uses_left 0, so registration refuses it in
+# the same conditional update as a spent one; this row says why.
+enrollment_token_revocations = Table(
+    "enrollment_token_revocations",
+    metadata,
+    Column("token_hash", String(64), ForeignKey("enrollment_tokens.token_hash"), primary_key=True),
+    Column("revoked_at", Double, nullable=False),
+)
+
+# A client's API key before it rotated its own (services/access.py): still valid until the new
+# key is first used or `expires_at`, so a rotation whose answer was lost can be retried with it.
+previous_keys = Table(
+    "previous_keys",
+    metadata,
+    Column("client_id", String(32), ForeignKey("clients.id"), primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("expires_at", Double, nullable=False),
+)
+
 updates = Table(
     "updates",
     metadata,

@@ -28,7 +28,7 @@ from aggregator_service.settings import Settings
 from shared.api import FederationInfo
 from tests.deltas import make_delta
 
-ADMIN_TOKEN = "fta_test-admin-token"
+ADMIN_TOKEN = "fta_test-admin-token-0123456789abcdef"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 

@@ -33,7 +33,7 @@ def world(start_module_app, new_federation, spec_with, delta) -> World:
         "revoked": fed.keys[revoked],
         "other_federation": next(iter(other.keys.values())),
         "client": fed.keys[member],
-        "admin": "fta_test-admin-token",
+        "admin": "fta_test-admin-token-0123456789abcdef",
     }
     body = delta(fed.info, 1, fed.info.global_version)
     return World(app, fed, tokens, revoked, spec, body)
@@ -51,7 +51,21 @@ ROUTES: dict[str, tuple[str, str, str, dict[str, int]]] = {
         "enroll",
         {**_ADMIN, "admin": 201},
     ),
+    "list_enrollment_tokens": (
+        "GET",
+        "/v1/federations/{fid}/enrollment-tokens",
+        "",
+        {**_ADMIN, "admin": 200},
+    ),
+    "revoke_enrollment_token": (
+        "DELETE",
+        "/v1/federations/{fid}/enrollment-tokens/0123456789abcdef",
+        "",
+        {**_ADMIN, "admin": 404},
+    ),
     "list_clients": ("GET", "/v1/clients", "", {**_ADMIN, "admin": 200}),
+    # another client's key (a revoked one: the admin may rotate a live client's key)
+    "rotate_key": ("POST", "/v1/clients/{revoked}/key", "", {**_ADMIN, "admin": 403}),
     "revoke_client": ("DELETE", "/v1/clients/{revoked}", "", {**_ADMIN, "admin": 200}),
     "current_round": ("GET", "/v1/federations/{fid}/rounds/current", "", _MEMBER),
     "history": ("GET", "/v1/federations/{fid}/rounds", "", _MEMBER),

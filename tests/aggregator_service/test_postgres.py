@@ -29,7 +29,7 @@ from tests.aggregator_service.test_uploads import CASES, MAX_UPLOAD_MB, Scene, s
 from tests.deltas import make_delta
 
 PG_ENV = "FEDTUNE_TEST_POSTGRES_URL"
-ADMIN = "fta_postgres-test-admin"
+ADMIN = "fta_postgres-test-admin-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
@@ -133,6 +133,8 @@ def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
         "state_versions": 2,
         "idempotency_keys": 0,
         "exclusions": 0,
+        "enrollment_token_revocations": 0,
+        "previous_keys": 0,
     }
     assert [(r["number"], r["status"], r["received"]) for r in rows["rounds"]] == [
         (1, "closed", 3),

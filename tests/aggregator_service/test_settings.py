@@ -75,3 +75,60 @@ def test_the_data_directory_is_created_private(tmp_path):
     build_core(Settings(data_dir=tmp_path / "data"))
 
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+
+
+LONG_A = "fta_first-admin-token-0123456789abcdef"
+LONG_B = "fta_second-admin-token-0123456789abcdef"
+
+
+def test_a_short_admin_token_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("FEDTUNE_ADMIN_TOKEN", "x" * 31)
+
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        Settings()
+
+
+def test_an_admin_token_file_lists_every_valid_token_first_one_returned(tmp_path):
+    (tmp_path / "admin").write_text(f"\n{LONG_A}\n  \n{LONG_B}\n")
+
+    assert resolve_admin_token(
+        Settings(data_dir=tmp_path, admin_token_file=tmp_path / "admin")
+    ) == (LONG_A)
+
+
+@pytest.mark.parametrize("content", ["short\n", f"{LONG_A}\nshort\n"])
+def test_an_admin_token_file_with_a_short_token_is_refused(tmp_path, content):
+    (tmp_path / "admin").write_text(content)
+
+    with pytest.raises(ValueError, match="shorter than 32 characters"):
+        resolve_admin_token(Settings(data_dir=tmp_path, admin_token_file=tmp_path / "admin"))
+
+
+def test_admin_tokens_follow_their_file_and_ignore_a_broken_one(tmp_path):
+    from aggregator_service.services.context import AdminTokens, hash_token
+
+    path = tmp_path / "admin"
+    path.write_text(LONG_A + "\n")
+    tokens = AdminTokens(hash_token(LONG_A), path, recheck_s=0)
+
+    path.write_text(f"{LONG_A}\n{LONG_B}\n")
+    both = tokens.matches(hash_token(LONG_A)), tokens.matches(hash_token(LONG_B))
+    path.write_text(LONG_B + "\n")
+    after_removal = tokens.matches(hash_token(LONG_A)), tokens.matches(hash_token(LONG_B))
+    path.write_text("short\n")
+    broken = tokens.matches(hash_token(LONG_B)), tokens.matches(hash_token("short"))
+
+    assert both == (True, True)
+    assert after_removal == (False, True)
+    assert broken == (True, False)
+
+
+def test_admin_tokens_from_the_settings_are_fixed(tmp_path):
+    from aggregator_service.services.context import AdminTokens, hash_token
+
+    settings = Settings(data_dir=tmp_path, admin_token=LONG_A)
+    (tmp_path / "admin-token").write_text(LONG_B + "\n")
+
+    tokens = AdminTokens.from_settings(settings, hash_token(LONG_A))
+
+    assert tokens.matches(hash_token(LONG_A)) and not tokens.matches(hash_token(LONG_B))

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from client_sdk.credentials import Credentials, CredentialsError, load, save
+from client_sdk.credentials import (
+    Credentials,
+    CredentialsError,
+    finish_rotation,
+    load,
+    pending_rotation,
+    rotation_path,
+    save,
+)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX symlinks and modes")
 
@@ -86,3 +94,26 @@ def test_symlinks_planted_at_temp_names_are_not_written_through(tmp_path, monkey
     assert planted and planted[0].is_symlink()
     assert load(target) == CREDS
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_pending_rotation_key_is_private_and_reused_for_the_same_api_key(tmp_path):
+    path = tmp_path / "credentials.json"
+    save(CREDS, path)
+
+    first = pending_rotation(path, CREDS)
+    again = pending_rotation(path, CREDS)
+
+    assert first == again
+    assert stat.S_IMODE(rotation_path(path).stat().st_mode) == 0o600
+    assert CREDS.api_key not in rotation_path(path).read_text()
+
+
+def test_a_pending_rotation_of_an_older_api_key_is_not_reused(tmp_path):
+    path = tmp_path / "credentials.json"
+    old = pending_rotation(path, CREDS)
+
+    rotated = CREDS.model_copy(update={"api_key": "ftk_new"})
+
+    assert pending_rotation(path, rotated) != old
+    finish_rotation(path)
+    assert not rotation_path(path).exists()

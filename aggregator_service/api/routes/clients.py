@@ -1,15 +1,16 @@
-"""Clients: register with an enrollment token; list and revoke (admin)."""
+"""Clients: register with an enrollment token; list and revoke (admin); rotate a key."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel
 
-from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep
+from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep, PrincipalDep
 from aggregator_service.api.errors import error_responses
 from aggregator_service.services import access
-from shared.api import ClientInfo, ClientRegistered, ClientRegistration
+from shared.api import ClientInfo, ClientKeyRotated, ClientRegistered, ClientRegistration
 
 router = APIRouter(prefix="/v1/clients", tags=["clients"])
 
@@ -54,3 +55,30 @@ def list_all(
 )
 def revoke(cid: str, core: CoreDep, _admin: AdminDep) -> ClientInfo:
     return access.revoke_client(core, cid)
+
+
+class _KeyRotation(BaseModel):
+    """What a rotation's Idempotency-Key is bound to (the request has no body)."""
+
+    client_id: str
+
+
+@router.post(
+    "/{cid}/key",
+    status_code=200,
+    summary="Rotate a client's API key",
+    description="Returns a new API key for the client, called by that client or the admin. "
+    "After the admin's rotation the old key stops working at once. After a client's own, the "
+    "key it called with keeps working until the new key is first used (or "
+    f"{access.PREVIOUS_KEY_GRACE_S / 3600:g} hours at most), so send an `Idempotency-Key` and, "
+    "when the answer is lost, retry with the old key and the same Idempotency-Key: the same "
+    "new key comes back.",
+    response_model=ClientKeyRotated,
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def rotate_key(
+    cid: str, core: CoreDep, principal: PrincipalDep, once: IdempotentDep
+) -> Response:
+    return await once.run(
+        lambda mint: access.rotate_key(core, principal, cid, mint), _KeyRotation(client_id=cid)
+    )

@@ -1,17 +1,23 @@
-"""Federations: create (admin), describe (members), issue enrollment tokens (admin)."""
+"""Federations: create (admin), describe (members); issue, list, revoke enrollment tokens (admin)."""
 
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep, MemberDep
 from aggregator_service.api.errors import error_responses
 from aggregator_service.services import access
 from aggregator_service.services.errors import Invalid
 from aggregator_service.services.federations import create_federation, federation_info
-from shared.api import EnrollmentToken, EnrollmentTokenRequest, FederationInfo
+from shared.api import (
+    EnrollmentToken,
+    EnrollmentTokenInfo,
+    EnrollmentTokenRequest,
+    FederationInfo,
+)
 from shared.spec import SpecError, parse_spec
 
 router = APIRouter(prefix="/v1/federations", tags=["federations"])
@@ -75,7 +81,7 @@ def get(fid: str, core: CoreDep, _member: MemberDep) -> FederationInfo:
     status_code=201,
     summary="Issue an enrollment token",
     description="A token lets organisations register as clients of this federation; "
-    "it is shown once.",
+    "it is shown once. Its `id` names it in the list and to revoke it.",
     response_model=EnrollmentToken,
     responses=error_responses(401, 403, 404, 409, 422),
 )
@@ -83,3 +89,38 @@ async def enroll(
     fid: str, req: EnrollmentTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
 ) -> Response:
     return await once.run(lambda mint: access.create_enrollment_token(core, fid, req, mint), req)
+
+
+TokenId = Annotated[
+    str,
+    Path(
+        pattern=r"^[0-9a-f]{16}$",
+        description="The token's id from its issue or the list (not the token).",
+    ),
+]
+
+
+@router.get(
+    "/{fid}/enrollment-tokens",
+    summary="List enrollment tokens",
+    description="Every token issued for this federation, oldest first: id, uses left, expiry, "
+    "revocation. The tokens themselves are not stored and never shown again.",
+    response_model=list[EnrollmentTokenInfo],
+    responses=error_responses(401, 403, 404, 422),
+)
+def list_tokens(fid: str, core: CoreDep, _admin: AdminDep) -> list[EnrollmentTokenInfo]:
+    return access.list_enrollment_tokens(core, fid)
+
+
+@router.delete(
+    "/{fid}/enrollment-tokens/{token_id}",
+    summary="Revoke an enrollment token",
+    description="Registration with it is refused from now on (403 `enrollment_invalid`); "
+    "clients that already registered with it stay. Revoking again changes nothing.",
+    response_model=EnrollmentTokenInfo,
+    responses=error_responses(401, 403, 404, 422),
+)
+def revoke_token(
+    fid: str, token_id: TokenId, core: CoreDep, _admin: AdminDep
+) -> EnrollmentTokenInfo:
+    return access.revoke_enrollment_token(core, fid, token_id)

@@ -34,7 +34,11 @@ def core(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Core]:
         if request.param == "postgresql":
             url = stack.enter_context(fresh_database(request.getfixturevalue("pg_server")))
         core = build_core(
-            Settings(data_dir=tmp_path, admin_token="fta_idempotency", database_url=url)
+            Settings(
+                data_dir=tmp_path,
+                admin_token="fta_idempotency-0123456789abcdef01234",
+                database_url=url,
+            )
         )
         yield core
         core.db.dispose()

@@ -34,7 +34,9 @@ async def _chunks(body: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
 
 @pytest.mark.parametrize("sizes", CHUNKINGS.values(), ids=list(CHUNKINGS))
 def test_body_in_any_chunking_is_written_whole_with_its_hash(tmp_path, sizes):
-    core = build_core(Settings(data_dir=tmp_path, admin_token="fta_receive-body"))
+    core = build_core(
+        Settings(data_dir=tmp_path, admin_token="fta_receive-body-0123456789abcdef0123")
+    )
     body = random.Random(len(sizes)).randbytes(sum(sizes))
 
     received = asyncio.run(receive_body(core, _chunks(body, sizes), str(len(body))))
@@ -45,7 +47,11 @@ def test_body_in_any_chunking_is_written_whole_with_its_hash(tmp_path, sizes):
 
 
 def test_body_past_the_limit_mid_stream_is_refused_and_leaves_no_temp_file(tmp_path):
-    core = build_core(Settings(data_dir=tmp_path, admin_token="fta_receive-body", max_upload_mb=2))
+    core = build_core(
+        Settings(
+            data_dir=tmp_path, admin_token="fta_receive-body-0123456789abcdef0123", max_upload_mb=2
+        )
+    )
     body = bytes(3 * MIB)
 
     with pytest.raises(TooLarge):
