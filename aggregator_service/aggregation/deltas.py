@@ -1,7 +1,8 @@
 """A round's updates as strategies see them: `Deltas`, read one tensor at a time.
 
-Strategies never open files. They get a `Deltas`: the round's updates in
-client-id order, each with its example count and its tensors, handed out one
+Strategies never open files. They get a `Deltas`: the round's updates in a
+fixed order (their sort keys; the client id unless the caller gives one), each
+with its example count and its tensors, handed out one
 at a time. `BlobDeltas` is the service's: each accepted update's blob opened
 through the codec (`shared.blobs.Blob`), tensors memory-mapped in place, so
 reading a round costs page cache, not memory of the process's own.
@@ -24,7 +25,7 @@ __all__ = ["BlobDeltas", "Deltas", "MemoryDeltas", "UpdateInput"]
 
 
 class Deltas(Protocol):
-    """The round's updates, sorted by client id, each read one tensor at a time."""
+    """The round's updates in their fixed order, each read one tensor at a time."""
 
     @property
     def client_ids(self) -> Sequence[str]: ...
@@ -50,25 +51,29 @@ class UpdateInput:
     client_id: str
     path: Path
     num_examples: int
+    sort_key: str = ""
+    """What sums run in order of (then the client id). Floating-point sums depend on their
+    order, so the service passes something two identical federations share (the
+    organisation's name and the update's digest), which server-assigned client ids are not."""
 
 
 S = TypeVar("S")
 
 
 class _Sorted(Generic[S]):
-    """Updates sorted by client id (the order every sum runs in), one per client."""
+    """Updates sorted by (sort key, client id), the order every sum runs in; one per client."""
 
-    def __init__(self, items: Sequence[tuple[str, int, S]]) -> None:
+    def __init__(self, items: Sequence[tuple[str, str, int, S]]) -> None:
         if not items:
             raise ValueError("cannot aggregate a round with no updates")
-        ordered = sorted(items, key=lambda item: item[0])
-        counts = Counter(cid for cid, _, _ in ordered)
+        ordered = sorted(items, key=lambda item: (item[0], item[1]))
+        counts = Counter(cid for _, cid, _, _ in ordered)
         dupes = sorted(cid for cid, k in counts.items() if k > 1)
         if dupes:
             raise ValueError(f"more than one update from client(s) {', '.join(dupes)} in one round")
-        self.client_ids = [cid for cid, _, _ in ordered]
-        self.num_examples = [n for _, n, _ in ordered]
-        self._sources = [source for _, _, source in ordered]
+        self.client_ids = [cid for _, cid, _, _ in ordered]
+        self.num_examples = [n for _, _, n, _ in ordered]
+        self._sources = [source for _, _, _, source in ordered]
 
     def __len__(self) -> int:
         return len(self._sources)
@@ -78,7 +83,9 @@ class BlobDeltas(_Sorted[Blob]):
     """Each update's blob on disk, header checked, tensors viewed memory-mapped in place."""
 
     def __init__(self, updates: Sequence[UpdateInput]) -> None:
-        super().__init__([(u.client_id, u.num_examples, Blob.open(u.path)) for u in updates])
+        super().__init__(
+            [(u.sort_key, u.client_id, u.num_examples, Blob.open(u.path)) for u in updates]
+        )
 
     def names(self, i: int) -> list[str]:
         return self._sources[i].names()
@@ -91,7 +98,7 @@ class MemoryDeltas(_Sorted[Mapping[str, torch.Tensor]]):
     """Updates held in memory, given as `(client_id, tensors, num_examples)`."""
 
     def __init__(self, updates: Iterable[tuple[str, Mapping[str, torch.Tensor], int]]) -> None:
-        super().__init__([(cid, n, tensors) for cid, tensors, n in updates])
+        super().__init__([("", cid, n, tensors) for cid, tensors, n in updates])
 
     def names(self, i: int) -> list[str]:
         return sorted(self._sources[i])

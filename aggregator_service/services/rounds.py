@@ -215,14 +215,9 @@ def aggregate_round(core: Core, fid: str, number: int) -> bool:
         if rnd is None or rnd.status != "aggregating":
             return False
         ups = conn.execute(
-            select(updates.c.client_id, updates.c.sha256, updates.c.num_examples)
+            select(updates.c.client_id, updates.c.sha256, updates.c.num_examples, clients.c.name)
+            .join(clients, clients.c.id == updates.c.client_id)
             .where(updates.c.federation_id == fid, updates.c.round == number)
-            # by organisation name: it repeats between runs of a federation, a client id does not
-            .order_by(
-                select(clients.c.name).where(clients.c.id == updates.c.client_id).scalar_subquery(),
-                updates.c.sha256,
-                updates.c.client_id,
-            )
         ).all()
         server_digest = conn.execute(
             select(state_versions.c.server_state_digest).where(
@@ -232,7 +227,11 @@ def aggregate_round(core: Core, fid: str, number: int) -> bool:
     started = time.perf_counter()
     global_state = read_state(core.blobs.path(rnd.base_version))
     server_state = read_state(core.blobs.path(server_digest)) if server_digest else {}
-    inputs = [UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples) for u in ups]
+    # Sums run by organisation name: it repeats between runs of a federation, a client id does not.
+    inputs = [
+        UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples, f"{u.name}\0{u.sha256}")
+        for u in ups
+    ]
     result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state)
     if result is None:
         log.error(
