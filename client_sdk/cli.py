@@ -215,6 +215,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         val_fraction=args.val_fraction,
         progress=not args.quiet,
+        organisation=creds.name,
     )
     with _client(args, server, creds.api_key, creds.ca_cert) as client:
         final = participate(client, creds.client_id, options)

@@ -225,10 +225,11 @@ def _wait_ready(server: ServerProcess) -> None:
 def register(server: ServerProcess, token: str, name: str, credentials: Path, *extra: str) -> None:
     """Register an organisation with `fedtune-client register`; raise with its stderr on failure."""
     cmd = client_command(
-        "register", "--server", server.url, "--enrollment-token", token, "--name", name,
+        "register", "--server", server.url, "--name", name,
         "--credentials", str(credentials), *server.transport_args(), *extra,
     )  # fmt: skip
-    done = subprocess.run(cmd, env=quiet_env(), capture_output=True, text=True, timeout=120)
+    env = quiet_env(FEDTUNE_ENROLLMENT_TOKEN=token)  # not on the command line (`ps` shows that)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"fedtune-client register {name} failed:\n{done.stderr}")
 

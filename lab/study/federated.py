@@ -134,7 +134,9 @@ def run_federated(
         try:
             participants = []
             for k, ((client_id, client), folder) in enumerate(zip(clients, folders, strict=True)):
-                opts = ParticipateOptions(info.id, folder, cell_dir / f"org-{k + 1}", device)
+                opts = ParticipateOptions(
+                    info.id, folder, cell_dir / f"org-{k + 1}", device, organisation=f"org-{k + 1}"
+                )
                 participants.append(_StudyParticipant(client, client_id, opts, k))
             _run_threads(participants, admin)
         finally:
