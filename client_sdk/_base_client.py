@@ -44,6 +44,10 @@ __all__ = ["BaseClient", "Download"]
 log = logging.getLogger("client_sdk")
 T = TypeVar("T")
 
+# 409s that pass on their own: the first attempt with this Idempotency-Key (one that timed
+# out on our side) is still running on the server; a retry soon gets its answer.
+_TRANSIENT_CONFLICTS = frozenset({"idempotency_key_in_use"})
+
 
 @dataclass(frozen=True)
 class Download:
@@ -125,7 +129,11 @@ class BaseClient:
         if isinstance(err, APIConnectionError):
             return err.retryable
         if isinstance(err, APIStatusError):
-            return err.status in C.RETRYABLE_STATUSES or err.status >= 500
+            return (
+                err.status in C.RETRYABLE_STATUSES
+                or err.status >= 500
+                or (err.status == 409 and err.code in _TRANSIENT_CONFLICTS)
+            )
         return False
 
     def _retry_after(self, err: FedTuneError) -> float | None:

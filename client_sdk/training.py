@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,7 +38,13 @@ from tqdm import tqdm
 
 from client_sdk._exceptions import FedTuneError
 from client_sdk.data import ImageDataset, LocalData, derive_seed, split_train_val
-from shared.blobs import DeltaMetadata, atomic_save_state, sha256_file, torch_dtype
+from shared.blobs import (
+    MAX_METRIC_ABS,
+    DeltaMetadata,
+    atomic_save_state,
+    sha256_file,
+    torch_dtype,
+)
 from shared.spec import FederationSpec
 from shared.tuning import BuiltModel
 
@@ -103,6 +110,18 @@ def accuracy(
         correct += int((logits.argmax(-1).cpu() == labels).sum())
         total += len(labels)
     return correct / max(total, 1)
+
+
+def reportable_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The metrics the server accepts: a NaN, infinite or absurd one (a diverged loss) is
+    left out with a warning, since the server refuses an update that reports it."""
+    kept: dict[str, float] = {}
+    for key, value in metrics.items():
+        if math.isfinite(value) and abs(value) <= MAX_METRIC_ABS:
+            kept[key] = value
+        else:
+            log.warning("metric %s is %r: left out of the report", key, value)
+    return kept
 
 
 @contextlib.contextmanager
@@ -265,6 +284,7 @@ class LocalTrainer:
         }
         if val_accuracy is not None:
             metrics["val_accuracy"] = val_accuracy
+        metrics = reportable_metrics(metrics)
         delta = self.delta(global_state)
         meta = DeltaMetadata(
             federation=federation_id,

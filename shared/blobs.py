@@ -34,6 +34,7 @@ from shared.validation import format_validation_error
 __all__ = [
     "DELTA_FORMAT",
     "MAX_HEADER_BYTES",
+    "MAX_METRIC_ABS",
     "Blob",
     "BlobError",
     "DeltaMetadata",
@@ -45,6 +46,7 @@ __all__ = [
     "dtype_name",
     "encode_state",
     "fsync_dir",
+    "header_length",
     "page_buffer",
     "parse_header",
     "read_header",
@@ -57,6 +59,9 @@ __all__ = [
 
 DELTA_FORMAT = "fedtune-delta/1"
 MAX_HEADER_BYTES = 1 << 20
+# The largest magnitude a reported metric may have: far beyond any loss, accuracy or rate,
+# and small enough that example-weighted sums of them can never overflow to Inf.
+MAX_METRIC_ABS = 1e15
 
 # safetensors dtype codes -> (torch dtype name, item size)
 _DTYPES: dict[str, tuple[str, int]] = {
@@ -111,30 +116,37 @@ class SafetensorsHeader:
         return 8 + self.header_size + self.data_size
 
 
-def parse_header(
-    prefix: bytes, total_size: int, max_header: int = MAX_HEADER_BYTES
-) -> SafetensorsHeader:
-    """Check a safetensors header given the file's first bytes and its total size.
-
-    `prefix` must hold at least the 8-byte length and the JSON header. Raises
-    `BlobError` with a message a user can act on.
-    """
-    if total_size < 8 or len(prefix) < 8:
+def header_length(prefix: bytes, max_header: int = MAX_HEADER_BYTES) -> int:
+    """The JSON header's length, read from a body's first 8 bytes; `BlobError` past `max_header`."""
+    if len(prefix) < 8:
         raise BlobError("body is not a safetensors file: shorter than the 8-byte header length")
     (n,) = struct.unpack("<Q", prefix[:8])
     if n > max_header:
         raise BlobError(f"safetensors header is {n} bytes; the limit is {max_header}")
-    if 8 + n > total_size:
+    return int(n)
+
+
+def parse_header(
+    prefix: bytes, total_size: int | None = None, max_header: int = MAX_HEADER_BYTES
+) -> SafetensorsHeader:
+    """Check a safetensors header given the file's first bytes and its total size.
+
+    `prefix` must hold at least the 8-byte length and the JSON header. Without
+    `total_size` (a body still arriving) the tensors must tile the data from 0
+    without gaps, and the header's `total_size` is the size it declares. Raises
+    `BlobError` with a message a user can act on.
+    """
+    if total_size is not None and total_size < 8:
+        raise BlobError("body is not a safetensors file: shorter than the 8-byte header length")
+    n = header_length(prefix, max_header)
+    if total_size is not None and 8 + n > total_size:
         raise BlobError(
             f"safetensors header length {n} runs past the end of the {total_size}-byte body "
             "(truncated upload or not a safetensors file)"
         )
     if len(prefix) < 8 + n:
         raise BlobError("internal: header prefix too short")
-    try:
-        raw = json.loads(prefix[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BlobError("safetensors header is not valid JSON (not a safetensors file?)") from None
+    raw = _load_json(prefix[8 : 8 + n], "safetensors header", " (not a safetensors file?)")
     if not isinstance(raw, dict):
         raise BlobError("safetensors header must be a JSON object")
     meta_raw = raw.pop("__metadata__", {}) or {}
@@ -142,7 +154,7 @@ def parse_header(
         isinstance(k, str) and isinstance(v, str) for k, v in meta_raw.items()
     ):
         raise BlobError("safetensors __metadata__ must map strings to strings")
-    data_size = total_size - 8 - n
+    data_size = None if total_size is None else total_size - 8 - n
     tensors: dict[str, TensorEntry] = {}
     for name, info in raw.items():
         tensors[name] = _parse_entry(name, info, data_size)
@@ -153,7 +165,9 @@ def parse_header(
             kind = "overlaps another tensor" if start < cursor else "leaves a gap before it"
             raise BlobError(f"tensor {name!r}: data offsets [{start}, {end}) {kind}")
         cursor = end
-    if cursor != data_size:
+    if data_size is None:
+        data_size = cursor
+    elif cursor != data_size:
         raise BlobError(
             f"tensor data covers {cursor} bytes but the body holds {data_size} "
             "(truncated or padded upload)"
@@ -161,7 +175,19 @@ def parse_header(
     return SafetensorsHeader(tensors, dict(meta_raw), n, data_size)
 
 
-def _parse_entry(name: str, info: Any, data_size: int) -> TensorEntry:
+def _load_json(raw: bytes, what: str, hint: str = "") -> Any:
+    """`json.loads` of UTF-8, with every way hostile text can fail it (bad UTF-8 or syntax,
+    nesting deep enough to exhaust the parser's recursion, integers of thousands of digits)
+    as a `BlobError`."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise BlobError(f"{what} is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError):
+        raise BlobError(f"{what} is not valid JSON{hint}") from None
+
+
+def _parse_entry(name: str, info: Any, data_size: int | None) -> TensorEntry:
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise BlobError(f"tensor {name!r}: header entry needs exactly dtype, shape, data_offsets")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
@@ -174,7 +200,7 @@ def _parse_entry(name: str, info: Any, data_size: int) -> TensorEntry:
     ):
         raise BlobError(f"tensor {name!r}: data_offsets must be [start, end]")
     start, end = offsets
-    if not 0 <= start <= end <= data_size:
+    if not 0 <= start <= end or (data_size is not None and end > data_size):
         raise BlobError(f"tensor {name!r}: data offsets [{start}, {end}) out of range")
     dtype, itemsize = _DTYPES[code]
     if (end - start) != math.prod(shape) * itemsize:
@@ -364,14 +390,30 @@ class DeltaMetadata(BaseModel):
                 data[key] = int(data[key])
             except ValueError:
                 raise BlobError(f"metadata '{key}' must be an integer, got {data[key]!r}") from None
-        try:
-            data["metrics"] = json.loads(data.get("metrics", "{}"))
-        except json.JSONDecodeError:
-            raise BlobError("metadata 'metrics' must be a JSON object of numbers") from None
+        data["metrics"] = _metrics(data.get("metrics", "{}"))
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
             raise BlobError(f"metadata {format_validation_error(exc)}") from None
+
+
+def _metrics(text: str) -> dict[str, float]:
+    """`metadata['metrics']`: a flat JSON object of finite numbers, each within
+    `MAX_METRIC_ABS` (so the server's example-weighted means stay finite too)."""
+    raw = _load_json(text.encode("utf-8", "surrogatepass"), "metadata 'metrics'")
+    if not isinstance(raw, dict):
+        raise BlobError("metadata 'metrics' must be a JSON object of numbers")
+    metrics: dict[str, float] = {}
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BlobError(f"metadata 'metrics': {key!r} must be a number, got {value!r:.40}")
+        if not abs(value) <= MAX_METRIC_ABS:  # NaN fails every comparison
+            raise BlobError(
+                f"metadata 'metrics': {key!r} is {value!r:.40}; metrics must be finite numbers "
+                f"of magnitude at most {MAX_METRIC_ABS:g}"
+            )
+        metrics[key] = float(value)
+    return metrics
 
 
 _CODES = {name: code for code, (name, _) in _DTYPES.items()}

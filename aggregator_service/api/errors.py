@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aggregator_service.services.errors import (
+    Busy,
     Conflict,
     DomainError,
     Forbidden,
@@ -30,6 +31,7 @@ from shared.validation import format_validation_error
 
 __all__ = [
     "RejectNul",
+    "close_on_refusal",
     "error_response",
     "error_responses",
     "install_error_handlers",
@@ -46,6 +48,8 @@ _DESCRIPTIONS = {
     409: "Conflicts with the current state; `round` holds the current round when relevant.",
     413: "Body larger than the server accepts.",
     422: "Invalid input; `detail` names the field and what is wrong.",
+    429: "This API key already runs as many such requests as the server allows; retry after "
+    "`Retry-After` seconds.",
 }
 
 # The most specific class in an error's MRO decides (Malformed is an Invalid that answers 400).
@@ -57,6 +61,7 @@ _STATUS: dict[type[DomainError], int] = {
     Conflict: 409,
     TooLarge: 413,
     Invalid: 422,
+    Busy: 429,
     DomainError: 400,
 }
 
@@ -68,6 +73,20 @@ def status_of(exc: DomainError) -> int:
 
 def _body_of(exc: DomainError) -> ErrorBody:
     return ErrorBody(error=exc.error, detail=exc.detail, round=exc.round)
+
+
+def close_on_refusal(request: Request) -> None:
+    """Mark a request whose body may be refused before it is all read: the refusal then
+    closes the connection, so the server does not go on reading (and discarding) what the
+    client still sends."""
+    request.state.close_on_refusal = True
+
+
+def _headers_of(request: Request, exc: DomainError) -> dict[str, str]:
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Busy) else {}
+    if getattr(request.state, "close_on_refusal", False):
+        headers["Connection"] = "close"
+    return headers
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -92,9 +111,9 @@ _HTTP_CODES = {
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    async def domain_error(_req: Request, exc: Exception) -> JSONResponse:
+    async def domain_error(req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
-        return error_response(status_of(exc), _body_of(exc))
+        return error_response(status_of(exc), _body_of(exc), _headers_of(req, exc))
 
     async def validation_error(_req: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from shared.api import RoundStatus
 
 __all__ = [
+    "Busy",
     "Conflict",
     "DomainError",
     "Forbidden",
@@ -63,6 +64,16 @@ class TooLarge(DomainError):
     """The body is larger than this server accepts."""
 
     default_error = "payload_too_large"
+
+
+class Busy(DomainError):
+    """The caller already runs as many requests of this kind as it may; retry after a pause."""
+
+    default_error = "too_many_requests"
+
+    def __init__(self, detail: str, *, retry_after_s: int, error: str | None = None) -> None:
+        super().__init__(detail, error=error)
+        self.retry_after_s = retry_after_s
 
 
 class Invalid(DomainError):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aggregator_service.services.context import Core
 from aggregator_service.services.rounds import (
@@ -19,6 +19,7 @@ from aggregator_service.services.rounds import (
     stuck_rounds,
     take_over_stale,
 )
+from aggregator_service.services.slots import ClientSlots
 from shared.api import RoundStatus
 
 __all__ = ["RoundRunner", "before_aggregation"]
@@ -34,6 +35,14 @@ before_aggregation: list[Callable[[str, int], None]] = []
 class RoundRunner:
     def __init__(self, core: Core) -> None:
         self.core = core
+        settings = core.settings
+        # Per-client limits on the requests held open on this loop (per process: see slots).
+        self.polls = ClientSlots(
+            "long-polls", settings.max_polls_per_client, settings.busy_retry_after_s
+        )
+        self.uploads = ClientSlots(
+            "uploads", settings.max_uploads_per_client, settings.busy_retry_after_s
+        )
         self._tasks: set[asyncio.Task[bool]] = set()
         self._running: set[tuple[str, int]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -101,9 +110,18 @@ class RoundRunner:
                 log.exception("deadline check failed")
 
     async def wait_for_change(
-        self, fid: str, client_id: str | None, wait_s: float, revision: int | None
+        self,
+        fid: str,
+        client_id: str | None,
+        wait_s: float,
+        revision: int | None,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
     ) -> RoundStatus:
-        """The round status, held until its revision differs from `revision` or `wait_s` passes."""
+        """The round status, held until its revision differs from `revision` or `wait_s` passes.
+
+        `disconnected` is asked at each re-check: once the caller has gone, the wait ends
+        (what is returned then reaches nobody).
+        """
         loop = asyncio.get_running_loop()
         notifier = self.core.notifier
         event = notifier.event(fid)
@@ -116,6 +134,8 @@ class RoundRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(left, self.core.settings.poll_recheck_s))
             event = notifier.event(fid)
+            if disconnected is not None and await disconnected():
+                return status
             if await asyncio.to_thread(current_revision, self.core, fid) != seen:
                 break
         return await asyncio.to_thread(round_status, self.core, fid, client_id)

@@ -1,6 +1,9 @@
 """Receiving a client's delta: stream to a temp file, validate, then commit atomically.
 
-The body is hashed while it is written and never held in memory. Until the
+The body is hashed while it is written and never held in memory. Its safetensors header
+is checked against the federation's manifest as soon as it has arrived, so a wrong upload
+is refused before the rest of it is read, and the body may then be no longer than the
+size its header declares. Until the
 final transaction nothing is visible: a refused upload leaves no row, no blob
 and no counter change. The blob is renamed into the store inside the
 transaction that inserts its row, so a committed row always has its blob.
@@ -23,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, TooLarge
 from aggregator_service.services.rounds import read_status
-from aggregator_service.services.validation import validate_delta
+from aggregator_service.services.validation import check_header, not_safetensors, validate_delta
 from aggregator_service.storage.tables import (
     INT_MAX,
     federations,
@@ -32,10 +35,10 @@ from aggregator_service.storage.tables import (
     updates,
 )
 from shared.api import RoundState, RoundStatus, TensorInfo, UpdateReceipt
-from shared.blobs import DeltaMetadata, page_buffer
+from shared.blobs import BlobError, DeltaMetadata, header_length, page_buffer, parse_header
 from shared.spec import FederationSpec
 
-__all__ = ["Received", "ingest", "receive_body"]
+__all__ = ["Expected", "Received", "expected_upload", "ingest", "receive_body"]
 
 _WRITE_BATCH = 1 << 20
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -50,6 +53,83 @@ class Received:
 
 def _too_large(limit: int) -> TooLarge:
     return TooLarge(f"update body exceeds the server's limit of {limit} bytes")
+
+
+def _past_header(size: int) -> TooLarge:
+    return TooLarge(
+        f"update body is longer than the {size} bytes its safetensors header declares "
+        "(length prefix, header and tensor data); send the file exactly"
+    )
+
+
+class _Head:
+    """Collects a body's first bytes until its safetensors header is whole (at most
+    8 bytes and `MAX_HEADER_BYTES`: a longer header is refused as its length arrives),
+    for `expected` to check."""
+
+    def __init__(self, expected: Expected) -> None:
+        self.expected = expected
+        self.buf = bytearray()
+        self.need: int | None = None  # 8 + the header's length, once the length has arrived
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        """The length prefix and header once both have arrived, else None; `BlobError`."""
+        pos = 0
+        while True:
+            want = 8 if self.need is None else self.need
+            take = min(want - len(self.buf), len(chunk) - pos)
+            self.buf += chunk[pos : pos + take]
+            pos += take
+            if len(self.buf) < want:
+                return None
+            if self.need is not None:
+                return bytes(self.buf)
+            self.need = 8 + header_length(bytes(self.buf))
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What an upload to one federation's round must look like (`expected_upload`)."""
+
+    core: Core
+    fid: str
+    number: int
+    spec: FederationSpec
+    manifest: dict[str, TensorInfo]
+
+    def size_of(self, head: bytes, declared: int | None) -> int:
+        """Check a header that has just arrived (blocking); the exact body size it implies.
+
+        Raises what `validate_delta` would for the same header, or `TooLarge` when the
+        Content-Length (`declared`) or the header itself says more than may come.
+        """
+        try:
+            header = parse_header(head)
+            if declared is not None and declared < header.total_size:
+                parse_header(head, declared)  # raises, saying what the short body lacks
+        except BlobError as exc:
+            raise not_safetensors(exc) from None
+        most = self.core.settings.max_num_examples
+        check_header(header, self.spec, self.manifest, self.fid, self.number, most)
+        if declared is not None and declared > header.total_size:
+            raise _past_header(header.total_size)
+        if header.total_size > self.core.settings.max_upload_bytes:
+            raise _too_large(self.core.settings.max_upload_bytes)
+        return header.total_size
+
+
+def expected_upload(core: Core, fid: str, number: int) -> Expected:
+    """The manifest and spec an upload to round `number` of `fid` is checked against."""
+    with core.db.read() as conn:
+        manifest = _manifest(conn, fid)
+    return Expected(core, fid, number, core.spec(fid), manifest)
+
+
+def _manifest(conn: Connection, fid: str) -> dict[str, TensorInfo]:
+    text: str = conn.execute(
+        select(federations.c.manifest).where(federations.c.id == fid)
+    ).scalar_one()
+    return {k: TensorInfo.model_validate(v) for k, v in json.loads(text).items()}
 
 
 class _Spool:
@@ -89,29 +169,48 @@ class _Spool:
 
 
 async def receive_body(
-    core: Core, chunks: AsyncIterator[bytes], content_length: str | None
+    core: Core,
+    chunks: AsyncIterator[bytes],
+    content_length: str | None,
+    expected: Expected | None = None,
 ) -> Received:
-    """Stream the body into a temp file in the blob store, hashing it; `TooLarge` past the limit.
+    """Stream the body into a temp file in the blob store, hashing it; `TooLarge` past the
+    server's limit.
 
-    A worker thread hashes and writes each 1 MiB of it, so a large upload never
-    blocks the event loop and is never held whole.
+    With `expected`, it is also refused (`Malformed`, `Invalid`) as soon as its header has
+    arrived and disagrees with the manifest, and (`TooLarge`) once it runs past the size
+    that header declares. A worker thread hashes and writes each 1 MiB of it, so a large
+    upload never blocks the event loop and is never held whole.
     """
     limit = core.settings.max_upload_bytes
-    if content_length and content_length.isdigit() and int(content_length) > limit:
+    declared = int(content_length) if content_length and content_length.isdigit() else None
+    if declared is not None and declared > limit:
         raise _too_large(limit)
+    head = _Head(expected) if expected is not None else None
+    too_large = _too_large(limit)
     tmp = core.blobs.new_temp()
     try:
         with open(tmp, "wb") as f:
             spool = _Spool(f)
             async for chunk in chunks:
+                if head is not None and (whole := _feed(head, chunk)) is not None:
+                    limit = await asyncio.to_thread(head.expected.size_of, whole, declared)
+                    head, too_large = None, _past_header(limit)
                 if spool.size + len(chunk) > limit:
-                    raise _too_large(limit)
+                    raise too_large
                 await spool.add(chunk)
             await spool.flush()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return Received(tmp, spool.sha.hexdigest(), spool.size)
+
+
+def _feed(head: _Head, chunk: bytes) -> bytes | None:
+    try:
+        return head.feed(chunk)
+    except BlobError as exc:
+        raise not_safetensors(exc) from None
 
 
 class _Retry(Exception):
@@ -162,14 +261,11 @@ def _ingest_once(
         status = read_status(conn, spec, fid, client_id)
         if prior is not None:
             return _duplicate(conn, spec, client_id, fid, number, body, prior, status)
-        manifest_text: str = conn.execute(
-            select(federations.c.manifest).where(federations.c.id == fid)
-        ).scalar_one()
+        manifest = _manifest(conn, fid)
     if status.federation_status == "completed":
         raise Conflict("the federation has completed", error="federation_completed", round=status)
     if number != status.round or status.status != "open":
         raise Conflict(_closed_detail(number, status), error="round_closed", round=status)
-    manifest = {k: TensorInfo.model_validate(v) for k, v in json.loads(manifest_text).items()}
     meta = validate_delta(body.path, spec, manifest, fid, number, core.settings.max_num_examples)
     if meta.base_version != status.global_version:
         _refuse_base(core, fid, meta.base_version, status)

@@ -1,7 +1,8 @@
 """Checks on an uploaded delta before it is accepted: format, metadata, manifest, values.
 
-Runs on the temp file the body was streamed into, through the codec
-(`shared.blobs.Blob`). Values are read with plain file reads into one small
+The header's checks (`check_header`) run as soon as an upload's header has arrived, and
+all of them (`validate_delta`) on the temp file the body was streamed into, through the
+codec (`shared.blobs.Blob`). Values are read with plain file reads into one small
 fixed buffer and checked into another, so checking a
 delta costs the same memory whatever its size (512 KiB per worker thread
 checking one). Nothing is ever unpickled.
@@ -26,7 +27,7 @@ from shared.blobs import (
 )
 from shared.spec import FederationSpec
 
-__all__ = ["validate_delta"]
+__all__ = ["check_header", "not_safetensors", "validate_delta"]
 
 _SHOW = 5
 _CHECK_CHUNK_BYTES = 1 << 18  # small: 6 threads checking at once hold 3 MiB
@@ -110,6 +111,42 @@ def _refuse(name: str, values: torch.Tensor, max_abs: float | None) -> None:
     )
 
 
+def not_safetensors(exc: BlobError, received: int | None = None) -> Malformed:
+    """The refusal of a body the codec cannot read; `received`: its size, once all arrived."""
+    size = f" ({received} bytes received)" if received is not None else ""
+    return _malformed(f"update is not a valid safetensors file{size}: {exc}")
+
+
+def check_header(
+    header: SafetensorsHeader,
+    spec: FederationSpec,
+    manifest: Mapping[str, TensorInfo],
+    fid: str,
+    number: int,
+    max_num_examples: int,
+) -> DeltaMetadata:
+    """Everything about a delta its header alone tells: metadata, keys, shapes and dtypes.
+
+    Runs as soon as an upload's header has arrived (so a wrong one is refused before the
+    body is read) and again on the whole file. Returns the metadata or raises `Invalid`.
+    """
+    try:
+        meta = DeltaMetadata.from_safetensors(header.metadata)
+    except BlobError as exc:
+        raise _invalid(f"bad update metadata: {exc}") from None
+    if meta.num_examples > max_num_examples:
+        raise _invalid(
+            f"metadata 'num_examples' is {meta.num_examples}; the server accepts at most "
+            f"{max_num_examples}",
+        )
+    if meta.federation != fid:
+        raise _invalid(f"metadata 'federation' is {meta.federation!r} but the URL names {fid!r}")
+    if meta.round != number:
+        raise _invalid(f"metadata 'round' is {meta.round} but the URL names round {number}")
+    _check_tensors(header, manifest, spec.transport.dtype)
+    return meta
+
+
 def validate_delta(
     path: Path,
     spec: FederationSpec,
@@ -122,23 +159,7 @@ def validate_delta(
     try:
         blob = Blob.open(path)
     except BlobError as exc:
-        size = path.stat().st_size
-        raise _malformed(
-            f"update is not a valid safetensors file ({size} bytes received): {exc}"
-        ) from None
-    try:
-        meta = DeltaMetadata.from_safetensors(blob.metadata)
-    except BlobError as exc:
-        raise _invalid(f"bad update metadata: {exc}") from None
-    if meta.num_examples > max_num_examples:
-        raise _invalid(
-            f"metadata 'num_examples' is {meta.num_examples}; the server accepts at most "
-            f"{max_num_examples}",
-        )
-    if meta.federation != fid:
-        raise _invalid(f"metadata 'federation' is {meta.federation!r} but the URL names {fid!r}")
-    if meta.round != number:
-        raise _invalid(f"metadata 'round' is {meta.round} but the URL names round {number}")
-    _check_tensors(blob.header, manifest, spec.transport.dtype)
+        raise not_safetensors(exc, path.stat().st_size) from None
+    meta = check_header(blob.header, spec, manifest, fid, number, max_num_examples)
     _check_finite(blob, sorted(manifest), spec.aggregation.max_abs_value)
     return meta

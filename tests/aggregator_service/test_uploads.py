@@ -351,8 +351,9 @@ def test_same_bytes_again_is_a_duplicate_not_a_change(scene: Scene, unchanged: N
     assert r.json()["duplicate"] is True and r.json()["round"] == rnd
 
 
-def test_body_over_max_without_content_length_is_refused(scene: Scene, unchanged: None):
+def test_body_past_its_header_without_content_length_is_refused(scene: Scene, unchanged: None):
     def chunks() -> Iterator[bytes]:
+        yield scene.good()
         for _ in range(32):
             yield bytes(64 * 1024)
 
@@ -360,6 +361,7 @@ def test_body_over_max_without_content_length_is_refused(scene: Scene, unchanged
         r = client.put(f"/v1/federations/{scene.info.id}/rounds/2/update", content=chunks())
 
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+    assert "longer than the" in r.json()["detail"]
 
 
 def test_refusals_are_counted_by_reason(scene: Scene):

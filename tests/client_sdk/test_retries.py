@@ -148,3 +148,37 @@ def test_upload_retry_sends_the_same_bytes(scripted, tmp_path):
     assert result.round == 1 and not result.duplicate
     assert [s.body for s in scripted.seen] == [delta.read_bytes()] * 2
     assert scripted.seen[0].path == "/v1/federations/fed_1/rounds/1/update"
+
+
+def test_429_too_many_requests_is_retried_after_its_retry_after(scripted):
+    scripted.then(
+        429, {"error": "too_many_requests", "detail": "busy"}, headers={"Retry-After": "2"}
+    )
+    scripted.then(200, HEALTH)
+    client = RecordingClient(scripted.url)
+
+    client.health()
+
+    assert client.delays == [2.0] and len(scripted.seen) == 2
+
+
+def test_409_idempotency_key_in_use_is_retried_with_the_same_key(scripted):
+    scripted.then(409, {"error": "idempotency_key_in_use", "detail": "still running"})
+    scripted.then(200, HEALTH)
+    client = RecordingClient(scripted.url)
+
+    client.health()
+
+    keys = {s.headers["Idempotency-Key"] for s in scripted.seen}
+    assert len(scripted.seen) == 2 and len(keys) == 1
+    assert len(client.delays) == 1 and 0 < client.delays[0] <= 0.5
+
+
+def test_409_idempotency_key_reused_is_not_retried(scripted):
+    scripted.then(409, {"error": "idempotency_key_reused", "detail": "new key please"})
+    client = RecordingClient(scripted.url)
+
+    with pytest.raises(ConflictError):
+        client.health()
+
+    assert len(scripted.seen) == 1 and client.delays == []

@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, CoreDep, MemberDep, RunnerDep
-from aggregator_service.api.errors import error_responses
+from aggregator_service.api.errors import close_on_refusal, error_responses
 from aggregator_service.services.errors import DomainError
 from aggregator_service.services.history import list_rounds
-from aggregator_service.services.uploads import ingest, receive_body
+from aggregator_service.services.uploads import expected_upload, ingest, receive_body
 from shared.api import RoundRecord, RoundStatus, UpdateReceipt
 
 router = APIRouter(prefix="/v1/federations/{fid}/rounds", tags=["rounds"])
@@ -31,12 +31,14 @@ _UPLOAD_BODY = {
     "/current",
     summary="The current round (long-poll)",
     description="With `wait_s` > 0 the answer is held until the round's `revision` differs from "
-    "the one passed (or from the current one) or `wait_s` passes.",
+    "the one passed (or from the current one) or `wait_s` passes. One API key may hold "
+    "`max_polls_per_client` such waits at once per server process (429 past it).",
     response_model=RoundStatus,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(401, 403, 404, 422, 429),
 )
 async def current(
     fid: str,
+    request: Request,
     principal: MemberDep,
     runner: RunnerDep,
     wait_s: Annotated[float, Query(ge=0, le=60, description="Seconds to hold for a change.")] = 0,
@@ -45,7 +47,10 @@ async def current(
     ] = None,
 ) -> RoundStatus:
     await asyncio.to_thread(runner.core.spec, fid)
-    return await runner.wait_for_change(fid, principal.client_id, wait_s, revision)
+    with runner.polls.hold(principal.client_id if wait_s > 0 else None):
+        return await runner.wait_for_change(
+            fid, principal.client_id, wait_s, revision, request.is_disconnected
+        )
 
 
 @router.get(
@@ -65,11 +70,14 @@ def history(fid: str, core: CoreDep, member: MemberDep) -> list[RoundRecord]:
     status_code=201,
     summary="Upload this client's delta for round r",
     description="Accepted updates are durable before the answer. The same bytes again answer "
-    "200 with `duplicate: true` (even after the round closed); different bytes answer 409.",
+    "200 with `duplicate: true` (even after the round closed); different bytes answer 409. "
+    "The safetensors header is checked against the manifest as soon as it arrives, and the "
+    "body may be no longer than that header declares. One API key may send "
+    "`max_uploads_per_client` uploads at once per server process (429 past it).",
     response_model=UpdateReceipt,
     responses={
         200: {"model": UpdateReceipt, "description": "These exact bytes were already accepted."},
-        **error_responses(400, 401, 403, 404, 409, 413, 422),
+        **error_responses(400, 401, 403, 404, 409, 413, 422, 429),
     },
     openapi_extra=_UPLOAD_BODY,
 )
@@ -84,9 +92,13 @@ async def upload(
     core = runner.core
     await asyncio.to_thread(core.spec, fid)
     assert principal.client_id is not None
+    length = request.headers.get("content-length")
+    close_on_refusal(request)
     try:
-        body = await receive_body(core, request.stream(), request.headers.get("content-length"))
-        receipt = await asyncio.to_thread(ingest, core, principal.client_id, fid, r, body)
+        with runner.uploads.hold(principal.client_id):
+            expected = await asyncio.to_thread(expected_upload, core, fid, r)
+            body = await receive_body(core, request.stream(), length, expected)
+            receipt = await asyncio.to_thread(ingest, core, principal.client_id, fid, r, body)
     except DomainError as exc:
         core.metrics.updates_refused.labels(exc.error).inc()
         raise
