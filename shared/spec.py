@@ -7,6 +7,7 @@ trusts a `FederationSpec` it is handed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +49,29 @@ class SpecError(ValueError):
     """A spec that cannot be used; the message names the field and what is wrong."""
 
 
+# A hub commit id: branch and tag names move, short ids can become ambiguous.
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz", ".npy")
+
+
+def _names_local_weights(pretrained: str) -> bool:
+    """Whether `pretrained` is a path (by its spelling, or because it exists here)."""
+    return (
+        pretrained.startswith(("/", "./", "../", "~"))
+        or "\\" in pretrained
+        or pretrained.lower().endswith(_CHECKPOINT_SUFFIXES)
+        or Path(pretrained).exists()
+    )
+
+
+def _names_self_made_base(pretrained: str) -> bool:
+    # imported here: shared.models imports this module (and torch); only a spec
+    # with a revision pays for it
+    from shared.models.synthetic import is_synthetic_tag
+
+    return is_synthetic_tag(pretrained)
+
+
 class ModelSpec(_Strict):
     family: Family = Field(
         description="Model library: CLIP through open_clip, or ViT through transformers."
@@ -65,6 +89,53 @@ class ModelSpec(_Strict):
         description="server: clients download the frozen base from the aggregator; "
         "local: each client loads `pretrained` itself and the fingerprint is checked.",
     )
+    revision: str | None = Field(
+        default=None,
+        description="Hub commit id (40 lowercase hex digits) that hub weights are downloaded at: "
+        "an HF model id in `pretrained` (hf_vit) or an open_clip tag fetched from the HF hub. "
+        "null = the repository's current main, unpinned (a warning is logged). Not for local "
+        "files or FedTune's self-made bases.",
+    )
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_is_commit_id(cls, revision: str | None) -> str | None:
+        if revision is not None and not _COMMIT_ID.fullmatch(revision):
+            raise ValueError(
+                f"{revision!r} is not a hub commit id: give the full 40 lowercase hex digits "
+                "(branch and tag names such as 'main' move; short or uppercase ids are refused)"
+            )
+        return revision
+
+    @model_validator(mode="after")
+    def _revision_pins_hub_weights(self) -> ModelSpec:
+        """A revision only means something for weights downloaded from the hub."""
+        if self.revision is None:
+            return self
+        if self.family == "open_clip" and self.arch.startswith("hf-hub:"):
+            raise ValueError(
+                "revision is not supported with an 'hf-hub:' arch (open_clip fetches its config "
+                "and tokenizer unpinned); name a built-in arch and pretrained tag, or download "
+                "the repository at that commit and use 'local-dir:'"
+            )
+        if self.pretrained is None:
+            if self.family == "open_clip":
+                raise ValueError(
+                    "revision pins downloaded weights, but pretrained is null "
+                    "(seeded random init downloads nothing)"
+                )
+            return self  # an hf_vit arch may be a hub id: the builder checks
+        if _names_local_weights(self.pretrained):
+            raise ValueError(
+                f"revision pins hub weights, but pretrained {self.pretrained!r} is a local "
+                "file or directory (drop revision: the base fingerprint pins local weights)"
+            )
+        if _names_self_made_base(self.pretrained):
+            raise ValueError(
+                f"revision pins hub weights, but pretrained {self.pretrained!r} is a FedTune "
+                "self-made base (drop revision: its recipe and fingerprint pin it)"
+            )
+        return self
 
 
 class TaskSpec(_Strict):

@@ -5,11 +5,19 @@ id shipped in `shared/model_configs/` (so it builds offline), a local
 directory with a `config.json`, or an HF id resolved by transformers. Weights
 come from `model.pretrained` through `ViTForImageClassification.from_pretrained`
 with that same config, so the server and every client get identical shapes.
+
+Whatever comes from the hub (config for an `arch` that is a model id, weights
+for a `pretrained` model id) is downloaded at `model.revision` when the spec
+pins one; a revision pins one repository, so `arch` and `pretrained` must then
+name the same one (or `arch` a shipped config). Unpinned hub weights still
+load, with a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,14 +28,16 @@ from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
 from shared.models.base import Preprocess, VisionClassifier, seeded
 from shared.models.configs import hf_vit_config
-from shared.models.synthetic import resolve_pretrained
-from shared.spec import FederationSpec
+from shared.models.synthetic import is_synthetic_tag, resolve_pretrained
+from shared.spec import FederationSpec, ModelSpec
 
 __all__ = ["ViTClassifier", "build_hf_vit"]
 
 # ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN/STD, bilinear resize).
 _DEFAULT_MEAN = (0.5, 0.5, 0.5)
 _DEFAULT_STD = (0.5, 0.5, 0.5)
+
+log = logging.getLogger(__name__)
 
 
 class ViTClassifier(VisionClassifier):
@@ -80,9 +90,47 @@ def _is_dir(path: str | None) -> bool:
     return path is not None and Path(path).is_dir()
 
 
+def _hub_sources(model: ModelSpec) -> tuple[str | None, str | None]:
+    """(config repo, weights repo): the hub model ids the spec downloads, None where not."""
+    arch, pretrained = model.arch, model.pretrained
+    local_config = hf_vit_config(arch) is not None or _is_dir(arch) or _is_dir(pretrained)
+    hub_weights = (
+        pretrained is not None and not _is_dir(pretrained) and not is_synthetic_tag(pretrained)
+    )
+    return (None if local_config else arch), (pretrained if hub_weights else None)
+
+
+def _checked_revision(model: ModelSpec) -> str | None:
+    """`model.revision`, refused where it pins nothing or cannot pin everything downloaded."""
+    if model.revision is None:
+        return None
+    repos = {repo for repo in _hub_sources(model) if repo is not None}
+    if not repos:
+        raise ValueError(
+            f"model.revision: nothing in this spec is downloaded from the hub (model.arch "
+            f"{model.arch!r}, model.pretrained {model.pretrained!r}); drop revision"
+        )
+    if len(repos) > 1:
+        raise ValueError(
+            f"model.revision: a revision pins one hub repository, but model.arch {model.arch!r} "
+            f"and model.pretrained {model.pretrained!r} name two; use the same id for both"
+        )
+    return model.revision
+
+
+@functools.cache
+def _warn_unpinned(repo: str) -> None:
+    log.warning(
+        "model weights %r come from the hub unpinned (its current main); set model.revision "
+        "to the repository's 40-hex commit id to pin them",
+        repo,
+    )
+
+
 def resolve_config(spec: FederationSpec) -> ViTConfig:
     """The ViT architecture named by `model.arch`, with one output per class."""
     arch, pretrained = spec.model.arch, spec.model.pretrained
+    revision = _checked_revision(spec.model)
     shipped = hf_vit_config(arch)
     try:
         if shipped is not None:
@@ -92,10 +140,11 @@ def resolve_config(spec: FederationSpec) -> ViTConfig:
         elif pretrained is not None and _is_dir(pretrained):
             config = ViTConfig.from_pretrained(pretrained)
         else:
-            config = ViTConfig.from_pretrained(arch)
+            # "main" is transformers' own default where the spec pins nothing
+            config = ViTConfig.from_pretrained(arch, revision=revision or "main")
     except OSError as exc:
         raise ValueError(
-            f"model.arch: cannot find a ViT config for {arch!r} "
+            f"model.arch: cannot find a ViT config for {arch!r}{_at(revision)} "
             f"(not a FedTune config, local directory or reachable model id): {_first_line(exc)}"
         ) from None
     config.num_labels = len(spec.task.classes)
@@ -116,14 +165,20 @@ def _preprocess(config: ViTConfig, pretrained: str | None) -> Preprocess:
     return Preprocess(int(size), mean, std, "bilinear")
 
 
-def _load_pretrained(pretrained: str, config: ViTConfig) -> ViTForImageClassification:
+def _load_pretrained(
+    pretrained: str, config: ViTConfig, revision: str | None
+) -> ViTForImageClassification:
     try:
         loaded: Any = ViTForImageClassification.from_pretrained(
-            pretrained, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+            pretrained,
+            config=config,
+            revision=revision or "main",
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
         )
     except OSError as exc:
         raise ValueError(
-            f"model.pretrained: cannot load {pretrained!r}: {_first_line(exc)}"
+            f"model.pretrained: cannot load {pretrained!r}{_at(revision)}: {_first_line(exc)}"
         ) from None
     model, info = loaded
     mismatched = [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])]
@@ -141,11 +196,15 @@ def build_hf_vit(
     spec: FederationSpec, *, load_weights: bool, device: torch.device
 ) -> ViTClassifier:
     """Build the ViT (weights from `model.pretrained` when loading) and its new seeded head."""
+    hub_weights = _hub_sources(spec.model)[1]
+    if load_weights and hub_weights is not None and spec.model.revision is None:
+        _warn_unpinned(hub_weights)
     config = resolve_config(spec)
     pretrained = spec.model.pretrained
     weights = resolve_pretrained("hf_vit", spec.model.arch, pretrained) if load_weights else None
     if weights is not None:
-        hf = _load_pretrained(weights, config)
+        # only a hub download takes the revision (the spec refuses it for local weights)
+        hf = _load_pretrained(weights, config, spec.model.revision if hub_weights else None)
     else:
         with device:
             hf = ViTForImageClassification(config)
@@ -155,6 +214,10 @@ def build_hf_vit(
         nn.init.trunc_normal_(classifier.weight, std=config.initializer_range)
         nn.init.zeros_(classifier.bias)
     return ViTClassifier(hf.vit, classifier, _preprocess(config, pretrained))
+
+
+def _at(revision: str | None) -> str:
+    return f" at revision {revision}" if revision else ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,6 +6,12 @@ times the cosine of the normalised image features with each row. Only the
 vision tower and that head stay in the model: the text tower is not needed to
 classify, so it is not part of the base the clients download, unless a method
 (CoOp text prompts) adopts it through `ClipClassifier.text_tower()`.
+
+A pretrained tag whose weights open_clip fetches from the HF hub is pinned by
+`model.revision`: FedTune downloads the tag's file at that commit itself
+(safetensors first, as open_clip does) and hands open_clip the local file,
+with the tag's preprocessing. open_clip reads safetensors with safetensors and
+anything else with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -13,12 +19,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import huggingface_hub
 import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub.errors import RemoteEntryNotFoundError
+from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from torch import nn
 
 from shared.models.base import Preprocess, TextTower, VisionClassifier
@@ -29,6 +39,8 @@ from shared.spec import FederationSpec
 __all__ = ["ClipClassifier", "FixedHead", "OpenClipTextTower", "build_open_clip"]
 
 register_open_clip_configs()
+
+log = logging.getLogger(__name__)
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -216,6 +228,76 @@ def _preprocess(clip: Any) -> Preprocess:
     return Preprocess(int(size), mean, std, str(cfg.get("interpolation", "bicubic")))
 
 
+def _hub_file(arch: str, tag: str | None) -> str | None:
+    """The tag's `hf_hub` entry ('org/repo/filename', filename may be empty), if it has one."""
+    if not tag or ":" in arch:
+        return None
+    hub = open_clip.get_pretrained_cfg(arch.replace("/", "-"), tag).get("hf_hub", "")
+    return str(hub) or None
+
+
+def _candidates(filename: str) -> list[str]:
+    """The safetensors twin first, as open_clip's own hub download does."""
+    if filename == HF_WEIGHTS_NAME:
+        return [HF_SAFE_WEIGHTS_NAME, filename]
+    if filename.endswith((".bin", ".pth")):
+        return [filename[:-4] + ".safetensors", filename]
+    return [filename]
+
+
+def _download_pinned(hub: str, revision: str) -> str:
+    """Download a tag's weights file at `revision`; returns the local path."""
+    repo_id, filename = os.path.split(hub)
+    names = _candidates(filename or HF_WEIGHTS_NAME)
+    for name in names:
+        try:
+            path = huggingface_hub.hf_hub_download(
+                repo_id,
+                name,
+                revision=revision,
+                library_name="open_clip",
+                library_version=open_clip.__version__,
+            )
+        except RemoteEntryNotFoundError:
+            continue  # the repository has no such file at that commit: try the next
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"model.revision: cannot download {name} of {repo_id} at revision {revision}: "
+                f"{_first_line(exc)}"
+            ) from None
+        return str(path)
+    raise ValueError(
+        f"model.revision: {repo_id} at revision {revision} holds none of {', '.join(names)}"
+    )
+
+
+def _pinned_weights(arch: str, tag: str | None, revision: str | None) -> str | None:
+    """The local file of the tag's hub weights at `revision`; None where open_clip loads as is."""
+    hub = _hub_file(arch, tag)
+    if revision is not None and hub is None:
+        raise ValueError(
+            f"model.revision: open_clip does not fetch {tag!r} of {arch!r} from the HF hub, "
+            "so a revision pins nothing; drop revision"
+        )
+    if hub is None:
+        if arch.startswith("hf-hub:"):
+            _warn_unpinned(arch, "download the repository at a commit and use 'local-dir:'")
+        return None
+    if revision is None:
+        _warn_unpinned(f"{arch}/{tag}", "set model.revision to the hub commit id to pin them")
+        return None
+    return _download_pinned(hub, revision)
+
+
+@functools.cache
+def _warn_unpinned(what: str, remedy: str) -> None:
+    log.warning("model weights %s come from the hub unpinned (its current main); %s", what, remedy)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 @torch.no_grad()
 def _zero_shot_head(clip: Any, tokenizer: Any, spec: FederationSpec) -> torch.Tensor:
     prompts = [spec.task.prompt_template.format(c) for c in spec.task.classes]
@@ -239,16 +321,18 @@ def build_open_clip(
             "(see open_clip.list_models(), or use hf-hub:/local-dir:)"
         )
     weights = resolve_pretrained("open_clip", arch, pretrained) if load_weights else None
+    pinned = _pinned_weights(arch, pretrained, spec.model.revision) if load_weights else None
+    # a tag's preprocessing, where open_clip is not handed the tag itself
+    override = None if load_weights and pinned is None else _preprocess_override(arch, pretrained)
     try:
         with _quiet_random_init(not load_weights):
             clip = open_clip.create_model(
                 arch,
-                pretrained=weights,
+                pretrained=pinned or weights,
                 load_weights=load_weights,
                 device=device,
-                force_preprocess_cfg=None
-                if load_weights
-                else _preprocess_override(arch, pretrained),
+                force_preprocess_cfg=override,
+                weights_only=True,
             )
     except RuntimeError as exc:
         raise ValueError(
