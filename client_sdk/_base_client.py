@@ -3,7 +3,9 @@
 The retry decision is split into small methods the way openai-python does it:
 `_should_retry` says whether an error is worth another attempt, `_retry_delay`
 says how long to wait (`Retry-After` first, then capped, jittered exponential
-backoff). One idempotency key is reused across all attempts of one call.
+backoff). Retries of one call go on until `retry_for_s` has passed since its
+first failure (and, if set, until `max_retries` ran out). One idempotency key
+is reused across all attempts of one call.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import email.utils
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import ssl
@@ -43,10 +46,6 @@ __all__ = ["BaseClient", "Download"]
 
 log = logging.getLogger("client_sdk")
 T = TypeVar("T")
-
-# 409s that pass on their own: the first attempt with this Idempotency-Key (one that timed
-# out on our side) is still running on the server; a retry soon gets its answer.
-_TRANSIENT_CONFLICTS = frozenset({"idempotency_key_in_use"})
 
 
 @dataclass(frozen=True)
@@ -97,13 +96,15 @@ class BaseClient:
         ca_cert: str | os.PathLike[str] | None = None,
         allow_http: bool = False,
         timeout: httpx.Timeout = C.DEFAULT_TIMEOUT,
-        max_retries: int = C.DEFAULT_MAX_RETRIES,
+        max_retries: int | None = C.DEFAULT_MAX_RETRIES,
+        retry_for_s: float = C.DEFAULT_RETRY_FOR_S,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.base_url = _check_url(base_url, allow_http)
         self.api_key = api_key
         self._allow_http, self._ca_cert = allow_http, ca_cert  # for redirects to a blob store
-        self.max_retries = max_retries
+        self.max_retries = max_retries  # None: no limit on the count, only on the time
+        self.retry_for_s = retry_for_s
         headers = {"User-Agent": C.USER_AGENT}
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -132,7 +133,7 @@ class BaseClient:
             return (
                 err.status in C.RETRYABLE_STATUSES
                 or err.status >= 500
-                or (err.status == 409 and err.code in _TRANSIENT_CONFLICTS)
+                or (err.status == 409 and err.code in C.TRANSIENT_CONFLICTS)
             )
         return False
 
@@ -153,29 +154,57 @@ class BaseClient:
             if when.tzinfo is None:
                 when = when.replace(tzinfo=UTC)
             seconds = (when - datetime.now(UTC)).total_seconds()
-        return seconds if 0 <= seconds <= C.MAX_RETRY_AFTER_S else None
+        return seconds if 0 <= seconds < math.inf else None
 
     def _retry_delay(self, retries_taken: int, err: FedTuneError) -> float:
         retry_after = self._retry_after(err)
         if retry_after is not None:
             return retry_after
-        delay = min(C.INITIAL_RETRY_DELAY_S * 2**retries_taken, C.MAX_RETRY_DELAY_S)
+        doublings = min(retries_taken, 32)  # past the cap anyway; keeps 2**n a small float
+        delay = min(C.INITIAL_RETRY_DELAY_S * 2**doublings, C.MAX_RETRY_DELAY_S)
         return delay * (1 - C.RETRY_JITTER * random.random())
 
     def _sleep(self, seconds: float) -> None:
         time.sleep(seconds)
 
+    def _clock(self) -> float:
+        return time.monotonic()
+
     def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
-        """Run `attempt` until it succeeds, fails for good, or retries run out."""
+        """Run `attempt` until it succeeds, fails for good, or the retry budget is spent."""
         retries_taken = 0
+        deadline: float | None = None
         while True:
             try:
                 return attempt()
             except FedTuneError as err:
-                if retries_taken >= self.max_retries or not self._should_retry(err):
+                if not self._should_retry(err):
                     raise
-                delay = self._retry_delay(retries_taken, err)
-                log.warning("%s failed (%s); retrying in %.1fs", what, err, delay)
+                now = self._clock()
+                if deadline is None:
+                    deadline = now + self.retry_for_s
+                left = deadline - now
+                out_of_time = left <= 0
+                if out_of_time or (
+                    self.max_retries is not None and retries_taken >= self.max_retries
+                ):
+                    if retries_taken:
+                        limit = "budget spent" if out_of_time else f"max_retries={self.max_retries}"
+                        err.add_note(
+                            f"gave up after {retries_taken + 1} attempts over "
+                            f"{self.retry_for_s - left:.0f}s (retry {limit})"
+                        )
+                    raise
+                delay = min(self._retry_delay(retries_taken, err), left)
+                log.warning(
+                    "%s failed (%s); retry %d in %.1fs, %.0fs left of the %gs retry budget",
+                    what,
+                    err,
+                    retries_taken + 1,
+                    delay,
+                    left,
+                    self.retry_for_s,
+                )
                 self._sleep(delay)
                 retries_taken += 1
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from client_sdk import _constants as C
 from client_sdk._base_client import BaseClient, Download, _decode_json
-from client_sdk._exceptions import APIResponseValidationError, ConflictError, FedTuneError
+from client_sdk._exceptions import APIResponseValidationError
 from shared.api import (
     API_PREFIX,
     ClientInfo,
@@ -64,6 +64,7 @@ class FedTuneClient(BaseClient):
 
     `api_key` is a client's `ftk_…` key or the admin token. TLS verification is
     always on; `ca_cert` trusts a private CA; plain `http://` needs `allow_http=True`.
+    A failed call is retried for `retry_for_s` seconds from its first failure.
     """
 
     # -- federations (admin creates; its clients read) --------------------------
@@ -143,12 +144,6 @@ class FedTuneClient(BaseClient):
         if rotated.previous_key_valid_until is not None:
             self.api_key = rotated.api_key
         return rotated
-
-    def _should_retry(self, err: FedTuneError) -> bool:
-        """Also retry a request whose Idempotency-Key the server is still processing."""
-        if isinstance(err, ConflictError) and err.code == "idempotency_key_in_use":
-            return True
-        return super()._should_retry(err)
 
     # -- rounds -----------------------------------------------------------------
 

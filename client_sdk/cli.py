@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ __all__ = ["main"]
 
 PROG = "fedtune-client"
 ENV_ENROLLMENT_TOKEN = "FEDTUNE_ENROLLMENT_TOKEN"
+ENV_RETRY_FOR = "FEDTUNE_RETRY_FOR"
 log = logging.getLogger("client_sdk")
 
 
@@ -80,10 +82,19 @@ def _parser() -> argparse.ArgumentParser:
             help="allow a plain http:// server (only on a network you trust)",
         )
         p.add_argument(
+            "--retry-for",
+            type=_seconds,
+            default=None,
+            metavar="SECONDS",
+            help="keep retrying a failed request (connection errors, timeouts, 408, 429, 5xx) "
+            f"this long from its first failure (default: ${ENV_RETRY_FOR}, "
+            f"else {C.DEFAULT_RETRY_FOR_S:g}; 0: never retry)",
+        )
+        p.add_argument(
             "--max-retries",
             type=int,
             default=C.DEFAULT_MAX_RETRIES,
-            help="retries of a failed request (connection errors, 408, 429, 5xx)",
+            help="also stop after this many retries of one request (default: no limit)",
         )
 
     reg = sub.add_parser("register", help="join a federation with an enrollment token")
@@ -121,6 +132,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(raw: str) -> float:
+    """A non-negative, finite number of seconds (an argparse type)."""
+    try:
+        seconds = float(raw)
+        if 0 <= seconds < math.inf:
+            return seconds
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds >= 0")
+
+
+def _retry_for(args: argparse.Namespace) -> float:
+    """--retry-for, else $FEDTUNE_RETRY_FOR, else the default budget."""
+    if args.retry_for is not None:
+        return float(args.retry_for)
+    raw = os.environ.get(ENV_RETRY_FOR, "").strip()
+    if not raw:
+        return C.DEFAULT_RETRY_FOR_S
+    try:
+        return _seconds(raw)
+    except argparse.ArgumentTypeError as exc:
+        raise FedTuneError(f"${ENV_RETRY_FOR}: {exc}") from None
+
+
 def _same_server(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
@@ -146,7 +181,8 @@ def _client(
         api_key=api_key,
         ca_cert=ca_cert,
         allow_http=args.insecure_http,
-        max_retries=max(0, args.max_retries),
+        max_retries=None if args.max_retries is None else max(0, args.max_retries),
+        retry_for_s=_retry_for(args),
     )
 
 
@@ -282,6 +318,11 @@ def _rotate_key(args: argparse.Namespace) -> int:
 
 def _explain(exc: BaseException) -> str:
     """One line a user can act on."""
+    notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+    return _reason(exc) + notes
+
+
+def _reason(exc: BaseException) -> str:
     if isinstance(exc, APIStatusError) and exc.code == "enrollment_invalid":
         return f"enrollment refused: {exc.detail}"
     if isinstance(exc, AuthenticationError):

@@ -17,20 +17,44 @@ from client_sdk import (
     NotFoundError,
     RateLimitError,
 )
+from client_sdk import _constants as C
+from client_sdk._base_client import BaseClient
+from client_sdk.cli import ENV_RETRY_FOR, main
+from client_sdk.credentials import Credentials, save
 from shared.api import Health
 
 HEALTH = {"status": "ok", "detail": {}}
+UNAVAILABLE = {"error": "unavailable", "detail": "database unavailable"}
+
+
+class FakeClock:
+    """Time that passes only when the client sleeps: sleeps are recorded, not slept."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.delays: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
 
 
 class RecordingClient(FedTuneClient):
-    """Records the delays it would sleep instead of sleeping them."""
+    """Records the delays it would sleep instead of sleeping them, on a fake clock."""
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, allow_http=True, **kwargs)
-        self.delays: list[float] = []
+        self.time = FakeClock()
+        self.delays = self.time.delays
 
     def _sleep(self, seconds: float) -> None:
-        self.delays.append(seconds)
+        self.time.sleep(seconds)
+
+    def _clock(self) -> float:
+        return self.time.clock()
 
 
 def test_503_with_retry_after_seconds_is_retried_after_that_delay(scripted):
@@ -69,7 +93,7 @@ def test_without_retry_after_backoff_grows_and_is_capped_with_jitter(scripted):
     assert info.value.status == 502 and info.value.code == "http_502"
     assert len(scripted.seen) == 7
     assert all(0.75 * 0.5 * 2**n <= d <= 0.5 * 2**n for n, d in enumerate(client.delays[:4]))
-    assert all(d <= 10.0 for d in client.delays)
+    assert all(d <= C.MAX_RETRY_DELAY_S for d in client.delays)
 
 
 @pytest.mark.parametrize(
@@ -182,3 +206,168 @@ def test_409_idempotency_key_reused_is_not_retried(scripted):
         client.health()
 
     assert len(scripted.seen) == 1 and client.delays == []
+
+
+def test_retries_go_on_past_six_attempts_within_the_budget(scripted):
+    for _ in range(12):
+        scripted.then(503, UNAVAILABLE)
+    scripted.then(200, HEALTH)
+    client = RecordingClient(scripted.url)
+
+    health = client.health()
+
+    assert health.status == "ok" and len(scripted.seen) == 13
+    assert sum(client.delays) < C.DEFAULT_RETRY_FOR_S
+
+
+def test_backoff_is_capped_at_thirty_seconds(scripted):
+    for _ in range(15):
+        scripted.then(502, body=b"bad gateway")
+    scripted.then(200, HEALTH)
+    client = RecordingClient(scripted.url)
+
+    client.health()
+
+    assert max(client.delays) <= C.MAX_RETRY_DELAY_S
+    assert min(client.delays[-4:]) >= (1 - C.RETRY_JITTER) * C.MAX_RETRY_DELAY_S
+
+
+def test_the_budget_spent_ends_the_call_with_a_note_on_why(scripted):
+    for _ in range(50):
+        scripted.then(503, UNAVAILABLE)
+    client = RecordingClient(scripted.url, retry_for_s=3)
+
+    with pytest.raises(InternalServerError) as info:
+        client.health()
+
+    assert info.value.status == 503
+    assert sum(client.delays) == pytest.approx(3.0)
+    attempts = len(scripted.seen)
+    assert attempts == len(client.delays) + 1
+    assert info.value.__notes__ == [
+        f"gave up after {attempts} attempts over 3s (retry budget spent)"
+    ]
+
+
+def test_a_zero_budget_never_retries(scripted):
+    scripted.then(503, UNAVAILABLE)
+    client = RecordingClient(scripted.url, retry_for_s=0)
+
+    with pytest.raises(InternalServerError):
+        client.health()
+
+    assert len(scripted.seen) == 1 and client.delays == []
+
+
+def test_retry_after_is_waited_even_past_the_backoff_cap(scripted):
+    scripted.then(503, UNAVAILABLE, headers={"Retry-After": "120"})
+    scripted.then(200, HEALTH)
+    client = RecordingClient(scripted.url)
+
+    client.health()
+
+    assert client.delays == [120.0]
+
+
+def test_retry_after_is_clipped_to_the_budget_left(scripted):
+    for _ in range(3):
+        scripted.then(503, UNAVAILABLE, headers={"Retry-After": "2"})
+    client = RecordingClient(scripted.url, retry_for_s=3)
+
+    with pytest.raises(InternalServerError):
+        client.health()
+
+    assert client.delays == [2.0, 1.0] and len(scripted.seen) == 3
+
+
+@pytest.mark.parametrize("status", [408, 500, 503, 504, 507])
+def test_transient_statuses_are_retried(scripted, status):
+    scripted.then(status, {"error": "transient", "detail": "soon"}, headers={"Retry-After": "1"})
+    scripted.then(200, HEALTH)
+    client = RecordingClient(scripted.url)
+
+    client.health()
+
+    assert client.delays == [1.0] and len(scripted.seen) == 2
+
+
+def test_max_retries_still_limits_the_count_within_the_budget(scripted):
+    for _ in range(5):
+        scripted.then(503, UNAVAILABLE)
+    client = RecordingClient(scripted.url, max_retries=3)
+
+    with pytest.raises(InternalServerError) as info:
+        client.health()
+
+    assert len(scripted.seen) == 4
+    assert info.value.__notes__ == [
+        f"gave up after 4 attempts over {sum(client.delays):.0f}s (retry max_retries=3)"
+    ]
+
+
+# -- the CLI -------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Every client the CLI builds sleeps on one fake clock."""
+    fake = FakeClock()
+    monkeypatch.setattr(BaseClient, "_sleep", lambda _self, seconds: fake.sleep(seconds))
+    monkeypatch.setattr(BaseClient, "_clock", lambda _self: fake.clock())
+    monkeypatch.delenv(ENV_RETRY_FOR, raising=False)
+    return fake
+
+
+def _status(scripted: Any, tmp_path: Any, *extra: str) -> int:
+    creds = tmp_path / "creds.json"
+    save(Credentials(server=scripted.url, client_id="cli_1", api_key="ftk_k",
+                     federation_id="fed_1", name="org"), creds)  # fmt: skip
+    argv = ["status", "--server", scripted.url, "--insecure-http", "--credentials", str(creds)]
+    return main([*argv, *extra])
+
+
+def test_cli_retry_for_sets_the_budget_and_gives_up_in_one_line(
+    scripted, tmp_path, fake_time, capsys
+):
+    for _ in range(50):
+        scripted.then(503, UNAVAILABLE, headers={"Retry-After": "2"})
+
+    assert _status(scripted, tmp_path, "--retry-for", "5") == 1
+
+    err = capsys.readouterr().err.splitlines()
+    assert fake_time.delays == [2.0, 2.0, 1.0] and len(scripted.seen) == 4
+    assert "Traceback" not in "\n".join(err)
+    warnings = [line for line in err if "retry budget" in line and "error:" not in line]
+    assert len(warnings) == 3
+    assert "retry 1 in 2.0s, 5s left of the 5s retry budget" in warnings[0]
+    assert "retry 3 in 1.0s, 1s left of the 5s retry budget" in warnings[2]
+    assert err[-1] == (
+        "fedtune-client: error: server answered 503 unavailable: database unavailable; "
+        "gave up after 4 attempts over 5s (retry budget spent)"
+    )
+
+
+def test_cli_retry_budget_comes_from_the_environment(
+    scripted, tmp_path, fake_time, monkeypatch, capsys
+):
+    monkeypatch.setenv(ENV_RETRY_FOR, "2")
+    for _ in range(50):
+        scripted.then(507, {"error": "insufficient_storage", "detail": "disk full"})
+
+    assert _status(scripted, tmp_path) == 1
+
+    assert sum(fake_time.delays) == pytest.approx(2.0)
+    assert "retry budget spent" in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_cli_refuses_a_bad_retry_budget_in_the_environment(
+    scripted, tmp_path, fake_time, monkeypatch, capsys
+):
+    monkeypatch.setenv(ENV_RETRY_FOR, "ten minutes")
+
+    assert _status(scripted, tmp_path) == 1
+
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fedtune-client: error: ${ENV_RETRY_FOR}: 'ten minutes' is not a number of seconds >= 0"
+    )
+    assert scripted.seen == []
