@@ -36,6 +36,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         *("admin_token_file", "max_upload_mb", "max_json_kb", "max_header_kb"),
         *("header_timeout_s", "keep_alive_s", "limit_concurrency", "max_connections"),
         *("max_polls_per_client", "max_uploads_per_client", "insecure_http", "docs"),
+        *("lease_s", "upload_idle_s", "upload_min_kib_s"),
         *("metrics_token_file", "metrics_host", "metrics_port", "blob_url", "presign_downloads"),
     )
     given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
@@ -192,10 +193,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-header-kb", type=float, help="largest request headers (default 16)")
     s.add_argument("--header-timeout-s", type=float, help="header read timeout (default 10)")
     s.add_argument("--keep-alive-s", type=float, help="idle keep-alive timeout (default 5)")
-    s.add_argument("--limit-concurrency", type=int, help="503 past this (default 1000)")
-    s.add_argument("--max-connections", type=int, help="close connections past this (2000)")
+    s.add_argument("--limit-concurrency", type=int, help="503 past this (default 4096)")
+    s.add_argument("--max-connections", type=int, help="close connections past this (4096)")
     s.add_argument("--max-polls-per-client", type=int, help="concurrent long-polls per key (4)")
     s.add_argument("--max-uploads-per-client", type=int, help="concurrent uploads per key (2)")
+    s.add_argument("--lease-s", type=float, help="aggregation lease; a dead replica's work is "
+                   "taken over within it (default 15)")  # fmt: skip
+    s.add_argument("--upload-idle-s", type=float, help="drop an upload idle this long (30)")
+    s.add_argument("--upload-min-kib-s", type=float, help="drop an upload slower than this (16)")
     s.add_argument(
         "--insecure-http",
         action="store_true",

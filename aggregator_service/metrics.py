@@ -39,6 +39,23 @@ class Metrics:
         )
         self.bytes_in = Counter("fedtune_bytes_in", "Update bytes accepted.", registry=r)
         self.bytes_out = Counter("fedtune_bytes_out", "State and base bytes served.", registry=r)
+        self.faults = Counter(
+            "fedtune_faults",
+            "Requests and background work that met a fault: database_unavailable, "
+            "insufficient_storage.",
+            ["kind"],
+            registry=r,
+        )
+        self.aggregation_failures = Counter(
+            "fedtune_aggregation_failures",
+            "Aggregation attempts that failed (retried with backoff).",
+            registry=r,
+        )
+        self.aggregation_takeovers = Counter(
+            "fedtune_aggregation_takeovers",
+            "Aggregations this process took over from a lease that expired.",
+            registry=r,
+        )
         self.aggregation_seconds = Histogram(
             "fedtune_aggregation_seconds",
             "Wall time of one round's aggregation.",

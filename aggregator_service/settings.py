@@ -46,19 +46,37 @@ class Settings(BaseSettings):
         default=None, description="File holding the admin token (first line)."
     )
     max_upload_mb: float = Field(default=1024, gt=0, description="Largest accepted update body.")
+    upload_idle_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="An upload body that sends nothing for this long is dropped.",
+    )
+    upload_min_kib_s: float = Field(
+        default=16.0,
+        ge=0,
+        description="After its first 10 s, an upload body arriving slower than this on average "
+        "(KiB/s) is dropped: a trickle cannot hold a socket and a temp file for ever.",
+    )
     max_num_examples: int = Field(
         default=100_000_000, ge=1, description="Largest num_examples an update may claim."
     )
-    aggregation_stale_s: float = Field(
-        default=900.0,
+    lease_s: float = Field(
+        default=15.0,
         gt=0,
-        description="An aggregation running longer than this (its process died) is taken over.",
+        description="A round's aggregation is leased for this long and renewed by heartbeat; a "
+        "replica that dies is replaced by another within it.",
     )
     deadline_check_s: float = Field(
-        default=0.5, gt=0, description="How often round deadlines are checked."
+        default=0.5,
+        gt=0,
+        description="How often the sweeper checks deadlines, quorums and expired leases.",
     )
     poll_recheck_s: float = Field(
-        default=0.3, gt=0, description="Long-poll database re-check interval (cross-process)."
+        default=0.5,
+        gt=0,
+        description="How often one watcher per federation re-reads its round's revision while "
+        "long-polls wait (SQLite; it sees other processes' changes). With PostgreSQL, changes "
+        "arrive by LISTEN/NOTIFY and the re-check is a slower safety net.",
     )
     max_json_kb: float = Field(
         default=64, gt=0, description="Largest JSON request body (the update upload aside)."
@@ -73,10 +91,10 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="An idle kept-alive connection is closed after this."
     )
     limit_concurrency: int = Field(
-        default=1000, ge=1, description="Connections plus running requests past this answer 503."
+        default=4096, ge=1, description="Connections plus running requests past this answer 503."
     )
     max_connections: int = Field(
-        default=2000, ge=1, description="Connections past this are closed as they open."
+        default=4096, ge=1, description="Connections past this are closed as they open."
     )
     max_polls_per_client: int = Field(
         default=4, ge=1, description="Concurrent long-polls one API key may hold (429 past it)."

@@ -236,6 +236,20 @@ class ParticipantRecord(_Model):
     received_at: datetime
 
 
+class AggregationAttempt(_Model):
+    number: int = Field(description="1 for the first attempt at the round.", examples=[1])
+    started_at: datetime
+    ended_at: datetime | None = None
+    outcome: Literal["closed", "failed", "reopened", "superseded"] | None = Field(
+        default=None,
+        description="null while it runs (or when its replica died: a later attempt took over).",
+        examples=["closed"],
+    )
+    error: str | None = Field(
+        default=None, description="Why it failed (the admin sees it; clients see null)."
+    )
+
+
 class RoundRecord(_Model):
     round: int = Field(examples=[3])
     status: RoundState = Field(examples=["closed"])
@@ -264,6 +278,11 @@ class RoundRecord(_Model):
     aggregation_started_at: datetime | None = None
     closed_at: datetime | None = None
     aggregation_seconds: float | None = Field(default=None, examples=[0.12])
+    attempts: list[AggregationAttempt] = Field(
+        default_factory=list,
+        description="Every aggregation attempt (retries after a failure, takeovers after a "
+        "replica died); `aggregation_started_at` stays the first one's start.",
+    )
     excluded: dict[str, str] = Field(
         default_factory=dict,
         description="Updates left out of the aggregate (client id -> why): their values "

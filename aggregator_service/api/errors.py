@@ -12,9 +12,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from aggregator_service.services.context import Core
 from aggregator_service.services.errors import (
     Busy,
     Conflict,
@@ -23,9 +25,11 @@ from aggregator_service.services.errors import (
     Invalid,
     Malformed,
     NotFound,
+    TimedOut,
     TooLarge,
     Unauthorized,
 )
+from aggregator_service.services.faults import FaultKind, classify
 from shared.api import ErrorBody
 from shared.validation import format_validation_error
 
@@ -34,6 +38,7 @@ __all__ = [
     "close_on_refusal",
     "error_response",
     "error_responses",
+    "fault_response",
     "install_error_handlers",
     "status_of",
 ]
@@ -46,11 +51,35 @@ _DESCRIPTIONS = {
     403: "Authenticated, but not allowed here.",
     404: "No such resource.",
     409: "Conflicts with the current state; `round` holds the current round when relevant.",
+    408: "The body arrived too slowly (idle too long, or below the server's rate floor).",
     413: "Body larger than the server accepts.",
     422: "Invalid input; `detail` names the field and what is wrong.",
     429: "This API key already runs as many such requests as the server allows; retry after "
     "`Retry-After` seconds.",
+    503: "The database is unavailable for now; retry after `Retry-After` seconds.",
+    507: "The server's disk is full for now; retry after `Retry-After` seconds.",
 }
+
+# A fault is the service's dependency failing, not the request: it answers with a status the
+# caller waits out, and is logged once per change of state (services/faults.py).
+_FAULT_STATUS: dict[FaultKind, tuple[int, int, str]] = {
+    "database_unavailable": (503, 5, "the database is unavailable; retry shortly"),
+    "insufficient_storage": (507, 30, "the server's disk is full; retry later"),
+}
+
+
+def fault_response(core: Core, exc: BaseException) -> JSONResponse | None:
+    """The answer to `exc` when it is a fault (counted, logged once per state change)."""
+    kind = classify(exc)
+    if kind is None:
+        return None
+    core.metrics.faults.labels(kind).inc()
+    core.faults.failed(kind, exc)
+    status, retry_after, detail = _FAULT_STATUS[kind]
+    return error_response(
+        status, ErrorBody(error=kind, detail=detail), {"Retry-After": str(retry_after)}
+    )
+
 
 # The most specific class in an error's MRO decides (Malformed is an Invalid that answers 400).
 _STATUS: dict[type[DomainError], int] = {
@@ -59,6 +88,7 @@ _STATUS: dict[type[DomainError], int] = {
     Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
+    TimedOut: 408,
     TooLarge: 413,
     Invalid: 422,
     Busy: 429,
@@ -131,13 +161,20 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         return error_response(exc.status_code, ErrorBody(error=code, detail=detail), exc.headers)
 
-    async def unexpected(_req: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(req: Request, exc: Exception) -> JSONResponse:
+        fault = fault_response(req.app.state.core, exc)
+        if fault is not None:
+            return fault
         log.exception("unhandled error", exc_info=exc)
         return error_response(
             500, ErrorBody(error="internal_error", detail="internal server error")
         )
 
     app.add_exception_handler(DomainError, domain_error)
+    # Handled here rather than by the catch-all, which Starlette re-raises (a traceback per
+    # request): faults answer quietly, anything else of these types is still a logged 500.
+    for kind in (SQLAlchemyError, OSError):
+        app.add_exception_handler(kind, unexpected)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

@@ -20,7 +20,7 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aggregator_service.api.errors import error_response, status_of
+from aggregator_service.api.errors import error_response, fault_response, status_of
 from aggregator_service.services.access import authenticate
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import DomainError
@@ -62,20 +62,27 @@ class BodyGuard:
             refusal = await self._authenticate(scope)
             if refusal is not None:
                 # The body stays unread on the wire: the connection cannot be reused.
-                await error_response(*refusal, {"Connection": "close"})(scope, receive, send)
+                refusal.headers["Connection"] = "close"
+                await refusal(scope, receive, send)
                 return
         body = await self._read_bounded(scope, receive, send)
         if body is None:
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _authenticate(self, scope: Scope) -> tuple[int, ErrorBody] | None:
+    async def _authenticate(self, scope: Scope) -> JSONResponse | None:
+        """None when the bearer token is good; else the refusal (or the fault) to answer."""
         scheme, token = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
         bearer = token if scheme.lower() == "bearer" and token else None
         try:
             await anyio.to_thread.run_sync(authenticate, self.core, bearer)
         except DomainError as exc:
-            return status_of(exc), ErrorBody(error=exc.error, detail=exc.detail)
+            return error_response(status_of(exc), ErrorBody(error=exc.error, detail=exc.detail))
+        except Exception as exc:
+            fault = fault_response(self.core, exc)
+            if fault is None:
+                raise
+            return fault
         return None
 
     async def _read_bounded(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:

@@ -19,8 +19,9 @@ from sqlalchemy import select
 
 from aggregator_service.metrics import Metrics
 from aggregator_service.services.errors import NotFound
+from aggregator_service.services.faults import Faults
 from aggregator_service.settings import MIN_ADMIN_TOKEN_CHARS, Settings
-from aggregator_service.storage import Database, LocalBlobStore
+from aggregator_service.storage import BlobStore, Database
 from aggregator_service.storage.tables import federations
 from shared.spec import FederationSpec
 
@@ -47,11 +48,18 @@ def fresh_secret(prefix: str, nbytes: int) -> str:
 
 
 class Notifier:
-    """Wakes in-process long-polls of a federation; callable from any thread."""
+    """Wakes the long-polls of a federation when its round changes; callable from any thread.
+
+    `notify` wakes this process's waiters and, through `broadcast` (PostgreSQL's NOTIFY, set
+    by the runner), every other replica's; `wake` is what a notification from another replica
+    calls (None: anything may have changed, after the listener reconnected).
+    """
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: dict[str, asyncio.Event] = {}
+        self._generations: dict[str, int] = {}
+        self.broadcast: Callable[[str], None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
@@ -61,14 +69,32 @@ class Notifier:
         return self._events.setdefault(federation_id, asyncio.Event())
 
     def notify(self, federation_id: str) -> None:
+        self.wake(federation_id)
+        broadcast = self.broadcast
+        if broadcast is not None:
+            try:
+                broadcast(federation_id)
+            except Exception as exc:  # the other replicas' re-check still sees the change
+                log.debug("could not broadcast a change of %s: %s", federation_id, exc)
+
+    def wake(self, federation_id: str | None) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._fire, federation_id)
 
-    def _fire(self, federation_id: str) -> None:
-        event = self._events.pop(federation_id, None)
-        if event is not None:
-            event.set()
+    def generation(self, federation_id: str) -> int:
+        """How many times this federation's waiters were woken (call on the event loop)."""
+        return self._generations.get(federation_id, 0)
+
+    def _fire(self, federation_id: str | None) -> None:
+        ids = (
+            list({*self._events, *self._generations}) if federation_id is None else [federation_id]
+        )
+        for fid in ids:
+            self._generations[fid] = self._generations.get(fid, 0) + 1
+            event = self._events.pop(fid, None)
+            if event is not None:
+                event.set()
 
 
 class AdminTokens:
@@ -153,10 +179,11 @@ class AdminTokens:
 class Core:
     settings: Settings
     db: Database
-    blobs: LocalBlobStore
+    blobs: BlobStore
     metrics: Metrics
     admin_token_hash: str  # the first admin token's at start-up; `admin_tokens` checks all
     notifier: Notifier = field(default_factory=Notifier)
+    faults: Faults = field(default_factory=Faults)
     admin_tokens: AdminTokens = field(init=False)
     _specs: dict[str, FederationSpec] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)

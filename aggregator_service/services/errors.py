@@ -17,6 +17,7 @@ __all__ = [
     "Invalid",
     "Malformed",
     "NotFound",
+    "TimedOut",
     "TooLarge",
     "Unauthorized",
 ]
@@ -64,6 +65,12 @@ class TooLarge(DomainError):
     """The body is larger than this server accepts."""
 
     default_error = "payload_too_large"
+
+
+class TimedOut(DomainError):
+    """The body arrived too slowly (an idle gap, or a rate below the floor); nothing was kept."""
+
+    default_error = "request_timeout"
 
 
 class Busy(DomainError):

@@ -16,6 +16,7 @@ from aggregator_service.services.errors import Invalid, NotFound
 from aggregator_service.services.federations import federation_row
 from aggregator_service.storage.tables import (
     INT_MAX,
+    aggregation_attempts,
     clients,
     exclusions,
     federations,
@@ -23,7 +24,7 @@ from aggregator_service.storage.tables import (
     state_versions,
     updates,
 )
-from shared.api import ParticipantRecord, RoundRecord
+from shared.api import AggregationAttempt, ParticipantRecord, RoundRecord
 
 __all__ = ["StateRef", "base_ref", "count_bytes_out", "list_rounds", "resolve_state"]
 
@@ -121,6 +122,22 @@ def list_rounds(core: Core, fid: str, viewer: Principal) -> list[RoundRecord]:
         excluded_rows = conn.execute(
             select(exclusions).where(exclusions.c.federation_id == fid)
         ).all()
+        attempt_rows = conn.execute(
+            select(aggregation_attempts)
+            .where(aggregation_attempts.c.federation_id == fid)
+            .order_by(aggregation_attempts.c.round, aggregation_attempts.c.number)
+        ).all()
+    attempts: dict[int, list[AggregationAttempt]] = defaultdict(list)
+    for a in attempt_rows:
+        attempts[a.round].append(
+            AggregationAttempt(
+                number=a.number,
+                started_at=datetime.fromtimestamp(a.started_at, UTC),
+                ended_at=_ts(a.ended_at),
+                outcome=a.outcome,
+                error=a.error if viewer.is_admin else None,
+            )
+        )
     excluded: dict[int, dict[str, str]] = defaultdict(dict)
     for e in sorted(excluded_rows, key=lambda e: (e.round, e.client_id)):
         excluded[e.round][e.client_id] = e.reason
@@ -160,6 +177,7 @@ def list_rounds(core: Core, fid: str, viewer: Principal) -> list[RoundRecord]:
             closed_at=_ts(r.closed_at),
             aggregation_seconds=r.aggregation_seconds,
             excluded=visible(excluded[r.number]),
+            attempts=attempts[r.number],
         )
         for r in round_rows
     ]

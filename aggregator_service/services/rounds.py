@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Literal
 
 import torch
 from sqlalchemy import ColumnElement, Connection, false, insert, select, update
@@ -27,6 +28,7 @@ from aggregator_service.storage.tables import (
     clients,
     exclusions,
     federations,
+    round_leases,
     rounds,
     state_versions,
     updates,
@@ -40,14 +42,16 @@ __all__ = [
     "aggregate_round",
     "current_revision",
     "due_rounds",
+    "quorum_rounds",
+    "quorum_transition",
     "read_status",
     "round_status",
     "start_aggregation",
-    "stuck_rounds",
-    "take_over_stale",
 ]
 
 log = logging.getLogger("fedtune.server")
+
+Outcome = Literal["closed", "reopened", "superseded"]
 
 
 def read_status(
@@ -141,6 +145,28 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
     return reason
 
 
+def quorum_transition(conn: Connection, spec: FederationSpec, fid: str, number: int) -> bool:
+    """open -> aggregating when the round holds its quorum, inside the caller's transaction
+    (the one that accepted an update): no fault between accepting the quorum-reaching update
+    and starting the aggregation can leave the round open."""
+    done = conn.execute(
+        update(rounds)
+        .where(
+            rounds.c.federation_id == fid,
+            rounds.c.number == number,
+            rounds.c.status == "open",
+            _received_at_least(spec.rounds.quorum),
+        )
+        .values(
+            status="aggregating",
+            closed_by="quorum",
+            aggregation_started_at=now(),
+            revision=rounds.c.revision + 1,
+        )
+    )
+    return done.rowcount == 1
+
+
 def _received_at_least(n: int) -> ColumnElement[bool]:
     """`received >= n`; a threshold past what the column holds is never met."""
     return rounds.c.received >= n if n <= INT_MAX else false()
@@ -161,51 +187,30 @@ def due_rounds(core: Core) -> list[tuple[str, int]]:
     ]
 
 
-def stuck_rounds(core: Core) -> list[tuple[str, int]]:
-    """Rounds left `aggregating` (a crash mid-aggregation): aggregate them again."""
+def quorum_rounds(core: Core) -> list[tuple[str, int]]:
+    """Open rounds that hold their quorum: accepting the quorum-reaching update moves a round
+    to `aggregating` in the same transaction, so this finds none unless a spec's quorum was
+    met some other way; the sweeper closes them all the same."""
     with core.db.read() as conn:
         rows = conn.execute(
-            select(rounds.c.federation_id, rounds.c.number).where(rounds.c.status == "aggregating")
-        ).all()
-    return [(r.federation_id, r.number) for r in rows]
-
-
-def take_over_stale(core: Core) -> list[tuple[str, int]]:
-    """Claim rounds whose aggregation started too long ago (its process died or failed).
-
-    Renewing `aggregation_started_at` is the claim, a conditional update like every
-    transition, so one process takes each over; re-aggregating is deterministic.
-    """
-    t = now()
-    with core.db.read() as conn:
-        rows = conn.execute(
-            select(rounds.c.federation_id, rounds.c.number, rounds.c.aggregation_started_at).where(
-                rounds.c.status == "aggregating",
-                rounds.c.aggregation_started_at < t - core.settings.aggregation_stale_s,
+            select(rounds.c.federation_id, rounds.c.number, rounds.c.received).where(
+                rounds.c.status == "open"
             )
         ).all()
-    claimed = []
-    for r in rows:
-        with core.db.write() as conn:
-            done = conn.execute(
-                update(rounds)
-                .where(
-                    rounds.c.federation_id == r.federation_id,
-                    rounds.c.number == r.number,
-                    rounds.c.status == "aggregating",
-                    rounds.c.aggregation_started_at == r.aggregation_started_at,
-                )
-                .values(aggregation_started_at=t)
-            )
-        if done.rowcount == 1:
-            claimed.append((r.federation_id, r.number))
-    return claimed
+    return [
+        (r.federation_id, r.number)
+        for r in rows
+        if r.received >= core.spec(r.federation_id).rounds.quorum
+    ]
 
 
-def aggregate_round(core: Core, fid: str, number: int) -> bool:
-    """Aggregate an `aggregating` round from its durable inputs and close it (blocking).
+def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
+    """Aggregate an `aggregating` round from its durable inputs and close it (blocking), under
+    the round's lease held by `owner` (services/leases.py).
 
-    Returns False when the round was not (or no longer) aggregating here.
+    "closed" when this call closed it; "reopened" when no subset of its updates aggregates to
+    a finite state; "superseded" when it was not (or no longer) aggregating here, or its lease
+    went to another replica before the close.
     """
     spec = core.spec(fid)
     with core.db.read() as conn:
@@ -213,7 +218,7 @@ def aggregate_round(core: Core, fid: str, number: int) -> bool:
             select(rounds).where(rounds.c.federation_id == fid, rounds.c.number == number)
         ).first()
         if rnd is None or rnd.status != "aggregating":
-            return False
+            return "superseded"
         ups = conn.execute(
             select(updates.c.client_id, updates.c.sha256, updates.c.num_examples, clients.c.name)
             .join(clients, clients.c.id == updates.c.client_id)
@@ -242,19 +247,19 @@ def aggregate_round(core: Core, fid: str, number: int) -> bool:
             len(inputs),
         )
         _reopen(core, fid, number)
-        return False
+        return "reopened"
     for cid, why in excluded.items():
         log.warning("federation %s round %d: update of %s excluded: %s", fid, number, cid, why)
     digest = store_state(core, result.state)
     new_server = store_state(core, result.server_state) if result.server_state else None
     seconds = time.perf_counter() - started
-    if not _close(core, spec, fid, number, digest, new_server, seconds, excluded):
-        return False
+    if not _close(core, spec, fid, number, digest, new_server, seconds, owner, excluded):
+        return "superseded"
     core.metrics.rounds_aggregated.inc()
     core.metrics.aggregation_seconds.observe(seconds)
     log.info("federation %s round %d closed -> %s (%.3fs)", fid, number, digest[:12], seconds)
     core.notifier.notify(fid)
-    return True
+    return "closed"
 
 
 def aggregate_finite(
@@ -315,12 +320,25 @@ def _close(
     digest: str,
     server_digest: str | None,
     seconds: float,
+    owner: str,
     excluded: Mapping[str, str] | None = None,
 ) -> bool:
-    """One transaction: close the round, record the version, open the next or complete."""
+    """One transaction: check the lease is `owner`'s, close the round, record the version,
+    open the next or complete."""
     t = now()
     this = (rounds.c.federation_id == fid) & (rounds.c.number == number)
     with core.db.write() as conn:
+        held = conn.execute(
+            update(round_leases)
+            .where(
+                round_leases.c.federation_id == fid,
+                round_leases.c.round == number,
+                round_leases.c.owner == owner,
+            )
+            .values(expires_at=t)
+        )
+        if held.rowcount != 1:  # taken over while we worked: the new owner closes it
+            return False
         done = conn.execute(
             update(rounds)
             .where(this & (rounds.c.status == "aggregating"))

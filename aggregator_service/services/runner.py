@@ -1,40 +1,95 @@
-"""Async side of the state machine: start-up recovery, the deadline ticker, aggregation threads,
-and long-polls that wake on in-process notifications or on a periodic database re-check
-(which also sees changes made by other service processes)."""
+"""Async side of the state machine: the sweeper, leased aggregation threads, and long-polls.
+
+The sweeper runs every `deadline_check_s` on every replica: it closes rounds past their
+deadline (or holding their quorum), and claims the lease of every `aggregating` round nobody
+holds (a replica died, or an attempt failed and its backoff passed), so work is taken over
+within the lease time without a restart. Faults it meets (the database away) are logged once
+per change of state, not per sweep.
+
+Long-polls wait on an in-process event per federation. Changes reach it from this process at
+once, from other replicas through PostgreSQL's LISTEN/NOTIFY, and, as a safety net (and with
+SQLite, where several processes may share the file), from one watcher per federation that
+re-reads the round's revision while anybody waits: the cost of waiting does not grow with
+the number of waiters. Woken waiters share one read of the round (a snapshot per change).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import select
 
 from aggregator_service.services.context import Core
+from aggregator_service.services.faults import classify
+from aggregator_service.services.leases import (
+    Attempt,
+    claim,
+    claimable,
+    end_attempt,
+    new_owner,
+    renew,
+    retry_delay,
+)
 from aggregator_service.services.rounds import (
     aggregate_round,
     current_revision,
     due_rounds,
-    round_status,
+    quorum_rounds,
+    read_status,
     start_aggregation,
-    stuck_rounds,
-    take_over_stale,
 )
 from aggregator_service.services.slots import ClientSlots
+from aggregator_service.storage.tables import updates
 from shared.api import RoundStatus
 
 __all__ = ["RoundRunner", "before_aggregation"]
 
 log = logging.getLogger("fedtune.server")
 
-# Called with (federation id, round) in the aggregation thread once the round is `aggregating`,
-# before its inputs are read. The product installs none: tests inject faults here (a delay to
-# be killed in, a pause, an exception).
+# Called with (federation id, round) in the aggregation thread once the round is `aggregating`
+# and its lease is held, before its inputs are read. The product installs none: tests inject
+# faults here (a delay to be killed in, a pause, an exception).
 before_aggregation: list[Callable[[str, int], None]] = []
+
+# With LISTEN/NOTIFY connected, the per-federation re-check is only a safety net.
+_NOTIFIED_RECHECK_S = 10.0
+# How often a waiting long-poll asks whether its caller is still connected.
+_DISCONNECT_CHECK_S = 1.0
+# A snapshot of a round read this recently is shared by the requests that ask for it.
+_SNAPSHOT_FRESH_S = 0.25
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The current round as everyone sees it, and who has submitted to it."""
+
+    status: RoundStatus
+    submitted: frozenset[str]
+    read_at: float
+
+    def for_client(self, client_id: str | None) -> RoundStatus:
+        return self.status.model_copy(update={"submitted": client_id in self.submitted})
+
+
+@dataclass
+class _Watch:
+    """One federation's waiters: how many, their shared snapshot, and the re-check task."""
+
+    waiters: int = 0
+    snapshot: tuple[int, asyncio.Future[_Snapshot]] | None = None
+    task: asyncio.Task[None] | None = None
 
 
 class RoundRunner:
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.owner = new_owner()
         settings = core.settings
         # Per-client limits on the requests held open on this loop (per process: see slots).
         self.polls = ClientSlots(
@@ -46,38 +101,64 @@ class RoundRunner:
         self._tasks: set[asyncio.Task[bool]] = set()
         self._running: set[tuple[str, int]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._watches: dict[str, _Watch] = {}
+        self._stop_listening: Callable[[], None] | None = None
+        self._listening = False
+        self._last_bug = ""
+
+    # -- life cycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bind notifications to this loop, clean temp files, resume interrupted aggregations."""
-        self.core.notifier.bind(asyncio.get_running_loop())
-        removed = await asyncio.to_thread(self.core.blobs.remove_stale_temps)
+        """Bind notifications to this loop, clean temp files, listen, start the sweeper (its
+        first sweep resumes what a dead process of this host left aggregating)."""
+        core = self.core
+        core.notifier.bind(asyncio.get_running_loop())
+        removed = await asyncio.to_thread(core.blobs.remove_stale_temps)
         if removed:
             log.info("removed %d stale temp files from the blob store", removed)
-        for fid, number in await asyncio.to_thread(stuck_rounds, self.core):
-            log.warning(
-                "federation %s round %d was left aggregating: aggregating again", fid, number
-            )
-            self._spawn(fid, number)
-        self._ticker = asyncio.create_task(self._tick())
+        if not core.db.is_sqlite:
+            core.notifier.broadcast = core.db.notify
+            self._stop_listening = core.db.listen(self._on_notify, self._on_listener)
+        self._ticker = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
+        for watch in self._watches.values():
+            if watch.task is not None:
+                watch.task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._stop_listening is not None:
+            await asyncio.to_thread(self._stop_listening)
+        self.core.notifier.broadcast = None
         self.core.notifier.bind(None)
+
+    def _on_notify(self, federation_id: str | None) -> None:
+        self.core.notifier.wake(federation_id)
+
+    def _on_listener(self, connected: bool) -> None:
+        if connected != self._listening:
+            self._listening = connected
+            if connected:
+                log.info("listening for round changes of other replicas (LISTEN/NOTIFY)")
+            else:
+                log.warning("not listening for other replicas' changes: re-checking instead")
+
+    # -- closing and aggregating -----------------------------------------------------------
 
     async def maybe_close(self, fid: str, number: int) -> bool:
         """Move the round to aggregating if it qualifies, and aggregate it in a thread."""
         reason = await asyncio.to_thread(start_aggregation, self.core, fid, number)
         if reason is None:
             return False
-        self._spawn(fid, number)
+        self.spawn(fid, number)
         return True
 
-    def _spawn(self, fid: str, number: int) -> None:
+    def spawn(self, fid: str, number: int) -> None:
+        """Aggregate an `aggregating` round in a thread, if its lease can be had."""
         if (fid, number) in self._running:
             return
         self._running.add((fid, number))
@@ -86,9 +167,49 @@ class RoundRunner:
         task.add_done_callback(lambda t: self._done(t, (fid, number)))
 
     def _aggregate(self, fid: str, number: int) -> bool:
-        for hook in before_aggregation:
-            hook(fid, number)
-        return aggregate_round(self.core, fid, number)
+        core = self.core
+        attempt = claim(core, fid, number, self.owner)
+        if attempt is None:
+            return False
+        if attempt.number > 1:
+            core.metrics.aggregation_takeovers.inc()
+            log.warning(
+                "federation %s round %d: aggregation attempt %d", fid, number, attempt.number
+            )
+        beat = _Heartbeat(core, attempt, self.owner)
+        try:
+            for hook in before_aggregation:
+                hook(fid, number)
+            outcome = aggregate_round(core, fid, number, self.owner)
+        except Exception as exc:
+            self._failed(attempt, exc)
+            return False
+        finally:
+            beat.stop()
+        with contextlib.suppress(Exception):  # the lease expires by itself if this fails
+            end_attempt(core, attempt, self.owner, outcome)
+        return outcome == "closed"
+
+    def _failed(self, attempt: Attempt, exc: Exception) -> None:
+        core = self.core
+        core.metrics.aggregation_failures.inc()
+        kind = classify(exc)
+        delay = retry_delay(attempt.number)
+        if kind is not None:
+            core.metrics.faults.labels(kind).inc()
+            core.faults.failed(kind, exc)
+        else:
+            log.error(
+                "federation %s round %d: aggregation attempt %d failed; retrying in %.0f s",
+                attempt.federation_id,
+                attempt.round,
+                attempt.number,
+                delay,
+                exc_info=exc,
+            )
+        # When the database is away too, the lease expires and is claimed again all the same.
+        with contextlib.suppress(Exception):
+            end_attempt(core, attempt, self.owner, "failed", f"{type(exc).__name__}: {exc}")
 
     def _done(self, task: asyncio.Task[bool], key: tuple[str, int]) -> None:
         self._tasks.discard(task)
@@ -96,18 +217,39 @@ class RoundRunner:
         if not task.cancelled() and task.exception() is not None:
             log.error("aggregation of %s round %d failed", *key, exc_info=task.exception())
 
-    async def _tick(self) -> None:
+    async def _sweep_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.core.settings.deadline_check_s)
             try:
-                for fid, number in await asyncio.to_thread(due_rounds, self.core):
-                    await self.maybe_close(fid, number)
-                for fid, number in await asyncio.to_thread(take_over_stale, self.core):
-                    if (fid, number) not in self._running:
-                        log.warning("taking over the stale aggregation of %s round %d", fid, number)
-                        self._spawn(fid, number)
-            except Exception:
-                log.exception("deadline check failed")
+                await self._sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._sweep_failed(exc)
+            await asyncio.sleep(self.core.settings.deadline_check_s)
+
+    async def _sweep(self) -> None:
+        core = self.core
+        for fid, number in await asyncio.to_thread(due_rounds, core):
+            await self.maybe_close(fid, number)
+        for fid, number in await asyncio.to_thread(quorum_rounds, core):
+            await self.maybe_close(fid, number)
+        for fid, number in await asyncio.to_thread(claimable, core, self.owner):
+            self.spawn(fid, number)
+        core.faults.ok("database_unavailable")
+        self._last_bug = ""
+
+    def _sweep_failed(self, exc: Exception) -> None:
+        kind = classify(exc)
+        if kind is not None:
+            self.core.metrics.faults.labels(kind).inc()
+            self.core.faults.failed(kind, exc)
+            return
+        what = f"{type(exc).__name__}: {exc}"
+        if what != self._last_bug:  # once per distinct failure, not twice a second
+            self._last_bug = what
+            log.error("round sweep failed", exc_info=exc)
+
+    # -- long-polls ------------------------------------------------------------------------
 
     async def wait_for_change(
         self,
@@ -119,23 +261,125 @@ class RoundRunner:
     ) -> RoundStatus:
         """The round status, held until its revision differs from `revision` or `wait_s` passes.
 
-        `disconnected` is asked at each re-check: once the caller has gone, the wait ends
+        `disconnected` is asked every second: once the caller has gone, the wait ends
         (what is returned then reaches nobody).
         """
         loop = asyncio.get_running_loop()
         notifier = self.core.notifier
-        event = notifier.event(fid)
-        status = await asyncio.to_thread(round_status, self.core, fid, client_id)
+        event = notifier.event(fid)  # before the read: a change after it sets this event
+        snapshot = await self._snapshot(fid)
+        status = snapshot.for_client(client_id)
         if wait_s <= 0 or (revision is not None and revision != status.revision):
             return status
         seen = status.revision
         until = loop.time() + wait_s
-        while (left := until - loop.time()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), min(left, self.core.settings.poll_recheck_s))
-            event = notifier.event(fid)
-            if disconnected is not None and await disconnected():
-                return status
-            if await asyncio.to_thread(current_revision, self.core, fid) != seen:
-                break
-        return await asyncio.to_thread(round_status, self.core, fid, client_id)
+        with self._waiting(fid, seen):
+            while (left := until - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(left, _DISCONNECT_CHECK_S))
+                if event.is_set():
+                    event = notifier.event(fid)
+                    snapshot = await self._snapshot(fid, fresh=True)
+                    if snapshot.status.revision != seen:
+                        return snapshot.for_client(client_id)
+                if disconnected is not None and await disconnected():
+                    return status
+        return (await self._snapshot(fid)).for_client(client_id)
+
+    async def _snapshot(self, fid: str, fresh: bool = False) -> _Snapshot:
+        """The round's snapshot, one read shared by every request that asks at about the same
+        time. `fresh`: not one read before the latest wake-up of this federation's waiters."""
+        watch = self._watches.setdefault(fid, _Watch())
+        generation = self.core.notifier.generation(fid)
+        held = watch.snapshot
+        if held is not None:
+            taken_at, future = held
+            if taken_at == generation and (not future.done() or self._young(future, fresh)):
+                return await asyncio.shield(future)
+        future = asyncio.ensure_future(asyncio.to_thread(_read_snapshot, self.core, fid))
+        watch.snapshot = (generation, future)
+        try:
+            return await asyncio.shield(future)
+        except Exception:
+            if watch.snapshot is not None and watch.snapshot[1] is future:
+                watch.snapshot = None
+            raise
+
+    @staticmethod
+    def _young(future: asyncio.Future[_Snapshot], fresh: bool) -> bool:
+        if future.cancelled() or future.exception() is not None:
+            return False
+        return fresh or time.monotonic() - future.result().read_at < _SNAPSHOT_FRESH_S
+
+    @contextlib.contextmanager
+    def _waiting(self, fid: str, revision: int) -> Iterator[None]:
+        """Count a waiter of `fid`, keeping one re-check task alive while there are any."""
+        watch = self._watches.setdefault(fid, _Watch())
+        watch.waiters += 1
+        if watch.task is None or watch.task.done():
+            watch.task = asyncio.create_task(self._recheck(fid, revision))
+        try:
+            yield
+        finally:
+            watch.waiters -= 1
+            if watch.waiters == 0:
+                if watch.task is not None:
+                    watch.task.cancel()
+                self._watches.pop(fid, None)
+
+    async def _recheck(self, fid: str, revision: int) -> None:
+        """Wake `fid`'s waiters when its revision changes behind our back (another process)."""
+        seen: int | None = revision
+        while True:
+            pause = _NOTIFIED_RECHECK_S if self._listening else self.core.settings.poll_recheck_s
+            await asyncio.sleep(pause)
+            try:
+                current = await asyncio.to_thread(current_revision, self.core, fid)
+            except Exception as exc:
+                if classify(exc) is None:
+                    raise
+                continue
+            if current != seen:
+                seen = current
+                self.core.notifier.wake(fid)
+
+
+def _read_snapshot(core: Core, fid: str) -> _Snapshot:
+    spec = core.spec(fid)
+    with core.db.read() as conn:
+        status = read_status(conn, spec, fid, None)
+        submitted = conn.execute(
+            select(updates.c.client_id).where(
+                updates.c.federation_id == fid, updates.c.round == status.round
+            )
+        ).scalars()
+        return _Snapshot(status, frozenset(submitted), time.monotonic())
+
+
+class _Heartbeat:
+    """Renews an attempt's lease every third of the lease time until stopped."""
+
+    def __init__(self, core: Core, attempt: Attempt, owner: str) -> None:
+        self._core, self._attempt, self._owner = core, attempt, owner
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fedtune-lease", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        period = self._core.settings.lease_s / 3
+        while not self._stop.wait(period):
+            try:
+                if not renew(self._core, self._attempt, self._owner):
+                    log.warning(
+                        "federation %s round %d: lease lost to another replica",
+                        self._attempt.federation_id,
+                        self._attempt.round,
+                    )
+                    return
+            except Exception as exc:  # the database is away: the next beat tries again
+                if classify(exc) is None:
+                    log.error("lease renewal failed", exc_info=exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
+import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from aggregator_service.services.context import Core, now
-from aggregator_service.services.errors import Conflict, TooLarge
-from aggregator_service.services.rounds import read_status
+from aggregator_service.services.errors import Conflict, TimedOut, TooLarge
+from aggregator_service.services.rounds import quorum_transition, read_status
 from aggregator_service.services.validation import check_header, not_safetensors, validate_delta
 from aggregator_service.storage.tables import (
     INT_MAX,
@@ -35,10 +37,26 @@ from aggregator_service.storage.tables import (
     updates,
 )
 from shared.api import RoundState, RoundStatus, TensorInfo, UpdateReceipt
-from shared.blobs import BlobError, DeltaMetadata, header_length, page_buffer, parse_header
+from shared.blobs import (
+    BlobError,
+    DeltaMetadata,
+    header_length,
+    page_buffer,
+    parse_header,
+    torch_dtype,
+)
 from shared.spec import FederationSpec
 
-__all__ = ["Expected", "Received", "expected_upload", "ingest", "receive_body"]
+__all__ = [
+    "Expected",
+    "Received",
+    "expected_upload",
+    "ingest",
+    "largest_update_bytes",
+    "receive_body",
+]
+
+log = logging.getLogger("fedtune.server")
 
 _WRITE_BATCH = 1 << 20
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -125,6 +143,23 @@ def expected_upload(core: Core, fid: str, number: int) -> Expected:
     return Expected(core, fid, number, core.spec(fid), manifest)
 
 
+def largest_update_bytes(core: Core) -> int:
+    """The largest update a running federation accepts (its manifest in the transport dtype):
+    what one upload needs on disk, for readiness to compare free space against."""
+    with core.db.read() as conn:
+        rows = conn.execute(
+            select(federations.c.id, federations.c.manifest).where(
+                federations.c.status == "running"
+            )
+        ).all()
+    largest = 0
+    for row in rows:
+        itemsize = torch_dtype(core.spec(row.id).transport.dtype).itemsize
+        numel = sum(math.prod(info["shape"]) for info in json.loads(row.manifest).values())
+        largest = max(largest, numel * itemsize)
+    return largest
+
+
 def _manifest(conn: Connection, fid: str) -> dict[str, TensorInfo]:
     text: str = conn.execute(
         select(federations.c.manifest).where(federations.c.id == fid)
@@ -192,7 +227,7 @@ async def receive_body(
     try:
         with open(tmp, "wb") as f:
             spool = _Spool(f)
-            async for chunk in chunks:
+            async for chunk in _paced(chunks, core, spool):
                 if head is not None and (whole := _feed(head, chunk)) is not None:
                     limit = await asyncio.to_thread(head.expected.size_of, whole, declared)
                     head, too_large = None, _past_header(limit)
@@ -204,6 +239,38 @@ async def receive_body(
         tmp.unlink(missing_ok=True)
         raise
     return Received(tmp, spool.sha.hexdigest(), spool.size)
+
+
+# A body may start slowly (TLS, a client warming up) before the rate floor applies.
+_RATE_GRACE_S = 10.0
+
+
+async def _paced(chunks: AsyncIterator[bytes], core: Core, spool: _Spool) -> AsyncIterator[bytes]:
+    """`chunks`, refused (`TimedOut`) after an idle gap of `upload_idle_s`, or when, after the
+    grace period, the body has arrived slower than `upload_min_kib_s` on average."""
+    settings = core.settings
+    floor = settings.upload_min_kib_s * 1024
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    it = aiter(chunks)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(it), settings.upload_idle_s)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise TimedOut(
+                f"no body bytes for {settings.upload_idle_s:g} s after {spool.size} bytes; "
+                "the upload was dropped, send it again"
+            ) from None
+        elapsed = loop.time() - start
+        if floor and elapsed > _RATE_GRACE_S and spool.size + len(chunk) < floor * elapsed:
+            rate = (spool.size + len(chunk)) / elapsed / 1024
+            raise TimedOut(
+                f"upload body arriving at {rate:.1f} KiB/s, below the server's floor of "
+                f"{settings.upload_min_kib_s:g} KiB/s; the upload was dropped, send it again"
+            )
+        yield chunk
 
 
 def _feed(head: _Head, chunk: bytes) -> bytes | None:
@@ -314,12 +381,15 @@ def _commit(
                 )
             except IntegrityError:
                 raise _Retry from None
+            met = quorum_transition(conn, core.spec(fid), fid, number)
             row = _progress(conn, fid, number)
             created = core.blobs.commit_temp(body.path, body.sha256)
     except BaseException:
         if created:
             core.blobs.remove(body.sha256)
         raise
+    if met:
+        log.info("federation %s round %d: aggregating (quorum)", fid, number)
     return int(row.received), row.status
 
 

@@ -12,14 +12,22 @@ processes sees rowcount 1 (a stricter level would abort the loser with a
 serialisation error instead). Reads are READ ONLY at REPEATABLE READ: one
 snapshot for the whole block, as a SQLite read transaction sees.
 
+Round changes reach every replica through PostgreSQL's LISTEN/NOTIFY: `notify()` sends one
+on the `fedtune_rounds` channel and `listen()` runs a thread on a connection of its own that
+hands each payload to a callback, reconnecting after an outage. SQLite has no such channel:
+one process's changes reach its own long-polls in memory, and other processes sharing the
+file see them through a periodic re-check.
+
 A SQLite file is created 0600 (SQLite gives its -wal and -shm files the same
 mode) in a directory created 0700, whatever the umask.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,7 +38,11 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from aggregator_service.storage.tables import metadata
 
-__all__ = ["Database", "parse_database_url"]
+__all__ = ["CHANNEL", "Database", "parse_database_url"]
+
+log = logging.getLogger("fedtune.server")
+
+CHANNEL = "fedtune_rounds"
 
 _BUSY_TIMEOUT_S = 30
 _CONNECT_TIMEOUT_S = 10
@@ -112,6 +124,56 @@ class Database:
     def dispose(self) -> None:
         self._reader.dispose()
         self._writer.dispose()
+
+    def notify(self, payload: str) -> None:
+        """Tell every replica listening (PostgreSQL) that `payload`'s federation changed."""
+        if self.is_sqlite:
+            return
+        with self.write() as conn:
+            conn.execute(text("SELECT pg_notify(:channel, :payload)"), {
+                "channel": CHANNEL, "payload": payload
+            })  # fmt: skip
+
+    def listen(
+        self, on_notify: Callable[[str | None], None], on_state: Callable[[bool], None]
+    ) -> Callable[[], None] | None:
+        """Call `on_notify(payload)` for every notification, from a thread, until the returned
+        function is called; None on SQLite. After each (re)connection `on_notify(None)` says
+        "anything may have changed" (notifications sent while disconnected are lost), and
+        `on_state(connected)` reports each change of the connection's state."""
+        if self.is_sqlite:
+            return None
+        import psycopg
+
+        url = self._writer.url.set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        stop = threading.Event()
+
+        def run() -> None:
+            delay = 0.5
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+                        conn.execute(f"LISTEN {CHANNEL}")
+                        on_state(True)
+                        on_notify(None)
+                        delay = 0.5
+                        while not stop.is_set():
+                            for n in conn.notifies(timeout=1.0):
+                                on_notify(n.payload)
+                except psycopg.Error:
+                    on_state(False)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 10.0)
+
+        thread = threading.Thread(target=run, name="fedtune-listen", daemon=True)
+        thread.start()
+
+        def close() -> None:
+            stop.set()
+            thread.join(timeout=5)
+
+        return close
 
 
 def _postgres_engine(url: URL, isolation: str, readonly: bool) -> Engine:

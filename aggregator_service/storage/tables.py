@@ -157,3 +157,37 @@ idempotency_keys = Table(
     Column("expires_at", Double, nullable=False),
 )
 Index("ix_idempotency_keys_expires_at", idempotency_keys.c.expires_at)
+
+# Who aggregates a round now (services/leases.py): an owner and an expiry renewed by heartbeat.
+# A replica that dies stops renewing and any other takes the round over once it expires; a
+# failed attempt sets `retry_at` (backoff) before anyone tries again.
+round_leases = Table(
+    "round_leases",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("owner", String(128), nullable=False),
+    Column("expires_at", Double, nullable=False),
+    Column("retry_at", Double, nullable=False),
+    Column("attempts", Integer, nullable=False),
+)
+
+# Every aggregation attempt of a round, kept for the history: who, when, how it ended.
+aggregation_attempts = Table(
+    "aggregation_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("federation_id", String(32), ForeignKey("federations.id"), nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("owner", String(128), nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("ended_at", Double),
+    Column("outcome", String(16)),  # closed | failed | reopened | superseded; null while running
+    Column("error", Text),
+)
+Index(
+    "ix_aggregation_attempts_round",
+    aggregation_attempts.c.federation_id,
+    aggregation_attempts.c.round,
+)

@@ -135,6 +135,8 @@ def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
         "exclusions": 0,
         "enrollment_token_revocations": 0,
         "previous_keys": 0,
+        "round_leases": 1,
+        "aggregation_attempts": 1,
     }
     assert [(r["number"], r["status"], r["received"]) for r in rows["rounds"]] == [
         (1, "closed", 3),

@@ -156,29 +156,53 @@ def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, new_fed
     assert "fedtune_rounds_aggregated_total 1.0" in fed.app.client().get("/metrics").text
 
 
-def test_running_app_takes_over_an_aggregation_whose_process_died(start_app, federation, delta):
+def test_running_app_takes_over_an_aggregation_whose_lease_expired(
+    start_app, federation, delta
+):
     import time
 
-    from sqlalchemy import update
+    from sqlalchemy import insert, select, update
 
-    from aggregator_service.storage.tables import rounds
+    from aggregator_service.storage.tables import aggregation_attempts, round_leases, rounds
 
-    fed = federation(clients=3, quorum=3, min_updates=2, app=start_app(aggregation_stale_s=1.0))
+    fed = federation(clients=3, quorum=3, min_updates=2, app=start_app(lease_s=1.0))
     c0, c1, _ = sorted(fed.keys)
     for cid in (c0, c1):
         assert fed.upload(cid, 1, delta(fed.info, 1, fed.info.global_version)).status_code == 201
-    with fed.app.core.db.write() as conn:  # another replica claimed it, then died
+    started = time.time() - 60
+    with fed.app.core.db.write() as conn:  # a replica on another host claimed it, then died
         conn.execute(
             update(rounds)
             .where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
-            .values(
-                status="aggregating", closed_by="quorum", aggregation_started_at=time.time() - 60
+            .values(status="aggregating", closed_by="quorum", aggregation_started_at=started)
+        )
+        conn.execute(
+            insert(round_leases).values(
+                federation_id=fed.id,
+                round=1,
+                owner="another-host:7:0badc0de",
+                expires_at=time.time() + 1.0,
+                retry_at=0.0,
+                attempts=1,
             )
         )
 
     status = fed.wait_round(2)
 
     assert status["round"] == 2 and _history(fed)[0]["status"] == "closed"
+    with fed.app.core.db.read() as conn:
+        real_start = conn.execute(
+            select(rounds.c.aggregation_started_at).where(
+                rounds.c.federation_id == fed.id, rounds.c.number == 1
+            )
+        ).scalar_one()
+        attempts = conn.execute(
+            select(aggregation_attempts.c.number, aggregation_attempts.c.outcome).where(
+                aggregation_attempts.c.federation_id == fed.id
+            )
+        ).all()
+    assert real_start == started  # the takeover keeps the real start
+    assert [(a.number, a.outcome) for a in attempts] == [(2, "closed")]
 
 
 def test_server_optimiser_state_survives_a_restart_bit_for_bit(

@@ -14,7 +14,7 @@ from aggregator_service.settings import Settings, resolve_admin_token
     ("var", "value", "field", "expected"),
     [
         ("FEDTUNE_MAX_UPLOAD_MB", "12.5", "max_upload_mb", 12.5),
-        ("FEDTUNE_AGGREGATION_STALE_S", "30", "aggregation_stale_s", 30.0),
+        ("FEDTUNE_LEASE_S", "30", "lease_s", 30.0),
         (
             "FEDTUNE_DATABASE_URL",
             "postgresql+psycopg://db/fedtune",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security.utils import get_authorization_scheme_param
@@ -13,9 +15,14 @@ from aggregator_service.api.errors import error_responses
 from aggregator_service.services.access import authenticate
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import Forbidden, Unauthorized
+from aggregator_service.services.uploads import largest_update_bytes
 from shared.api import Health
 
 router = APIRouter(tags=["health"])
+
+# Below this the data directory's disk is not ready whatever the federations need (the
+# database's own writes need room too).
+_MIN_FREE_BYTES = 16 << 20
 
 
 @router.get("/healthz", summary="Liveness", response_model=Health)
@@ -28,16 +35,24 @@ def _readiness(core: Core) -> Health:
     try:
         core.db.ping()
         detail["database"] = "ok"
+        need = 2 * largest_update_bytes(core)  # one spooled upload and the state it feeds
     except Exception as exc:
         detail["database"] = f"unreachable: {type(exc).__name__}"
+        need = 0
     detail["blobs"] = "ok" if core.blobs.writable() else "not writable"
+    free = shutil.disk_usage(core.settings.data_dir).free
+    detail["disk"] = (
+        "ok"
+        if free >= max(need, _MIN_FREE_BYTES)
+        else f"low: {free >> 20} MiB free, {max(need, _MIN_FREE_BYTES) >> 20} MiB needed"
+    )
     ok = all(v == "ok" for v in detail.values())
     return Health(status="ok" if ok else "unavailable", detail=detail)
 
 
 @router.get(
     "/readyz",
-    summary="Readiness: database reachable and blob store writable",
+    summary="Readiness: database reachable, blob store writable, room on the disk",
     response_model=Health,
     responses={503: {"model": Health, "description": "Not ready."}},
 )

@@ -34,7 +34,7 @@ _UPLOAD_BODY = {
     "the one passed (or from the current one) or `wait_s` passes. One API key may hold "
     "`max_polls_per_client` such waits at once per server process (429 past it).",
     response_model=RoundStatus,
-    responses=error_responses(401, 403, 404, 422, 429),
+    responses=error_responses(401, 403, 404, 422, 429, 503),
 )
 async def current(
     fid: str,
@@ -77,7 +77,7 @@ def history(fid: str, core: CoreDep, member: MemberDep) -> list[RoundRecord]:
     response_model=UpdateReceipt,
     responses={
         200: {"model": UpdateReceipt, "description": "These exact bytes were already accepted."},
-        **error_responses(400, 401, 403, 404, 409, 413, 422, 429),
+        **error_responses(400, 401, 403, 404, 408, 409, 413, 422, 429, 503, 507),
     },
     openapi_extra=_UPLOAD_BODY,
 )
@@ -104,6 +104,6 @@ async def upload(
         raise
     if receipt.duplicate:
         response.status_code = 200
-    elif receipt.round_status == "open" and await runner.maybe_close(fid, r):
-        receipt = receipt.model_copy(update={"round_status": "aggregating"})
+    if receipt.round_status == "aggregating":  # this update (or an earlier one) met the quorum
+        runner.spawn(fid, r)
     return receipt
