@@ -148,13 +148,21 @@ class FedTuneClient(BaseClient):
     # -- rounds -----------------------------------------------------------------
 
     def current_round(
-        self, federation_id: str, *, wait_s: float = 0, revision: int | None = None
+        self,
+        federation_id: str,
+        *,
+        wait_s: float = 0,
+        revision: int | None = None,
+        after_round: int | None = None,
     ) -> RoundStatus:
-        """The open round; with `wait_s` > 0, long-polls until its `revision` changes."""
+        """The open round; with `wait_s` > 0, long-polls until its `revision` changes, or with
+        `after_round` until a later round opens or the federation completes."""
         wait = max(0, min(int(wait_s), C.MAX_WAIT_S))
         params: dict[str, Any] = {"wait_s": wait}
         if revision is not None:
             params["revision"] = revision
+        if after_round is not None:
+            params["after_round"] = after_round
         data = self._request_json(
             "GET",
             f"{API_PREFIX}/federations/{federation_id}/rounds/current",

@@ -88,8 +88,9 @@ class Participant:
         while status.federation_status != "completed":
             if status.status == "open":
                 self.handle_round(status)
+            # Handled (or not ours to handle): wake for the next round, not for others' uploads.
             status = self.client.current_round(
-                fid, wait_s=self.opts.wait_s, revision=status.revision
+                fid, wait_s=self.opts.wait_s, after_round=status.round
             )
         return self.finish(status)
 

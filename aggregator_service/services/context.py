@@ -195,6 +195,14 @@ class Core:
         """Whether `digest` (sha256 hex of a bearer token) is a valid admin token's."""
         return self.admin_tokens.matches(digest)
 
+    async def spec_async(self, federation_id: str) -> FederationSpec:
+        """`spec` from the event loop: from the cache at once, from the database in a thread."""
+        with self._lock:
+            cached = self._specs.get(federation_id)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self.spec, federation_id)
+
     def spec(self, federation_id: str) -> FederationSpec:
         """The federation's spec (immutable, so cached); `NotFound` when there is none."""
         with self._lock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sqlite3
 import threading
 from typing import Literal
 
@@ -33,6 +34,8 @@ def classify(exc: BaseException) -> FaultKind | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _DISK_FULL:
             return "insufficient_storage"
+        if _sqlite_full(current) or _sqlite_full(getattr(current, "orig", None)):
+            return "insufficient_storage"
         if isinstance(current, OperationalError | InterfaceError | PoolTimeout):
             return "database_unavailable"
         if isinstance(current, DBAPIError) and current.connection_invalidated:
@@ -44,6 +47,14 @@ def classify(exc: BaseException) -> FaultKind | None:
             return "database_unavailable"
         current = current.__cause__ or current.__context__
     return None
+
+
+def _sqlite_full(exc: object) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full"): the disk, not the database."""
+    if not isinstance(exc, sqlite3.Error):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
 
 
 class Faults:

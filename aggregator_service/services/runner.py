@@ -258,8 +258,12 @@ class RoundRunner:
         wait_s: float,
         revision: int | None,
         disconnected: Callable[[], Awaitable[bool]] | None = None,
+        after_round: int | None = None,
     ) -> RoundStatus:
-        """The round status, held until its revision differs from `revision` or `wait_s` passes.
+        """The round status, held until `wait_s` passes or it changes: its revision differs
+        from `revision` (any change: an update accepted, the round aggregating, a new round),
+        or, with `after_round`, a later round opened or the federation completed (what a
+        client waiting for its next round needs: the uploads of others do not wake it).
 
         `disconnected` is asked every second: once the caller has gone, the wait ends
         (what is returned then reaches nobody).
@@ -269,18 +273,24 @@ class RoundRunner:
         event = notifier.event(fid)  # before the read: a change after it sets this event
         snapshot = await self._snapshot(fid)
         status = snapshot.for_client(client_id)
-        if wait_s <= 0 or (revision is not None and revision != status.revision):
+        seen = status.revision if revision is None else revision
+
+        def changed(s: RoundStatus) -> bool:
+            if after_round is not None:
+                return s.round > after_round or s.federation_status == "completed"
+            return s.revision != seen
+
+        if wait_s <= 0 or changed(status):
             return status
-        seen = status.revision
         until = loop.time() + wait_s
-        with self._waiting(fid, seen):
+        with self._waiting(fid, status.revision):
             while (left := until - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(left, _DISCONNECT_CHECK_S))
                 if event.is_set():
                     event = notifier.event(fid)
                     snapshot = await self._snapshot(fid, fresh=True)
-                    if snapshot.status.revision != seen:
+                    if changed(snapshot.status):
                         return snapshot.for_client(client_id)
                 if disconnected is not None and await disconnected():
                     return status

@@ -45,6 +45,11 @@ log = logging.getLogger("fedtune.server")
 CHANNEL = "fedtune_rounds"
 
 _BUSY_TIMEOUT_S = 30
+# Connections kept open per engine: requests run in up to 40 worker threads, and a connection
+# opened and closed per request (the pool's overflow) costs more than the query. PostgreSQL's
+# are fewer, as every replica's count against the server's max_connections (deploy/SCALING.md).
+_SQLITE_POOL = {"pool_size": 40, "max_overflow": 20}
+_POSTGRES_POOL = {"pool_size": 16, "max_overflow": 16}
 _CONNECT_TIMEOUT_S = 10
 # Held while creating the schema, so processes starting together on one database take turns.
 _SCHEMA_LOCK_KEY = 0x66656474756E65  # "fedtune"
@@ -180,6 +185,7 @@ def _postgres_engine(url: URL, isolation: str, readonly: bool) -> Engine:
     try:
         return create_engine(
             url,
+            **_POSTGRES_POOL,
             pool_pre_ping=True,
             isolation_level=isolation,
             execution_options={"postgresql_readonly": readonly},
@@ -208,7 +214,9 @@ def _create_private_sqlite_file(database: str | None) -> None:
 
 def _sqlite_engine(url: URL, begin: str) -> Engine:
     engine = create_engine(
-        url, connect_args={"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False}
+        url,
+        **_SQLITE_POOL,
+        connect_args={"timeout": _BUSY_TIMEOUT_S, "check_same_thread": False},
     )
 
     @event.listens_for(engine, "connect")

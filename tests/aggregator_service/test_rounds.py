@@ -156,9 +156,7 @@ def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, new_fed
     assert "fedtune_rounds_aggregated_total 1.0" in fed.app.client().get("/metrics").text
 
 
-def test_running_app_takes_over_an_aggregation_whose_lease_expired(
-    start_app, federation, delta
-):
+def test_running_app_takes_over_an_aggregation_whose_lease_expired(start_app, federation, delta):
     import time
 
     from sqlalchemy import insert, select, update

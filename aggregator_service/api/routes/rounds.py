@@ -31,7 +31,8 @@ _UPLOAD_BODY = {
     "/current",
     summary="The current round (long-poll)",
     description="With `wait_s` > 0 the answer is held until the round's `revision` differs from "
-    "the one passed (or from the current one) or `wait_s` passes. One API key may hold "
+    "the one passed (or from the current one), or with `after_round` until a later round "
+    "opens or the federation completes, or until `wait_s` passes. One API key may hold "
     "`max_polls_per_client` such waits at once per server process (429 past it).",
     response_model=RoundStatus,
     responses=error_responses(401, 403, 404, 422, 429, 503),
@@ -45,11 +46,19 @@ async def current(
     revision: Annotated[
         int | None, Query(description="Revision the caller already has; answer at once if stale.")
     ] = None,
+    after_round: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="Hold only until a round later than this one opens or the federation "
+            "completes (other members' uploads do not end the wait).",
+        ),
+    ] = None,
 ) -> RoundStatus:
-    await asyncio.to_thread(runner.core.spec, fid)
+    await runner.core.spec_async(fid)
     with runner.polls.hold(principal.client_id if wait_s > 0 else None):
         return await runner.wait_for_change(
-            fid, principal.client_id, wait_s, revision, request.is_disconnected
+            fid, principal.client_id, wait_s, revision, request.is_disconnected, after_round
         )
 
 
@@ -90,7 +99,7 @@ async def upload(
     runner: RunnerDep,
 ) -> UpdateReceipt:
     core = runner.core
-    await asyncio.to_thread(core.spec, fid)
+    await core.spec_async(fid)
     assert principal.client_id is not None
     length = request.headers.get("content-length")
     close_on_refusal(request)
