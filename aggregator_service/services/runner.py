@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 
@@ -59,8 +60,6 @@ before_aggregation: list[Callable[[str, int], None]] = []
 
 # With LISTEN/NOTIFY connected, the per-federation re-check is only a safety net.
 _NOTIFIED_RECHECK_S = 10.0
-# How often a waiting long-poll asks whether its caller is still connected.
-_DISCONNECT_CHECK_S = 1.0
 # A snapshot of a round read this recently is shared by the requests that ask for it.
 _SNAPSHOT_FRESH_S = 0.25
 
@@ -257,7 +256,7 @@ class RoundRunner:
         client_id: str | None,
         wait_s: float,
         revision: int | None,
-        disconnected: Callable[[], Awaitable[bool]] | None = None,
+        gone: Callable[[], Awaitable[object]] | None = None,
         after_round: int | None = None,
     ) -> RoundStatus:
         """The round status, held until `wait_s` passes or it changes: its revision differs
@@ -265,8 +264,8 @@ class RoundRunner:
         or, with `after_round`, a later round opened or the federation completed (what a
         client waiting for its next round needs: the uploads of others do not wake it).
 
-        `disconnected` is asked every second: once the caller has gone, the wait ends
-        (what is returned then reaches nobody).
+        `gone()` returns once the caller has disconnected: the wait ends then (what is
+        returned reaches nobody). A waiting poll costs nothing until one of these happens.
         """
         loop = asyncio.get_running_loop()
         notifier = self.core.notifier
@@ -283,17 +282,29 @@ class RoundRunner:
         if wait_s <= 0 or changed(status):
             return status
         until = loop.time() + wait_s
-        with self._waiting(fid, status.revision):
-            while (left := until - loop.time()) > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(left, _DISCONNECT_CHECK_S))
-                if event.is_set():
+        left_task = asyncio.ensure_future(gone()) if gone is not None else None
+        try:
+            with self._waiting(fid, status.revision):
+                while (left := until - loop.time()) > 0:
+                    woken = asyncio.ensure_future(event.wait())
+                    waits: set[asyncio.Future[Any]] = {woken}
+                    if left_task is not None:
+                        waits.add(left_task)
+                    done, _ = await asyncio.wait(
+                        waits, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if woken not in done:
+                        woken.cancel()
+                        if left_task in done:
+                            return status
+                        break
                     event = notifier.event(fid)
                     snapshot = await self._snapshot(fid, fresh=True)
                     if changed(snapshot.status):
                         return snapshot.for_client(client_id)
-                if disconnected is not None and await disconnected():
-                    return status
+        finally:
+            if left_task is not None:
+                left_task.cancel()
         return (await self._snapshot(fid)).for_client(client_id)
 
     async def _snapshot(self, fid: str, fresh: bool = False) -> _Snapshot:

@@ -58,8 +58,21 @@ async def current(
     await runner.core.spec_async(fid)
     with runner.polls.hold(principal.client_id if wait_s > 0 else None):
         return await runner.wait_for_change(
-            fid, principal.client_id, wait_s, revision, request.is_disconnected, after_round
+            fid, principal.client_id, wait_s, revision, lambda: _gone(request), after_round
         )
+
+
+async def _gone(request: Request) -> None:
+    """Return once the caller has disconnected (a GET's body, if any, is read and dropped, up to
+    the JSON body limit: past it the caller is treated as gone)."""
+    read = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+        read += len(message.get("body", b""))
+        if read > request.app.state.core.settings.max_json_bytes:
+            return
 
 
 @router.get(
