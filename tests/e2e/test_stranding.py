@@ -1,7 +1,8 @@
 """Nothing strands a round, and faults answer as faults: real `fedtune-server serve` processes.
 
-1. Two replicas on one PostgreSQL database: the one aggregating is SIGKILLed mid-aggregation;
-   the survivor takes the round over by itself, once, with the undisturbed result.
+1. Two replicas sharing only a PostgreSQL database and an S3-compatible store (each its own
+   data directory): the one aggregating is SIGKILLed mid-aggregation; the survivor takes the
+   round over by itself, once, with the undisturbed result.
 2. A crash between accepting the quorum-reaching update and aggregating: the restarted server
    closes the round at once (not at its deadline, an hour away); failing attempts are retried
    with backoff and kept in the history.
@@ -57,6 +58,7 @@ from tests.aggregator_service.test_postgres import ADMIN, fresh_database, pg_ser
 from tests.deltas import make_delta
 from tests.e2e.test_crash_recovery import faulty_env
 from tests.pgserver import ClusterUnavailable, private_cluster
+from tests.s3server import S3Server, start_moto
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -177,15 +179,33 @@ def servers() -> Iterator[list[ServerProcess]]:
 # -- 1. a replica dies mid-aggregation -------------------------------------------------------
 
 
-def test_a_replica_killed_mid_aggregation_is_replaced_by_the_survivor(pg_server, servers, tmp_path):
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[S3Server]:
+    """An S3-compatible server (moto's, a process of its own) with the replicas' bucket."""
+    try:
+        server = start_moto(tmp_path / "moto.log")
+    except RuntimeError as exc:
+        pytest.skip(f"no S3-compatible server: {exc}")
+    try:
+        server.create_bucket("fedtune")
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_replica_killed_mid_aggregation_is_replaced_by_the_survivor(
+    pg_server, store, servers, tmp_path
+):
     with fresh_database(pg_server) as url, fresh_database(pg_server) as steady_url:
         token = admin_token_file(tmp_path)
-        shared = tmp_path / "shared"  # both replicas' blob store (each logs in its own dir)
 
         def replica(
-            name: str, db: str, data: Path, env: dict[str, str] | None = None
+            name: str, db: str, blobs: str, env: dict[str, str] | None = None
         ) -> ServerProcess:
-            args = ["--data-dir", str(data), "--database-url", db, "--lease-s", str(LEASE_S)]
+            # Each replica has its own data directory (a cache); the database and the store
+            # are all they share, as behind a load balancer.
+            args = ["--database-url", db, "--lease-s", str(LEASE_S), "--blob-url", blobs]
+            env = {**(env or quiet_env()), **store.env()}
             servers.append(
                 start_server(tmp_path / name, extra_args=args, env=env, admin_token_file=token)
             )
@@ -193,8 +213,8 @@ def test_a_replica_killed_mid_aggregation_is_replaced_by_the_survivor(pg_server,
 
         # as if on another host: the survivor cannot see it die, only its lease expire
         slow_env = faulty_env(FAULT_AGGREGATION_DELAY_S="600", FAULT_HOSTNAME="elsewhere")
-        slow = replica("slow", url, shared, slow_env)
-        survivor = replica("survivor", url, shared)
+        slow = replica("slow", url, "s3://fedtune/disturbed", slow_env)
+        survivor = replica("survivor", url, "s3://fedtune/disturbed")
         fed = create_federation(survivor, _spec())
 
         # Round 1: one update through the survivor; the quorum-reaching one through the slow
@@ -233,7 +253,7 @@ def test_a_replica_killed_mid_aggregation_is_replaced_by_the_survivor(pg_server,
         assert first.attempts[0].started_at < first.attempts[1].started_at
 
         # the same updates on one undisturbed server
-        steady = replica("steady", steady_url, tmp_path / "steady-data")
+        steady = replica("steady", steady_url, "s3://fedtune/steady")
         ref = create_federation(steady, _spec())
         assert ref.info.global_version == fed.info.global_version
         for rnd in (1, 2):
