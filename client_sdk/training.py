@@ -46,7 +46,7 @@ from shared.blobs import (
     torch_dtype,
 )
 from shared.spec import FederationSpec
-from shared.tuning import BuiltModel
+from shared.tuning import BuiltModel, train_mode
 
 __all__ = ["DeviceError", "LocalTrainer", "RoundResult", "accuracy", "resolve_device"]
 
@@ -225,7 +225,7 @@ class LocalTrainer:
             num_workers=self.num_workers,
         )
         stats = _EpochStats()
-        self.model.train()
+        train_mode(self.model)  # frozen modules and BatchNorm stay in eval mode
         start = time.perf_counter()
         for epoch in range(1, lt.epochs + 1):
             self.train_set.augment_seed = self.seed(round, f"augment:{epoch}")

@@ -11,7 +11,7 @@ configs.
 
 from shared.tuning import adapter, bias, full, head, lora, text_prompt, vpt  # noqa: F401  (registers)
 from shared.tuning.build import build
-from shared.tuning.built import BuiltModel, fingerprint
+from shared.tuning.built import BuiltModel, fingerprint, train_mode
 from shared.tuning.registry import TuningMethod, get_method, register_method
 from shared.tuning.report import MethodReport, format_method_table, method_reports
 
@@ -25,4 +25,5 @@ __all__ = [
     "get_method",
     "method_reports",
     "register_method",
+    "train_mode",
 ]

@@ -2,6 +2,8 @@
 
 The trainable state (exactly the tensors with `requires_grad`) is what travels
 each round; the base is everything else and is identified by its fingerprint.
+Training never changes the base: `train_mode` leaves frozen modules, and every
+BatchNorm, in eval mode, so running statistics stay the pretrained ones.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from collections.abc import Callable, Mapping
 
 import torch
 from PIL import Image
+from torch import nn
 from torchvision import transforms as T
 
 from shared.api import TensorInfo
 from shared.blobs import dtype_name, tensor_bytes
 from shared.models.base import Preprocess, VisionClassifier
 
-__all__ = ["BuiltModel", "fingerprint"]
+__all__ = ["BuiltModel", "fingerprint", "train_mode"]
 
 _INTERPOLATION = {
     "bicubic": T.InterpolationMode.BICUBIC,
@@ -35,6 +38,27 @@ def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(json.dumps([name, dtype_name(t.dtype), list(t.shape)]).encode() + b"\n")
         h.update(tensor_bytes(t))
     return h.hexdigest()
+
+
+def train_mode(model: nn.Module) -> None:
+    """Training mode for what trains, eval mode for the frozen base.
+
+    `model.train()` alone would switch every module: BatchNorm layers would
+    update their running statistics (buffers of the base, under every method,
+    `full` included), so one local step would change the base fingerprint. Here
+    a module with parameters or buffers of its own, none of them trainable,
+    stays in eval mode, and so does every BatchNorm: FedTune never aggregates
+    buffers, so batch statistics stay the pretrained ones (BatchNorm's affine
+    weights still train where the method trains them). Stateless modules
+    (dropout, activations) follow training mode.
+    """
+    model.train()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        has_state = bool(own) or any(True for _ in module.buffers(recurse=False))
+        frozen = has_state and not any(p.requires_grad for p in own)
+        if frozen or isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.training = False  # this module only: its children decide for themselves
 
 
 class BuiltModel:
