@@ -1,12 +1,17 @@
 """Local data: an ImageFolder directory or a `path,label` CSV, mapped onto the spec's classes.
 
 Labels always follow the federation's class order, whatever order folders or
-rows come in. Unreadable images are skipped and counted, never fatal; a folder
-or label that is not one of the spec's classes is an error that names it.
+rows come in; a folder or label that is not one of the spec's classes is an
+error that names it. Loading lists files only: images are decoded lazily, in
+the DataLoader's worker processes, and nothing decoded is kept. An unreadable
+image is met when a batch asks for it: it is left out of that batch, never
+fatal, and the trainer counts it (`skipped_images` in the round's metrics).
 
-Augmentation is reproducible: with an `augment_seed`, each sample's random
-transform draws from torch's RNG seeded by (that seed, the sample's index), so
-it depends neither on batch order nor on which DataLoader worker loads it.
+Augmentation is reproducible: each sample's random transform draws from
+torch's RNG seeded by (the epoch's augmentation seed, the sample's index), so it
+depends neither on batch order nor on which worker loads it. The seed travels
+with the index (`SeededBatchSampler` yields `(index, seed)` keys), so workers
+that persist across epochs and rounds still see each epoch's own seed.
 """
 
 from __future__ import annotations
@@ -14,10 +19,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import math
+import os
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,8 +36,12 @@ __all__ = [
     "DataError",
     "ImageDataset",
     "LocalData",
+    "SeededBatchSampler",
+    "collate_readable",
+    "default_num_workers",
     "derive_seed",
     "load_local_data",
+    "make_loader",
     "split_train_val",
 ]
 
@@ -39,8 +50,11 @@ log = logging.getLogger("client_sdk")
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
-# Decoded images are kept in memory while they fit this budget (bytes of RGB pixels).
-CACHE_BUDGET_BYTES = 256 << 20
+# DataLoader workers when not told: one core is left to the training loop, and past
+# about eight workers decoding is rarely what limits a single device.
+MAX_AUTO_WORKERS = 8
+# Batches each worker prepares ahead of the one being consumed.
+PREFETCH_FACTOR = 4
 
 
 class DataError(FedTuneError):
@@ -49,12 +63,10 @@ class DataError(FedTuneError):
 
 @dataclass
 class LocalData:
-    """Readable samples `(path, label)` in the spec's label order, and what was skipped."""
+    """Image files `(path, label)` in the spec's label order (not yet decoded)."""
 
     source: Path
     samples: list[tuple[Path, int]]
-    skipped: list[Path] = field(default_factory=list)
-    images: dict[Path, Image.Image] = field(default_factory=dict, repr=False)
 
     def class_counts(self, classes: Sequence[str]) -> dict[str, int]:
         counts = Counter(label for _, label in self.samples)
@@ -77,23 +89,7 @@ def load_local_data(path: str | Path, classes: Sequence[str]) -> LocalData:
             f"data path {path} holds no images (expected <class>/<image> folders named after "
             f"the federation's classes: {', '.join(classes)})"
         )
-    data = LocalData(source=path, samples=[])
-    used = 0
-    for file, label in candidates:
-        image = _decode(file)
-        if image is None:
-            data.skipped.append(file)
-            continue
-        data.samples.append((file, label))
-        size = image.width * image.height * 3
-        if used + size <= CACHE_BUDGET_BYTES:
-            data.images[file] = image
-            used += size
-    if data.skipped:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(data.skipped), data.skipped[0])
-    if not data.samples:
-        raise DataError(f"none of the {len(candidates)} images under {path} could be read")
-    return data
+    return LocalData(source=path, samples=candidates)
 
 
 def _decode(file: Path) -> Image.Image | None:
@@ -167,14 +163,18 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
-class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
-    """`(transform(image), label)` pairs, served from the decode cache when possible.
+Key = int | tuple[int, int | None]
+# One sample as a worker returns it: (image or None when unreadable, label, index).
+Item = tuple[torch.Tensor | None, int, int]
 
-    With `augment_seed` set, sample `i`'s transform runs with torch's CPU RNG
-    seeded from (augment_seed, i), its previous state restored after; the
-    trainer sets a new seed each epoch. Worker processes get the attribute with
-    the dataset when an epoch's iterator starts. Without it, the transform
-    draws from torch's global RNG as it stands.
+
+class ImageDataset(torch.utils.data.Dataset[Item]):
+    """`(transform(image), label, index)`, decoded on demand; `None` for an unreadable image.
+
+    A key is an index or `(index, augment_seed)`. With a seed (the key's, else
+    the `augment_seed` attribute), sample `i`'s transform runs with torch's CPU
+    RNG seeded from (seed, i), its previous state restored after. Without one,
+    the transform draws from torch's global RNG as it stands.
     """
 
     augment_seed: int | None = None
@@ -183,24 +183,103 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         self,
         samples: Sequence[tuple[Path, int]],
         transform: Callable[[Image.Image], torch.Tensor],
-        cache: dict[Path, Image.Image] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
-        self.cache = cache or {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: Key) -> Item:
+        i, seed = key if isinstance(key, tuple) else (key, self.augment_seed)
         file, label = self.samples[i]
-        image = self.cache.get(file)
+        image = _decode(file)
         if image is None:
-            image = _decode(file)
-            if image is None:
-                raise DataError(f"image {file} became unreadable during training")
-        if self.augment_seed is None:
-            return self.transform(image), label
+            return None, label, i
+        if seed is None:
+            return self.transform(image), label, i
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.augment_seed, i))
-            return self.transform(image), label
+            torch.manual_seed(derive_seed(seed, i))
+            return self.transform(image), label, i
+
+
+def collate_readable(items: Sequence[Item]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Stack the readable samples; name the unreadable ones by index."""
+    kept = [(x, y) for x, y, _ in items if x is not None]
+    skipped = [i for x, _, i in items if x is None]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept]), skipped
+
+
+class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int | None]]]):
+    """Batches of `(index, augment_seed)` keys for one epoch at a time.
+
+    `set_epoch(order_seed, augment_seed)` fixes the next pass: a permutation
+    drawn from `order_seed` (None: in order) and the seed every key carries.
+    With `world > 1` the global batch of `batch_size` is cut into `world`
+    contiguous parts and this `rank` gets its part, so the ranks together see
+    exactly the batches one process would; a last global batch smaller than
+    `world` is dropped so that every rank takes the same number of steps.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside a world of {world}")
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+        self.order_seed: int | None = None
+        self.augment_seed: int | None = None
+
+    def set_epoch(self, order_seed: int | None, augment_seed: int | None) -> None:
+        self.order_seed, self.augment_seed = order_seed, augment_seed
+
+    def __len__(self) -> int:
+        full, last = divmod(self.n, self.batch_size)
+        return full + (1 if last and last >= self.world else 0)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
+        if self.order_seed is None:
+            order = list(range(self.n))
+        else:
+            generator = torch.Generator().manual_seed(self.order_seed)
+            order = torch.randperm(self.n, generator=generator).tolist()
+        for start in range(0, self.n, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            if len(batch) < self.world:
+                return
+            lo = self.rank * len(batch) // self.world
+            hi = (self.rank + 1) * len(batch) // self.world
+            yield [(i, self.augment_seed) for i in batch[lo:hi]]
+
+
+def default_num_workers(world: int = 1) -> int:
+    """Worker processes per training process: its share of the cores less one, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(MAX_AUTO_WORKERS, math.floor(cores / world) - 1))
+
+
+def make_loader(
+    dataset: ImageDataset,
+    sampler: SeededBatchSampler,
+    *,
+    num_workers: int,
+    pin_memory: bool,
+) -> torch.utils.data.DataLoader[Item]:
+    """A DataLoader whose workers (if any) persist for the loader's life and prefetch."""
+    workers = num_workers > 0
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_readable,
+        # Workers' base seeds come from here, not from torch's global RNG: an iterator's
+        # start would otherwise draw from it (once with persistent workers, once an epoch
+        # without), and dropout, drawing from it too, would depend on the worker count.
+        generator=torch.Generator().manual_seed(0),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers,
+        prefetch_factor=PREFETCH_FACTOR if workers else None,
+    )

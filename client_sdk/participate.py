@@ -42,6 +42,8 @@ class ParticipateOptions:
     # The organisation's registered name (its credentials' `name`): with the spec's seed and
     # the round it seeds local training. The server's client id would differ between runs.
     organisation: str = ""
+    # DataLoader worker processes per training process (None: the cores less one, at most 8).
+    num_workers: int | None = None
 
 
 class Participant:
@@ -53,12 +55,7 @@ class Participant:
         spec = self.info.spec
         data = load_local_data(options.data, spec.task.classes)
         counts = ", ".join(f"{k}={v}" for k, v in data.class_counts(spec.task.classes).items())
-        log.info(
-            "local data: %d images (%s)%s",
-            len(data.samples),
-            counts,
-            f"; skipped {len(data.skipped)} unreadable" if data.skipped else "",
-        )
+        log.info("local data: %d images (%s)", len(data.samples), counts)
         device = resolve_device(options.device)
         self.workdir = WorkDir(options.work_dir, self.info.id, client_id)
         bm = prepare_model(client, self.info, self.workdir, progress=options.progress)
@@ -78,6 +75,7 @@ class Participant:
             val_fraction=options.val_fraction,
             organisation=options.organisation,
             progress=options.progress,
+            num_workers=options.num_workers,
         )
         self.states = StateStore(client, self.info, self.workdir)
         self._noted: set[int] = set()

@@ -37,7 +37,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from client_sdk._exceptions import FedTuneError
-from client_sdk.data import ImageDataset, LocalData, derive_seed, split_train_val
+from client_sdk.data import (
+    DataError,
+    ImageDataset,
+    LocalData,
+    SeededBatchSampler,
+    default_num_workers,
+    derive_seed,
+    make_loader,
+    split_train_val,
+)
 from shared.blobs import (
     MAX_METRIC_ABS,
     DeltaMetadata,
@@ -48,7 +57,16 @@ from shared.blobs import (
 from shared.spec import FederationSpec
 from shared.tuning import BuiltModel, train_mode
 
-__all__ = ["DeviceError", "LocalTrainer", "RoundResult", "accuracy", "resolve_device"]
+__all__ = [
+    "DeviceError",
+    "LocalTrainer",
+    "Precision",
+    "RoundResult",
+    "accuracy",
+    "device_precision",
+    "resolve_device",
+    "select_precision",
+]
 
 log = logging.getLogger("client_sdk")
 EVAL_BATCH = 256
@@ -75,6 +93,56 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"--device must be auto, cpu, cuda or mps, not {name!r}")
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the forward pass runs: autocast to `dtype` (None: fp32), loss scaled or not."""
+
+    dtype: torch.dtype | None
+    scaler: bool = False
+
+
+def select_precision(device_type: str, *, bf16: bool, fp16: bool) -> Precision:
+    """bf16 autocast where the device has it; else fp16 with a GradScaler; else fp32.
+
+    CPU stays fp32 (its autocast is slower than fp32 on most CPUs). `bf16` and
+    `fp16` say what the device supports (see `device_precision`).
+    """
+    if device_type == "cpu":
+        return Precision(None)
+    if device_type == "cuda" and bf16:
+        return Precision(torch.bfloat16)
+    if fp16:
+        return Precision(torch.float16, scaler=True)
+    return Precision(None)
+
+
+def device_precision(device: torch.device) -> Precision:
+    """`select_precision` with what `device` supports."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        return select_precision("cuda", bf16=bf16, fp16=True)
+    if device.type == "mps":
+        return select_precision("mps", bf16=False, fp16=_mps_fp16_autocast())
+    return select_precision(device.type, bf16=False, fp16=False)
+
+
+def _mps_fp16_autocast() -> bool:
+    """Whether this torch autocasts and scales fp16 on MPS (older releases do not)."""
+    try:
+        with torch.autocast("mps", dtype=torch.float16):
+            pass
+        torch.amp.GradScaler("mps")
+    except (RuntimeError, ValueError, AssertionError):
+        return False
+    return True
+
+
+def _has_conv(model: nn.Module) -> bool:
+    """A convolutional patch embedding (or stem): channels_last speeds it up on CUDA."""
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 @dataclass(frozen=True)
@@ -153,8 +221,6 @@ class LocalTrainer:
     organisation draws the same random streams, still reproducibly.
     """
 
-    num_workers = 0  # DataLoader worker processes for training; results do not depend on it
-
     def __init__(
         self,
         spec: FederationSpec,
@@ -165,33 +231,81 @@ class LocalTrainer:
         val_fraction: float,
         organisation: str = "",
         progress: bool = False,
+        num_workers: int | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.spec, self.bm, self.device, self.progress = spec, bm, device, progress
         self.organisation = organisation
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
         train, val = split_train_val(data.samples, val_fraction, seed=spec.seed)
-        self.train_set = ImageDataset(train, bm.transform(True), data.images)
-        self.val_set = ImageDataset(val, bm.transform(False), data.images)
+        self.train_set = ImageDataset(train, bm.transform(True))
+        self.val_set = ImageDataset(val, bm.transform(False))
+        # DataLoader worker processes (per training process); results do not depend on it.
+        self.num_workers = default_num_workers(world) if num_workers is None else num_workers
+        self.rank, self.world = rank, world
+        self.precision = device_precision(device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.scaler)
+        self.channels_last = device.type == "cuda" and _has_conv(bm.model)
         self.model = bm.model.to(device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # What runs the forward pass: the model, or its DistributedDataParallel wrapper.
+        self.net: nn.Module = self.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.skipped: set[Path] = set()  # unreadable images met so far
+        self._loaders: dict[str, tuple[int, DataLoader[object]]] = {}
 
     @property
     def num_examples(self) -> int:
         return len(self.train_set)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        if self.precision.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.precision.dtype)
+
+    def _loader(self, split: str) -> DataLoader[object]:
+        """The split's DataLoader, kept (with its workers) for the trainer's life."""
+        kept = self._loaders.get(split)
+        if kept is not None and kept[0] == self.num_workers:
+            return kept[1]
+        if split == "train":
+            dataset = self.train_set
+            batch = self.spec.local_training.batch_size
+            sampler = SeededBatchSampler(len(dataset), batch, rank=self.rank, world=self.world)
+        else:
+            dataset, sampler = self.val_set, SeededBatchSampler(len(self.val_set), EVAL_BATCH)
+        pin = self.device.type == "cuda"
+        loader = make_loader(dataset, sampler, num_workers=self.num_workers, pin_memory=pin)
+        self._loaders[split] = (self.num_workers, loader)
+        return loader
+
+    def _batches(
+        self, loader: DataLoader[object], dataset: ImageDataset
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) on the device, copied asynchronously; unreadable images counted."""
+        for images, labels, skipped in loader:
+            for i in skipped:
+                file = dataset.samples[i][0]
+                if file not in self.skipped:
+                    log.warning("skipping unreadable image %s", file)
+                    self.skipped.add(file)
+            if not len(labels):
+                continue
+            images = images.to(self.device, non_blocking=True)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images, labels.to(self.device, non_blocking=True)
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
         """Accuracy of the current weights on the local validation split (None if empty)."""
         if not len(self.val_set):
             return None
-        loader = DataLoader(self.val_set, batch_size=EVAL_BATCH)
-        return accuracy(self.model, loader, self.device, self._autocast)
+        batches = self._batches(self._loader("val"), self.val_set)
+        return accuracy(self.model, batches, self.device, self._autocast)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         lt = self.spec.local_training
@@ -216,21 +330,19 @@ class LocalTrainer:
     def _train(self, round: int) -> _EpochStats:
         lt = self.spec.local_training
         optimizer = self._optimizer()
-        generator = torch.Generator().manual_seed(self.seed(round, "shuffle"))
-        loader = DataLoader(
-            self.train_set,
-            batch_size=lt.batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=self.num_workers,
-        )
+        loader = self._loader("train")
+        sampler = loader.batch_sampler
+        assert isinstance(sampler, SeededBatchSampler)
         stats = _EpochStats()
         train_mode(self.model)  # frozen modules and BatchNorm stay in eval mode
         start = time.perf_counter()
         for epoch in range(1, lt.epochs + 1):
-            self.train_set.augment_seed = self.seed(round, f"augment:{epoch}")
+            sampler.set_epoch(
+                self.seed(round, f"shuffle:{epoch}"), self.seed(round, f"augment:{epoch}")
+            )
             bar = tqdm(
-                loader,
+                self._batches(loader, self.train_set),
+                total=len(sampler),
                 desc=f"round {round} epoch {epoch}/{lt.epochs}",
                 unit="batch",
                 disable=not self.progress,
@@ -246,18 +358,20 @@ class LocalTrainer:
                 bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}")
                 if lt.max_steps is not None and stats.steps >= lt.max_steps:
                     return stats
+        if not stats.seen and self.skipped:
+            raise DataError(f"none of the {len(self.train_set)} training images could be read")
         return stats
 
     def _step(
         self, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[float, int]:
-        images, labels = images.to(self.device), labels.to(self.device)
         with self._autocast():
-            logits = self.model(images)
+            logits = self.net(images)
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        self.scaler.scale(loss).backward()  # scaled only for fp16 (see `Precision`)
+        self.scaler.step(optimizer)
+        self.scaler.update()
         return float(loss.detach()), int((logits.argmax(-1) == labels).sum())
 
     def run_round(
@@ -281,6 +395,7 @@ class LocalTrainer:
             "examples_per_s": stats.seen / max(seconds, 1e-9),
             "train_seconds": seconds,
             "val_examples": float(len(self.val_set)),
+            "skipped_images": float(len(self.skipped)),
         }
         if val_accuracy is not None:
             metrics["val_accuracy"] = val_accuracy
