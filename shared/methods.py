@@ -23,6 +23,7 @@ __all__ = [
     "METHODS",
     "METHOD_NAMES",
     "AdapterOptions",
+    "ClassPosition",
     "LoraOptions",
     "MethodInfo",
     "MethodName",
@@ -76,8 +77,30 @@ class LoraOptions(MethodOptions):
         return targets
 
 
+ClassPosition = Literal["end", "middle", "front"]
+
+
 class TextPromptOptions(MethodOptions):
-    n_ctx: int = Field(default=16, ge=1, le=64, description="Learnable context vectors.")
+    n_ctx: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Learnable context vectors; default 16, or the token count of `init`.",
+    )
+    class_position: ClassPosition = Field(
+        default="end",
+        description="Where the class name goes: after the context (end), between its halves "
+        "(middle) or before it (front).",
+    )
+    class_specific: bool = Field(
+        default=False, description="One context per class (CoOp's CSC) instead of one shared."
+    )
+    init: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="A phrase (CoOp: 'a photo of a') whose token embeddings start the context.",
+    )
 
 
 class VptOptions(MethodOptions):
