@@ -1,0 +1,136 @@
+"""Several devices in one organisation: DistributedDataParallel, one process per device.
+
+`fedtune-client train --devices N` spawns N processes (or runs under torchrun,
+which sets RANK and WORLD_SIZE). Rank 0 alone talks to the server: it fetches
+the federation, the model and each round's global state, sends them to the
+other ranks over a gloo control group, and uploads the one delta. Every rank
+trains on its part of each global batch (`SeededBatchSampler`): the spec's
+`batch_size` is the global batch, and DDP averages the gradients, so N ranks
+take the steps one process would (up to float rounding). The training group
+uses nccl on CUDA and gloo on CPU. Loss and accuracy in the round's metrics
+are rank 0's part; `skipped_images` counts what rank 0 met.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from client_sdk.training import LocalTrainer, RoundResult
+
+__all__ = [
+    "DistributedTrainer",
+    "follow",
+    "init_process_group",
+    "rank_device",
+    "spawn",
+    "torchrun_rank",
+    "wrap",
+]
+
+log = logging.getLogger("client_sdk")
+# Ranks other than 0 wait on the control group while rank 0 long-polls the server
+# between rounds, which may take hours: the groups must not time out meanwhile.
+WAIT = timedelta(days=30)
+
+
+def torchrun_rank() -> tuple[int, int] | None:
+    """(rank, world size) when started by torchrun, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return None
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """This rank's device: its own GPU on CUDA (LOCAL_RANK, else the rank), else `device`."""
+    if device.type != "cuda":
+        return device
+    local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return torch.device("cuda", local % torch.cuda.device_count())
+
+
+def init_process_group(rank: int, world: int, device_type: str) -> dist.ProcessGroup:
+    """Join the training group (nccl on CUDA, gloo otherwise); return the gloo control group."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=WAIT)
+    control = dist.new_group(backend="gloo", timeout=WAIT)
+    assert isinstance(control, dist.ProcessGroup)
+    return control
+
+
+def spawn(fn: Callable[..., None], world: int, *args: Any) -> None:
+    """Run `fn(rank, world, *args)` in `world` processes on a free local port."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    mp.spawn(fn, args=(world, *args), nprocs=world, join=True)
+
+
+def wrap(trainer: LocalTrainer) -> None:
+    """Make the trainer's forward pass DDP's (a collective: every rank calls it together)."""
+    ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+    trainer.net = DistributedDataParallel(trainer.model, device_ids=ids)
+
+
+def _send(control: dist.ProcessGroup, message: object) -> None:
+    dist.broadcast_object_list([message], src=0, group=control)
+
+
+def _receive(control: dist.ProcessGroup) -> Any:
+    box: list[object] = [None]
+    dist.broadcast_object_list(box, src=0, group=control)
+    return box[0]
+
+
+class DistributedTrainer:
+    """Rank 0's trainer: each round's global state goes to the other ranks first.
+
+    Anything else is the wrapped `LocalTrainer`'s (evaluation runs on rank 0 alone).
+    """
+
+    def __init__(self, trainer: LocalTrainer, control: dist.ProcessGroup) -> None:
+        self.trainer, self.control = trainer, control
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.trainer, name)
+
+    def run_round(
+        self, round: int, global_state: Mapping[str, torch.Tensor], **kwargs: Any
+    ) -> RoundResult:
+        state = {k: v.detach().cpu() for k, v in global_state.items()}
+        _send(self.control, ("round", round, state))
+        return self.trainer.run_round(round, global_state, **kwargs)
+
+    def train(self, round: int) -> Any:
+        """Train one round without writing a delta (the other ranks' part of `run_round`)."""
+        _send(self.control, ("round", round, None))
+        return self.trainer.train(round)
+
+    def stop(self) -> None:
+        _send(self.control, ("stop",))
+
+
+def follow(trainer: LocalTrainer, control: dist.ProcessGroup) -> None:
+    """A rank other than 0: train each round rank 0 announces, until it says stop."""
+    while True:
+        message = _receive(control)
+        if message[0] == "stop":
+            return
+        _, round, state = message
+        if state is not None:
+            trainer.bm.load_trainable_state(state)
+        trainer.train(round)
