@@ -8,6 +8,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -121,6 +122,18 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--work-dir", type=Path, default=None, help="default: ./.fedtune/<client>")
     train.add_argument("--val-fraction", type=float, default=0.1, help="local validation split")
     train.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
+    train.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="image-decoding worker processes per device (default: the cores less one, at most 8)",
+    )
+    train.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="devices to train on with DistributedDataParallel, one process each (default 1)",
+    )
 
     status = sub.add_parser("status", help="federation, current round, this client's updates")
     common(status, server_required=False)
@@ -240,6 +253,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from client_sdk.distributed import participate_rank, spawn, torchrun_rank
     from client_sdk.participate import ParticipateOptions, participate
 
     creds, server = _load_creds(args)
@@ -252,7 +266,20 @@ def _train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         progress=not args.quiet,
         organisation=creds.name,
+        num_workers=args.num_workers,
     )
+    ranks = torchrun_rank()
+    if ranks is not None or args.devices > 1:
+        connect = functools.partial(_client, args, server, creds.api_key, creds.ca_cert)
+        if ranks is not None:
+            participate_rank(ranks[0], ranks[1], connect, creds.client_id, options)
+        else:
+            spawn(participate_rank, args.devices, connect, creds.client_id, options)
+        if ranks is not None and ranks[0] != 0:
+            return 0
+        final = options.work_dir  # rank 0 saved the final state there
+        print(f"federation {creds.federation_id} completed; final state under {final}")
+        return 0
     with _client(args, server, creds.api_key, creds.ca_cert) as client:
         final = participate(client, creds.client_id, options)
     print(f"federation {creds.federation_id} completed; final trainable state saved to {final}")

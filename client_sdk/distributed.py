@@ -13,9 +13,11 @@ are rank 0's part; `skipped_images` counts what rank 0 met.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -23,12 +25,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from client_sdk.training import LocalTrainer, RoundResult
+from client_sdk._client import FedTuneClient
+from client_sdk.data import load_local_data
+from client_sdk.participate import Participant, ParticipateOptions
+from client_sdk.sync import _load_checked
+from client_sdk.training import LocalTrainer, RoundResult, resolve_device
+from client_sdk.workdir import WorkDir
+from shared.tuning import build
 
 __all__ = [
     "DistributedTrainer",
     "follow",
     "init_process_group",
+    "participate_rank",
     "rank_device",
     "spawn",
     "torchrun_rank",
@@ -82,7 +91,8 @@ def spawn(fn: Callable[..., None], world: int, *args: Any) -> None:
 
 def wrap(trainer: LocalTrainer) -> None:
     """Make the trainer's forward pass DDP's (a collective: every rank calls it together)."""
-    ids = [trainer.device.index] if trainer.device.type == "cuda" else None
+    cuda = trainer.device.type == "cuda"
+    ids = [trainer.device.index or torch.cuda.current_device()] if cuda else None
     trainer.net = DistributedDataParallel(trainer.model, device_ids=ids)
 
 
@@ -134,3 +144,52 @@ def follow(trainer: LocalTrainer, control: dist.ProcessGroup) -> None:
         if state is not None:
             trainer.bm.load_trainable_state(state)
         trainer.train(round)
+
+
+def participate_rank(
+    rank: int,
+    world: int,
+    connect: Callable[[], contextlib.AbstractContextManager[FedTuneClient]],
+    client_id: str,
+    options: ParticipateOptions,
+) -> None:
+    """One rank of `fedtune-client train --devices N`; rank 0 alone connects to the server."""
+    device = resolve_device(options.device)
+    control = init_process_group(rank, world, device.type)
+    try:
+        if device.type == "cuda":
+            torch.cuda.set_device(rank_device(device))
+        options = replace(options, rank=rank, world=world, progress=options.progress and not rank)
+        if rank == 0:
+            with connect() as client:
+                participant = Participant(client, client_id, options)
+                _send(control, ("setup", participant.info))
+                wrap(participant.trainer)
+                lead = DistributedTrainer(participant.trainer, control)
+                participant.trainer = lead  # type: ignore[assignment]
+                try:
+                    participant.run()
+                finally:
+                    lead.stop()
+        else:
+            info = _receive(control)[1]
+            spec = info.spec
+            base = None
+            if spec.model.base_source == "server":
+                workdir = WorkDir(options.work_dir, info.id, client_id)
+                base = _load_checked(workdir.base_path(info.base_fingerprint), "base model")
+            trainer = LocalTrainer(
+                spec,
+                build(spec, base_state=base),
+                load_local_data(options.data, spec.task.classes),
+                device=device,
+                val_fraction=options.val_fraction,
+                organisation=options.organisation,
+                num_workers=options.num_workers,
+                rank=rank,
+                world=world,
+            )
+            wrap(trainer)
+            follow(trainer, control)
+    finally:
+        dist.destroy_process_group()

@@ -44,6 +44,9 @@ class ParticipateOptions:
     organisation: str = ""
     # DataLoader worker processes per training process (None: the cores less one, at most 8).
     num_workers: int | None = None
+    # This process's rank among `world` training processes (see `distributed`).
+    rank: int = 0
+    world: int = 1
 
 
 class Participant:
@@ -76,6 +79,8 @@ class Participant:
             organisation=options.organisation,
             progress=options.progress,
             num_workers=options.num_workers,
+            rank=options.rank,
+            world=options.world,
         )
         self.states = StateStore(client, self.info, self.workdir)
         self._noted: set[int] = set()
