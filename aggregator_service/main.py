@@ -9,7 +9,15 @@ from fastapi import FastAPI
 
 from aggregator_service.api.errors import RejectNul, install_error_handlers
 from aggregator_service.api.limits import BodyGuard
-from aggregator_service.api.routes import clients, docs, federations, health, rounds, states
+from aggregator_service.api.routes import (
+    clients,
+    docs,
+    evaluations,
+    federations,
+    health,
+    rounds,
+    states,
+)
 from aggregator_service.metrics import Metrics, resolve_metrics_token
 from aggregator_service.services.context import Core, hash_token
 from aggregator_service.services.runner import RoundRunner
@@ -75,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_header_bytes=settings.max_header_bytes,
     )
     app.add_middleware(RejectNul)
-    for module in (federations, clients, rounds, states, health):
+    for module in (federations, clients, rounds, evaluations, states, health):
         app.include_router(module.router)
     if app.openapi_url is not None:
         docs.install_docs(app, app.openapi_url)

@@ -27,6 +27,8 @@ from shared.api import (
     EnrollmentToken,
     EnrollmentTokenInfo,
     EnrollmentTokenRequest,
+    Evaluation,
+    EvaluationReport,
     FederationInfo,
     Health,
     RoundRecord,
@@ -174,6 +176,24 @@ class FedTuneClient(BaseClient):
     def list_rounds(self, federation_id: str) -> list[RoundRecord]:
         data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}/rounds")
         return _parse_list(RoundRecord, data, "list rounds")
+
+    def report_evaluation(
+        self, federation_id: str, version: str, val_accuracy: float, val_examples: int
+    ) -> Evaluation:
+        """Report this client's accuracy of global `version` on its validation split."""
+        body = EvaluationReport(
+            version=version, val_accuracy=val_accuracy, val_examples=val_examples
+        )
+        data = self._request_json(
+            "POST",
+            f"{API_PREFIX}/federations/{federation_id}/evaluations",
+            json_body=body.model_dump(mode="json"),
+        )
+        return _parse(Evaluation, data, "report evaluation")
+
+    def list_evaluations(self, federation_id: str) -> list[Evaluation]:
+        data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}/evaluations")
+        return _parse_list(Evaluation, data, "list evaluations")
 
     def upload_update(
         self, federation_id: str, round: int, delta_path: str | Path, *, progress: bool = False

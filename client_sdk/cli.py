@@ -292,6 +292,7 @@ def _status(args: argparse.Namespace) -> int:
         info = client.get_federation(creds.federation_id)
         current = client.current_round(info.id)
         history = client.list_rounds(info.id)
+        final = [e for e in client.list_evaluations(info.id) if e.final]
     print(f"federation {info.id} ({info.name}): {info.status}")
     print(
         f"round {current.round}/{current.total_rounds}: {current.status}, "
@@ -304,6 +305,11 @@ def _status(args: argparse.Namespace) -> int:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(p.metrics.items()))
         print(
             f"  round {rec.round} [{rec.status}]: {p.num_examples} examples, {p.bytes} B; {metrics}"
+        )
+    for e in final:
+        print(
+            f"final model (version {e.version[:12]}, round {e.round}): "
+            f"val_accuracy={e.val_accuracy:.4g} on {e.val_examples} examples"
         )
     return 0
 

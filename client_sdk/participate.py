@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from client_sdk import _constants as C
 from client_sdk._client import FedTuneClient
@@ -174,8 +178,9 @@ class Participant:
         )
 
     def finish(self, status: RoundStatus) -> Path:
-        """Save the final trainable state and the spec under `final/`."""
+        """Evaluate the final global state and report it; save it and the spec under `final/`."""
         state = self.states.get(status.global_version, progress=self.opts.progress)
+        self._report_final(status.global_version, state)
         final = self.workdir.final_dir
         final.mkdir(parents=True, exist_ok=True)
         path = final / "trainable.safetensors"
@@ -188,6 +193,24 @@ class Participant:
         if base.exists():
             shutil.copyfile(base, final / "base.safetensors")
         return path
+
+    def _report_final(self, version: str, state: Mapping[str, torch.Tensor]) -> None:
+        """The final version's accuracy on the local validation split, kept by the service.
+
+        Round r's update reports the accuracy of the version it trained from, so no update
+        carries the final one's. Evaluation is deterministic, so a restarted client reports
+        the same figures again, which the service takes as a repeat.
+        """
+        accuracy = self.trainer.evaluate_state(state)
+        if accuracy is None or not math.isfinite(accuracy):
+            log.info("final model: no validation split to evaluate it on")
+            return
+        examples = self.trainer.num_val_examples
+        try:
+            self.client.report_evaluation(self.info.id, version, accuracy, examples)
+        except ConflictError as exc:
+            log.warning("final evaluation not taken (%s)", exc.detail or exc.code)
+        log.info("final model: val accuracy %.3f on %d examples", accuracy, examples)
 
 
 def participate(client: FedTuneClient, client_id: str, options: ParticipateOptions) -> Path:

@@ -411,6 +411,16 @@ class LocalTrainer:
         atomic_save_state(dest, delta, meta.to_safetensors())
         return RoundResult(round, dest, sha256_file(dest), self.num_examples, metrics)
 
+    def evaluate_state(self, global_state: Mapping[str, torch.Tensor]) -> float | None:
+        """Load a global state (the final one) and return its validation accuracy (None if
+        the validation split is empty)."""
+        self.bm.load_trainable_state(global_state)
+        return self.evaluate()
+
+    @property
+    def num_val_examples(self) -> int:
+        return len(self.val_set)
+
     def delta(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`local - global` per trainable tensor, in the transport dtype."""
         dtype = torch_dtype(self.spec.transport.dtype)

@@ -24,6 +24,8 @@ __all__ = [
     "EnrollmentTokenInfo",
     "EnrollmentTokenRequest",
     "ErrorBody",
+    "Evaluation",
+    "EvaluationReport",
     "FederationInfo",
     "FederationStatus",
     "Health",
@@ -297,3 +299,25 @@ class Health(_Model):
 
 
 ErrorBody.model_rebuild()
+
+
+class EvaluationReport(_Model):
+    """A client's accuracy of one global version on its local validation split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Sha256Hex = Field(description="The global version evaluated.", examples=[_SHA])
+    val_accuracy: float = Field(ge=0, le=1, allow_inf_nan=False, examples=[0.91])
+    val_examples: int = Field(ge=1, le=2**62, description="Validation examples.", examples=[500])
+
+
+class Evaluation(EvaluationReport):
+    model_config = ConfigDict(extra="ignore")
+
+    client_id: SafeId = Field(examples=["cli_7h2k"])
+    name: str = Field(description="The client's registered name.", examples=["st-marys-hospital"])
+    round: int = Field(
+        description="The round that produced the version (0 = initial state).", examples=[3]
+    )
+    final: bool = Field(description="True when the version is the federation's final one.")
+    received_at: datetime

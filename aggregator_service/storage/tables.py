@@ -133,6 +133,21 @@ exclusions = Table(
     Column("reason", Text, nullable=False),
 )
 
+# A client's accuracy of one global version on its validation split, most often the final one
+# (the updates carry that of the version they trained from). A table of its own, so databases
+# created before it gain it through create_all.
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("client_id", String(32), ForeignKey("clients.id"), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("round", Integer, nullable=False),
+    Column("val_accuracy", Double, nullable=False),
+    Column("val_examples", BigInteger, nullable=False),
+    Column("received_at", Double, nullable=False),
+)
+
 # Global state after each round (0 = initial) and the strategy's server state beside it.
 state_versions = Table(
     "state_versions",
