@@ -34,6 +34,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/ingest.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/client_overhead.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/longpoll.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/client_training.py
 
 openapi: $(STAMP)
 	$(BIN)/fedtune-server export-openapi --output docs/openapi.json
