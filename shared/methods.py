@@ -23,6 +23,7 @@ __all__ = [
     "METHODS",
     "METHOD_NAMES",
     "AdapterOptions",
+    "AdapterStyle",
     "ClassPosition",
     "LoraOptions",
     "MethodInfo",
@@ -45,9 +46,29 @@ class NoOptions(MethodOptions):
     pass
 
 
+AdapterStyle = Literal["parallel", "houlsby", "pfeiffer"]
+
+
 class AdapterOptions(MethodOptions):
-    dim: int = Field(default=8, ge=1, le=4096, description="Bottleneck width.")
-    scale: float = Field(default=0.1, gt=0, description="Multiplier of the adapter's output.")
+    style: AdapterStyle = Field(
+        default="parallel",
+        description="parallel: AdaptFormer, beside each MLP; houlsby: after attention and after "
+        "the MLP; pfeiffer: after the MLP only.",
+    )
+    dim: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="Bottleneck width; default parallel 8, houlsby 64, pfeiffer width / 16.",
+    )
+    scale: float | None = Field(
+        default=None,
+        gt=0,
+        description="Multiplier of the adapter's output; default parallel 0.1, others 1.",
+    )
+    dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="Dropout inside the bottleneck (AdaptFormer: 0.1)."
+    )
 
 
 LoraTarget = Literal["attn", "mlp"]
@@ -67,6 +88,11 @@ class LoraOptions(MethodOptions):
         default_factory=_attn_only,
         min_length=1,
         description="attn: query and value projections; mlp: both MLP linears.",
+    )
+    freeze_a: bool = Field(
+        default=False,
+        description="Freeze A at its seeded init and train B only (FFA-LoRA): "
+        "FedAvg of the update B A is then exact.",
     )
 
     @field_validator("targets")
@@ -117,6 +143,8 @@ class MethodInfo:
     families: frozenset[Family] = frozenset(FAMILY_NAMES)
     # False when the method itself produces the head (train_head would be meaningless)
     accepts_train_head: bool = True
+    # option -> the values `fedtune-server methods` reports a row for (beside the spec's own)
+    variants: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def supports(self, family: str) -> bool:
         return family in self.families
@@ -149,8 +177,12 @@ METHODS: Mapping[str, MethodInfo] = MappingProxyType(
             MethodInfo("full"),
             MethodInfo("head"),
             MethodInfo("bias"),
-            MethodInfo("lora", options=LoraOptions),
-            MethodInfo("adapter", options=AdapterOptions),
+            MethodInfo("lora", options=LoraOptions, variants=(("freeze_a", (False, True)),)),
+            MethodInfo(
+                "adapter",
+                options=AdapterOptions,
+                variants=(("style", ("parallel", "houlsby", "pfeiffer")),),
+            ),
             MethodInfo("vpt", options=VptOptions),
             MethodInfo(
                 "text_prompt",

@@ -94,6 +94,18 @@ class VisionClassifier(nn.Module):
         """The MLP of a block: input is the normalised stream, output joins the residual."""
         raise NotImplementedError
 
+    def block_attention(self, block: nn.Module) -> nn.Module:
+        """The self-attention of a block: its output's first item joins the residual."""
+        raise NotImplementedError
+
+    def token_entry(self) -> nn.Module:
+        """The module whose first input is the embedded token sequence ([CLS] first).
+
+        The first block, unless the tower normalises the sequence before it
+        (CLIP's `ln_pre`): prompt tokens enter here, as the original inputs do.
+        """
+        return self.blocks()[0]
+
     def lora_targets(self, kind: str) -> list[str]:
         """Module names LoRA wraps: kind `attn` (query/value) or `mlp` (both MLP linears)."""
         raise NotImplementedError

@@ -70,6 +70,9 @@ class ViTClassifier(VisionClassifier):
     def block_mlp(self, block: Any) -> nn.Module:
         return block.mlp
 
+    def block_attention(self, block: Any) -> nn.Module:
+        return block.attention
+
     def lora_targets(self, kind: str) -> list[str]:
         leaves = {"attn": ("attention.q_proj", "attention.v_proj"), "mlp": ("mlp.fc1", "mlp.fc2")}
         return [

@@ -180,6 +180,13 @@ class ClipClassifier(VisionClassifier):
     def block_mlp(self, block: Any) -> nn.Module:
         return block.mlp
 
+    def block_attention(self, block: Any) -> nn.Module:
+        return block.attn
+
+    def token_entry(self) -> nn.Module:
+        self.blocks()  # a ViT tower, or the error that says it is not one
+        return self.visual.ln_pre
+
     def lora_targets(self, kind: str) -> list[str]:
         names = []
         blocks: list[Any] = list(self.blocks())

@@ -10,6 +10,9 @@ classifier trained alongside it (always for hf_vit's new head, for CLIP when
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.blobs import torch_dtype
@@ -24,6 +27,11 @@ class MethodReport(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     method: str = Field(description="Tuning method name.")
+    variant: str = Field(
+        default="",
+        description="Options changed from the method's reported options (`freeze_a=true`); "
+        "empty on the method's first row.",
+    )
     trainable_params: int = Field(description="Parameters the method itself trains.")
     head_params: int = Field(description="Classifier parameters trained alongside the method.")
     total_params: int = Field(description="All parameters of the classifier model.")
@@ -34,47 +42,59 @@ class MethodReport(BaseModel):
 
 
 def method_reports(spec: FederationSpec) -> list[MethodReport]:
-    """One report per method applicable to the spec's family, with that method's default options.
+    """Reports per method applicable to the spec's family: its options, then its variants.
 
-    The spec's own method is reported with the spec's options; `train_head`
-    applies to every method that accepts it.
+    A method's first row has its default options; the spec's own method is
+    reported with the spec's options. Then one row for each value a declared
+    variant option (`MethodInfo.variants`, e.g. lora `freeze_a`, adapter
+    `style`) can take besides that row's, on top of the same options.
+    `train_head` applies to every method that accepts it.
     """
-    itemsize = torch_dtype(spec.transport.dtype).itemsize
     reports = []
     for name in method_names(spec.model.family):
-        options = spec.method.options if name == spec.method.name else {}
-        train_head = spec.method.train_head and METHODS[name].accepts_train_head
-        variant = spec.model_copy(
-            update={
-                "method": spec.method.model_copy(
-                    update={"name": name, "options": options, "train_head": train_head}
-                )
-            }
-        )
-        built = build_for_counting(variant)
-        params = dict(built.model.named_parameters())
-        own = sum(params[n].numel() for n in built.method_params)
-        head = sum(params[n].numel() for n in built.head_params)
-        total = built.num_total
-        reports.append(
-            MethodReport(
-                method=name,
-                trainable_params=own,
-                head_params=head,
-                total_params=total,
-                fraction=own / total if total else 0.0,
-                bytes_per_update=(own + head) * itemsize,
-            )
-        )
+        info = METHODS[name]
+        options = dict(spec.method.options) if name == spec.method.name else {}
+        reports.append(_report(spec, name, options, ""))
+        current = info.check(spec.model.family, False, options)
+        for field, values in info.variants:
+            for value in values:
+                if value != getattr(current, field):
+                    label = f"{field}={_option_text(value)}"
+                    reports.append(_report(spec, name, {**options, field: value}, label))
     return reports
 
 
+def _report(spec: FederationSpec, name: str, options: dict[str, Any], variant: str) -> MethodReport:
+    train_head = spec.method.train_head and METHODS[name].accepts_train_head
+    variant_spec = spec.model_copy(
+        update={
+            "method": spec.method.model_copy(
+                update={"name": name, "options": options, "train_head": train_head}
+            )
+        }
+    )
+    built = build_for_counting(variant_spec)
+    params = dict(built.model.named_parameters())
+    own = sum(params[n].numel() for n in built.method_params)
+    head = sum(params[n].numel() for n in built.head_params)
+    total = built.num_total
+    return MethodReport(
+        method=name,
+        variant=variant,
+        trainable_params=own,
+        head_params=head,
+        total_params=total,
+        fraction=own / total if total else 0.0,
+        bytes_per_update=(own + head) * torch_dtype(spec.transport.dtype).itemsize,
+    )
+
+
 def format_method_table(reports: list[MethodReport]) -> str:
-    """Aligned text table, one row per method."""
+    """Aligned text table, one row per report (a variant's row names its options)."""
     header = ("method", "trainable", "head", "total", "fraction", "bytes/update")
     rows = [
         (
-            r.method,
+            f"{r.method} {r.variant}" if r.variant else r.method,
             f"{r.trainable_params:,}",
             f"{r.head_params:,}",
             f"{r.total_params:,}",
@@ -91,6 +111,10 @@ def format_method_table(reports: list[MethodReport]) -> str:
         ]
         lines.append("  ".join(cells))
     return "\n".join(lines)
+
+
+def _option_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def _human_bytes(n: int) -> str:

@@ -1,11 +1,22 @@
 """`vpt`: visual prompt tuning (Jia et al., 2022), shallow or deep.
 
 `tokens` learnable prompt tokens are inserted right after the [CLS] token
-before the first transformer block (shallow); with `deep`, every block gets
-its own prompts, replacing the previous block's prompt outputs. The prompt
-outputs are dropped after the last block, so pooling and the head see the
-original sequence. Wiring uses forward hooks on the blocks (library parameter
-names stay unchanged); the prompts live at `<backbone>.vpt_prompts`.
+where the embedded patch sequence enters the encoder (shallow); with `deep`,
+every later block gets its own prompts, replacing the previous block's prompt
+outputs. The prompt outputs are dropped after the last block, so pooling and
+the head see the original sequence.
+
+Where the sequence enters is the model's `token_entry()`: the first block for
+the transformers ViT (as in VPT), but CLIP's `ln_pre`, the LayerNorm CLIP
+applies to the whole sequence before its first block. The VPT ports for CLIP
+(MaPLe's and IVLP's `VPT_shallow`, Khattak et al., 2023) concatenate the
+first prompts after the positional embedding and *before* `ln_pre`, so they
+are normalised like every other token; deeper prompts replace tokens inside
+the transformer, after `ln_pre`, as here. Prompts that skipped `ln_pre` would
+enter the first block at a scale unlike the patch tokens'.
+
+Wiring uses forward pre-hooks (library parameter names stay unchanged); the
+prompts live at `<backbone>.vpt_prompts`.
 """
 
 from __future__ import annotations
@@ -62,9 +73,10 @@ class Vpt(TuningMethod):
         bound = math.sqrt(6.0 / (3 * model.patch_size**2 + model.width))
         nn.init.uniform_(prompts, -bound, bound)
         model.backbone.register_parameter("vpt_prompts", prompts)
-        for i in range(depth):
+        model.token_entry().register_forward_pre_hook(_Insert(prompts, 0, 0), with_kwargs=True)
+        for i in range(1, depth):
             blocks[i].register_forward_pre_hook(
-                _Insert(prompts, i, 0 if i == 0 else options.tokens), with_kwargs=True
+                _Insert(prompts, i, options.tokens), with_kwargs=True
             )
         blocks[-1].register_forward_hook(_Strip(options.tokens))
         return [f"{model.backbone_name}.vpt_prompts"]
