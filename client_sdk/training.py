@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -56,6 +57,7 @@ from shared.blobs import (
 )
 from shared.spec import FederationSpec
 from shared.tuning import BuiltModel, train_mode
+from shared.tuning.groups import param_groups
 
 __all__ = [
     "DeviceError",
@@ -308,12 +310,46 @@ class LocalTrainer:
         return accuracy(self.model, batches, self.device, self._autocast)
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimiser for the round: the trainable tensors in a group with
+        `weight_decay` and one without (`no_decay`: see `shared.tuning.groups`)."""
         lt = self.spec.local_training
+        groups = param_groups(self.model, lt.weight_decay, lt.no_decay)
         if lt.optimizer == "sgd":
-            return torch.optim.SGD(
-                self.params, lr=lt.lr, momentum=lt.momentum, weight_decay=lt.weight_decay
-            )
-        return torch.optim.AdamW(self.params, lr=lt.lr, weight_decay=lt.weight_decay)
+            return torch.optim.SGD(groups, lr=lt.lr, momentum=lt.momentum)
+        return torch.optim.AdamW(groups, lr=lt.lr)
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer, steps: int) -> LambdaLR:
+        """The round's learning-rate schedule, stepped once per optimiser step.
+
+        It spans the round's `steps` (capped by `max_steps`) and restarts every
+        round: `warmup_steps` rise linearly from 0 (step s runs at s / warmup_steps
+        of lr), then lr holds (constant) or follows a half cosine that would reach
+        0 at the step after the round's last (cosine).
+        """
+        lt = self.spec.local_training
+        total = min(steps, lt.max_steps) if lt.max_steps is not None else steps
+        warmup = lt.warmup_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return step / warmup
+            if lt.schedule == "constant":
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return LambdaLR(optimizer, factor)
+
+    def _clip(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the global L2 norm of the optimiser's gradients to `max_grad_norm` (if set).
+
+        Call between backward and the optimiser step, on true gradients: with a
+        GradScaler, after `scaler.unscale_(optimizer)`.
+        """
+        max_norm = self.spec.local_training.max_grad_norm
+        if max_norm is not None:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def seed(self, round: int, purpose: str) -> int:
         """The seed of one kind of random draw in this organisation's `round`."""
@@ -333,6 +369,7 @@ class LocalTrainer:
         loader = self._loader("train")
         sampler = loader.batch_sampler
         assert isinstance(sampler, SeededBatchSampler)
+        scheduler = self._scheduler(optimizer, lt.epochs * len(loader))
         stats = _EpochStats()
         train_mode(self.model)  # frozen modules and BatchNorm stay in eval mode
         start = time.perf_counter()
@@ -350,6 +387,7 @@ class LocalTrainer:
             )
             for images, labels in bar:
                 loss, correct = self._step(optimizer, images, labels)
+                scheduler.step()
                 stats.loss_sum += loss * len(labels)
                 stats.correct += correct
                 stats.seen += len(labels)
@@ -370,6 +408,8 @@ class LocalTrainer:
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # scaled only for fp16 (see `Precision`)
+        self.scaler.unscale_(optimizer)  # true gradients for clipping (no-op without fp16)
+        self._clip(optimizer)
         self.scaler.step(optimizer)
         self.scaler.update()
         return float(loss.detach()), int((logits.argmax(-1) == labels).sum())

@@ -188,6 +188,39 @@ class LocalTrainingSpec(_Strict):
     lr: float = Field(default=1e-3, gt=0, le=10, description="Local learning rate.")
     weight_decay: float = Field(default=0.0, ge=0, description="Decoupled weight decay.")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum.")
+    schedule: Literal["constant", "cosine"] = Field(
+        default="constant",
+        description="Learning-rate schedule over one round's local steps (epochs x batches, "
+        "capped by max_steps), restarted every round with a fresh optimiser: constant holds lr "
+        "after the warmup; cosine decays it from lr to 0 over the remaining steps.",
+    )
+    warmup_steps: int = Field(
+        default=0,
+        ge=0,
+        description="Optimiser steps at the start of every round over which the learning rate "
+        "rises linearly from 0 to lr (the first step runs at 0); 0 = no warmup.",
+    )
+    max_grad_norm: float | None = Field(
+        default=None,
+        gt=0,
+        description="Clip the global L2 norm of the trainable tensors' gradients to this before "
+        "each optimiser step; null = no clipping.",
+    )
+    no_decay: Literal["biases_norms_prompts", "none"] = Field(
+        default="biases_norms_prompts",
+        description="Tensors exempt from weight_decay: biases_norms_prompts exempts biases, "
+        "normalisation weights, prompt tokens, position and class embeddings and CLIP's "
+        "zero-shot head; none decays every trainable tensor.",
+    )
+
+    @model_validator(mode="after")
+    def _warmup_within_cap(self) -> LocalTrainingSpec:
+        if self.max_steps is not None and self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be less than max_steps "
+                f"({self.max_steps}), or the round never reaches lr"
+            )
+        return self
 
 
 class RoundsSpec(_Strict):
