@@ -81,12 +81,12 @@ def _upload(server: ServerProcess, api_key: str, fid: str, base: str, delta: dic
 
 def _updates(state: dict[str, torch.Tensor], a: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per adapted projection, B A (A from `a` where the state holds no A)."""
-    return {
-        name.removesuffix(".lora_B.weight"): b
-        @ state.get(name.replace("lora_B", "lora_A"), a.get(name.replace("lora_B", "lora_A")))
-        for name, b in state.items()
-        if name.endswith(".lora_B.weight")
-    }
+    updates = {}
+    for name, b in state.items():
+        if name.endswith(".lora_B.weight"):
+            a_name = name.replace("lora_B", "lora_A")
+            updates[name.removesuffix(".lora_B.weight")] = b @ state.get(a_name, a[a_name])
+    return updates
 
 
 def _run_round(server: ServerProcess, tmp_path: Path, spec: FederationSpec) -> list[float]:
