@@ -56,17 +56,19 @@ def faulty_env(**faults: str) -> dict[str, str]:
 
 @dataclass
 class Fed:
-    """A federation on one server, its clients ordered by id (the aggregation order)."""
+    """A federation on one server, its clients ordered by organisation name (the aggregation
+    order, the same in every run; client ids are drawn afresh)."""
 
     server: ServerProcess
     info: FederationInfo
     keys: dict[str, str]
+    names: dict[str, str]  # client id -> organisation name
     accepted: dict[int, set[str]] = field(default_factory=dict)  # round -> clients with a 2xx
     written: dict[tuple[int, str], bytes] = field(default_factory=dict)
 
     @property
     def clients(self) -> list[str]:
-        return sorted(self.keys)
+        return sorted(self.keys, key=self.names.__getitem__)
 
     def status(self) -> RoundStatus:
         with self.server.http() as c:
@@ -75,7 +77,7 @@ class Fed:
         return RoundStatus.model_validate(r.json())
 
     def delta(self, rnd: int, cid: str, base_version: str) -> bytes:
-        """Client `cid`'s delta for round `rnd`: seeded by (round, rank of the client id).
+        """Client `cid`'s delta for round `rnd`: seeded by (round, rank of its name).
 
         Encoded once and kept, as a client keeps the file it wrote and re-sends it.
         """
@@ -154,7 +156,12 @@ def _create_federation(server: ServerProcess) -> Fed:
         token = admin.create_enrollment_token(info.id, uses=3).token
     with FedTuneClient(server.url, allow_http=True) as anonymous:
         regs = [anonymous.register_client(token, f"org-{i}") for i in range(3)]
-    return Fed(server, info, {reg.client_id: reg.api_key for reg in regs})
+    return Fed(
+        server,
+        info,
+        {reg.client_id: reg.api_key for reg in regs},
+        {reg.client_id: f"org-{i}" for i, reg in enumerate(regs)},
+    )
 
 
 @pytest.fixture
