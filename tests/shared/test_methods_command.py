@@ -38,6 +38,23 @@ def test_methods_json_reports_vit_b16_counts_offline(tmp_path: Path) -> None:
     assert "text_prompt" not in reports
 
 
+def test_methods_json_reports_the_option_variants_for_vit_b16(tmp_path: Path) -> None:
+    result = _run("--spec", str(_offline_copy(tmp_path, "vit-b16-in21k-lora.yaml")), "--json")
+    assert result.returncode == 0, result.stderr
+    variants = {(r["method"], r["variant"]): r for r in json.loads(result.stdout) if r["variant"]}
+
+    # freeze_a trains B alone: half of LoRA's A and B on 12 blocks of width 768, r = 8
+    assert variants["lora", "freeze_a=true"]["trainable_params"] == 147_456
+    # 12 blocks x adapters x (2 w d + d + w), d = 768: Houlsby two adapters of width 64,
+    # Pfeiffer one of width 768 / 16 = 48
+    assert variants["adapter", "style=houlsby"]["trainable_params"] == 12 * 2 * (
+        2 * 64 * 768 + 768 + 64
+    )
+    assert variants["adapter", "style=pfeiffer"]["trainable_params"] == 12 * (
+        2 * 48 * 768 + 768 + 48
+    )
+
+
 def test_methods_prints_a_table_for_the_tiny_clip(tmp_path: Path) -> None:
     result = _run("--spec", str(ROOT / "examples" / "tiny-clip-bias.yaml"))
     assert result.returncode == 0, result.stderr
