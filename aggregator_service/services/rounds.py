@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
 import torch
-from sqlalchemy import ColumnElement, Connection, false, insert, select, update
+from sqlalchemy import ColumnElement, Connection, false, func, insert, select, update
 
 from aggregator_service.aggregation import UpdateInput, aggregate
 from aggregator_service.aggregation.base import AggregationResult, delta_norms
@@ -25,6 +25,7 @@ from aggregator_service.services.context import Core, now
 from aggregator_service.services.federations import federation_row, store_state
 from aggregator_service.storage.tables import (
     INT_MAX,
+    aggregation_attempts,
     clients,
     exclusions,
     federations,
@@ -174,33 +175,57 @@ def _received_at_least(n: int) -> ColumnElement[bool]:
 
 def due_rounds(core: Core) -> list[tuple[str, int]]:
     """Open rounds past their deadline that hold at least min_updates."""
-    with core.db.read() as conn:
-        rows = conn.execute(
-            select(rounds.c.federation_id, rounds.c.number, rounds.c.received).where(
-                rounds.c.status == "open", rounds.c.deadline_at <= now()
-            )
-        ).all()
-    return [
-        (r.federation_id, r.number)
-        for r in rows
-        if r.received >= core.spec(r.federation_id).rounds.min_updates
-    ]
+    return _ready(core, lambda spec, received: received >= spec.rounds.min_updates, deadline=True)
 
 
 def quorum_rounds(core: Core) -> list[tuple[str, int]]:
     """Open rounds that hold their quorum: accepting the quorum-reaching update moves a round
     to `aggregating` in the same transaction, so this finds none unless a spec's quorum was
     met some other way; the sweeper closes them all the same."""
+    return _ready(core, lambda spec, received: received >= spec.rounds.quorum, deadline=False)
+
+
+def _ready(
+    core: Core, enough: Callable[[FederationSpec, int], bool], deadline: bool
+) -> list[tuple[str, int]]:
+    """Open rounds (past their deadline, with `deadline`) that hold `enough` updates, less
+    those reopened (no subset of their updates aggregated to a finite state) that have not
+    received an update since: only a new update can change that, and it closes the round by
+    itself when it is accepted; the sweepers would aggregate the same updates again and again."""
+    cond = rounds.c.status == "open"
+    if deadline:
+        cond = cond & (rounds.c.deadline_at <= now())
+    reopened = (
+        select(func.max(aggregation_attempts.c.ended_at))
+        .where(
+            aggregation_attempts.c.federation_id == rounds.c.federation_id,
+            aggregation_attempts.c.round == rounds.c.number,
+            aggregation_attempts.c.outcome == "reopened",
+        )
+        .scalar_subquery()
+    )
+    latest = (
+        select(func.max(updates.c.received_at))
+        .where(
+            updates.c.federation_id == rounds.c.federation_id, updates.c.round == rounds.c.number
+        )
+        .scalar_subquery()
+    )
     with core.db.read() as conn:
         rows = conn.execute(
-            select(rounds.c.federation_id, rounds.c.number, rounds.c.received).where(
-                rounds.c.status == "open"
-            )
+            select(
+                rounds.c.federation_id,
+                rounds.c.number,
+                rounds.c.received,
+                reopened.label("reopened_at"),
+                latest.label("latest_update_at"),
+            ).where(cond)
         ).all()
     return [
         (r.federation_id, r.number)
         for r in rows
-        if r.received >= core.spec(r.federation_id).rounds.quorum
+        if enough(core.spec(r.federation_id), r.received)
+        and (r.reopened_at is None or (r.latest_update_at or 0) > r.reopened_at)
     ]
 
 

@@ -234,3 +234,51 @@ def test_server_optimiser_state_survives_a_restart_bit_for_bit(
         return str(version)
 
     assert run(tmp_path / "straight", False) == run(tmp_path / "restarted", True)
+
+
+def test_a_reopened_round_waits_for_a_new_update_before_the_sweepers_close_it_again(
+    start_app, federation, delta
+):
+    import time
+
+    from sqlalchemy import insert, update
+
+    from aggregator_service.services.rounds import due_rounds, quorum_rounds
+    from aggregator_service.storage.tables import aggregation_attempts, rounds, updates
+
+    app = start_app(deadline_check_s=3600.0)  # one sweep at start-up, none while we look
+    fed = federation(clients=3, quorum=3, min_updates=2, app=app)
+    c0, c1, _ = sorted(fed.keys)
+    for cid in (c0, c1):
+        assert fed.upload(cid, 1, delta(fed.info, 1, fed.info.global_version)).status_code == 201
+    core = app.core
+    reopened_at = time.time() + 1
+    with core.db.write() as conn:  # as after an aggregation that found no finite subset
+        conn.execute(
+            update(rounds)
+            .where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
+            .values(received=3, deadline_at=time.time() - 1)
+        )
+        conn.execute(
+            insert(aggregation_attempts).values(
+                federation_id=fed.id,
+                round=1,
+                number=1,
+                owner="gone:1:x",
+                started_at=reopened_at - 1,
+                ended_at=reopened_at,
+                outcome="reopened",
+            )
+        )
+
+    assert (fed.id, 1) not in quorum_rounds(core)
+    assert (fed.id, 1) not in due_rounds(core)
+
+    with core.db.write() as conn:  # a new update arrives after the reopening
+        conn.execute(
+            update(updates)
+            .where(updates.c.federation_id == fed.id, updates.c.client_id == c1)
+            .values(received_at=reopened_at + 1)
+        )
+    assert (fed.id, 1) in quorum_rounds(core)
+    assert (fed.id, 1) in due_rounds(core)
