@@ -85,7 +85,9 @@ def _updates(state: dict[str, torch.Tensor], a: dict[str, torch.Tensor]) -> dict
     for name, b in state.items():
         if name.endswith(".lora_B.weight"):
             a_name = name.replace("lora_B", "lora_A")
-            updates[name.removesuffix(".lora_B.weight")] = b @ state.get(a_name, a[a_name])
+            updates[name.removesuffix(".lora_B.weight")] = b @ (
+                state[a_name] if a_name in state else a[a_name]
+            )
     return updates
 
 
