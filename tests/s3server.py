@@ -7,10 +7,12 @@ process) at it. When it cannot start, the caller skips with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,20 @@ def start_moto(log_path: Path) -> S3Server:
             time.sleep(0.2)
     server.stop()
     raise RuntimeError(f"moto_server did not answer on {server.url} within {START_TIMEOUT_S}s")
+
+
+@contextlib.contextmanager
+def bucket_server(log_path: Path, bucket: str) -> Iterator[S3Server]:
+    """A running `moto_server` holding an empty `bucket`, stopped afterwards; the calling test
+    is skipped, with the reason, when the server cannot start."""
+    import pytest
+
+    try:
+        server = start_moto(log_path)
+    except RuntimeError as exc:
+        pytest.skip(f"no S3-compatible server: {exc}")
+    try:
+        server.create_bucket(bucket)
+        yield server
+    finally:
+        server.stop()

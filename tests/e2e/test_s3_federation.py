@@ -30,7 +30,7 @@ from shared.blobs import read_state
 from shared.spec import parse_spec
 from tests.deltas import make_delta
 from tests.e2e.test_federation_e2e import write_image_folder
-from tests.s3server import S3Server, start_moto
+from tests.s3server import S3Server, bucket_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,15 +41,8 @@ _PRESIGNED_GET = re.compile(rf'"GET /{BUCKET}/[^ ]*X-Amz-Signature=[^ ]* HTTP/1\
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    try:
-        server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
-    except RuntimeError as exc:
-        pytest.skip(f"no S3-compatible server: {exc}")
-    try:
-        server.create_bucket(BUCKET)
+    with bucket_server(tmp_path_factory.mktemp("moto") / "moto.log", BUCKET) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def _spec(rounds: int, **aggregation: Any):

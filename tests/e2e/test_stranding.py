@@ -58,7 +58,7 @@ from tests.aggregator_service.test_postgres import ADMIN, fresh_database, pg_ser
 from tests.deltas import make_delta
 from tests.e2e.test_crash_recovery import faulty_env
 from tests.pgserver import ClusterUnavailable, private_cluster
-from tests.s3server import S3Server, start_moto
+from tests.s3server import S3Server, bucket_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -182,15 +182,8 @@ def servers() -> Iterator[list[ServerProcess]]:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[S3Server]:
     """An S3-compatible server (moto's, a process of its own) with the replicas' bucket."""
-    try:
-        server = start_moto(tmp_path / "moto.log")
-    except RuntimeError as exc:
-        pytest.skip(f"no S3-compatible server: {exc}")
-    try:
-        server.create_bucket("fedtune")
+    with bucket_server(tmp_path / "moto.log", "fedtune") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_a_replica_killed_mid_aggregation_is_replaced_by_the_survivor(

@@ -18,7 +18,7 @@ import pytest
 
 from aggregator_service.storage import open_blob_store
 from lab.local_federation import free_port
-from tests.s3server import S3Server, start_moto
+from tests.s3server import S3Server, bucket_server
 
 BUCKET = "fedtune-blobs"
 URL = f"s3://{BUCKET}/fed/a"
@@ -26,15 +26,8 @@ URL = f"s3://{BUCKET}/fed/a"
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    try:
-        server = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
-    except RuntimeError as exc:
-        pytest.skip(f"no S3-compatible server: {exc}")
-    try:
-        server.create_bucket(BUCKET)
+    with bucket_server(tmp_path_factory.mktemp("moto") / "moto.log", BUCKET) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
