@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from aggregator_service.api.errors import RejectNul, install_error_handlers
 from aggregator_service.api.limits import BodyGuard
@@ -33,6 +34,41 @@ _DESCRIPTION = (
     "the service aggregates each round when its quorum has arrived. Authenticate with "
     "`Authorization: Bearer <token>`: the admin token, or a client API key from registration."
 )
+
+# One entry per router tag: generated clients group operations by tag (a module per tag).
+_TAGS = [
+    {
+        "name": "federations",
+        "description": "Create, list, describe, pause, resume and cancel "
+        "federations; issue and revoke enrollment tokens.",
+    },
+    {
+        "name": "clients",
+        "description": "Register with an enrollment token; list and revoke "
+        "clients; rotate an API key.",
+    },
+    {
+        "name": "rounds",
+        "description": "The current round (long-poll), the round history and "
+        "one round's record, and uploading a client's delta.",
+    },
+    {
+        "name": "states",
+        "description": "Downloads: global trainable states, the frozen base, "
+        "and the final model of a completed federation (safetensors).",
+    },
+    {
+        "name": "evaluations",
+        "description": "Clients' accuracy of global versions, the final one above all.",
+    },
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
+]
+
+
+def _operation_id(route: APIRoute) -> str:
+    """A route's operationId is its function's name (`create_federation`, `upload_update`):
+    short, stable, and what generated clients name their methods after."""
+    return route.name
 
 
 def build_core(settings: Settings) -> Core:
@@ -67,6 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="FedTune aggregator",
         version="1.0.0",
         description=_DESCRIPTION,
+        openapi_tags=_TAGS,
+        generate_unique_id_function=_operation_id,
         lifespan=lifespan,
         separate_input_output_schemas=False,
         openapi_url="/openapi.json" if settings.docs else None,
