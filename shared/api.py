@@ -28,6 +28,7 @@ __all__ = [
     "EvaluationReport",
     "FederationInfo",
     "FederationStatus",
+    "FederationSummary",
     "Health",
     "ParticipantRecord",
     "RoundRecord",
@@ -42,7 +43,9 @@ __all__ = [
 API_PREFIX = "/v1"
 
 RoundState = Literal["open", "aggregating", "closed"]
-FederationStatus = Literal["running", "completed"]
+FederationStatus = Literal["running", "paused", "completed", "cancelled"]
+"""`running` accepts updates; `paused` accepts none and its deadlines stand still until it
+resumes; `completed` (after the last round) and `cancelled` (by the admin) are final."""
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 """A lowercase sha256 hex digest: global versions, fingerprints, blob digests."""
@@ -105,6 +108,19 @@ class FederationInfo(_Model):
     )
     trainable_params: int = Field(examples=[102912])
     total_params: int = Field(examples=[86389248])
+    created_at: datetime
+
+
+class FederationSummary(_Model):
+    """One federation in the admin's list."""
+
+    id: SafeId = Field(description="Federation id.", examples=["fed_3k9x2m"])
+    name: str = Field(examples=["cifar10-clip-bias"])
+    status: FederationStatus = Field(examples=["running"])
+    current_round: int = Field(
+        description="Round now open (or the last one when completed).", examples=[3]
+    )
+    total_rounds: int = Field(examples=[50])
     created_at: datetime
 
 

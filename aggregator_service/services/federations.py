@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Row, insert, select
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Invalid, NotFound
 from aggregator_service.storage.tables import federations, rounds, state_versions
-from shared.api import FederationInfo, TensorInfo
+from shared.api import FederationInfo, FederationSummary, TensorInfo
 from shared.blobs import write_state
 from shared.spec import FederationSpec
 
@@ -24,6 +24,7 @@ __all__ = [
     "federation_info",
     "federation_row",
     "global_version",
+    "list_federations",
     "new_id",
     "store_state",
 ]
@@ -156,3 +157,28 @@ def federation_info(core: Core, fid: str) -> FederationInfo:
         total_params=fed.total_params,
         created_at=datetime.fromtimestamp(fed.created_at, UTC),
     )
+
+
+def list_federations(core: Core) -> list[FederationSummary]:
+    """Every federation, oldest first."""
+    with core.db.read() as conn:
+        rows = conn.execute(
+            select(
+                federations.c.id,
+                federations.c.name,
+                federations.c.status,
+                federations.c.current_round,
+                federations.c.created_at,
+            ).order_by(federations.c.created_at, federations.c.id)
+        ).all()
+    return [
+        FederationSummary(
+            id=row.id,
+            name=row.name,
+            status=row.status,
+            current_round=row.current_round,
+            total_rounds=core.spec(row.id).rounds.total,
+            created_at=datetime.fromtimestamp(row.created_at, UTC),
+        )
+        for row in rows
+    ]

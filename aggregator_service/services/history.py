@@ -8,11 +8,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 
 from aggregator_service.services.access import Principal
 from aggregator_service.services.context import Core
-from aggregator_service.services.errors import Invalid, NotFound
+from aggregator_service.services.errors import Conflict, Invalid, NotFound
 from aggregator_service.services.federations import federation_row
 from aggregator_service.storage.tables import (
     INT_MAX,
@@ -26,7 +26,15 @@ from aggregator_service.storage.tables import (
 )
 from shared.api import AggregationAttempt, ParticipantRecord, RoundRecord
 
-__all__ = ["StateRef", "base_ref", "count_bytes_out", "list_rounds", "resolve_state"]
+__all__ = [
+    "StateRef",
+    "base_ref",
+    "count_bytes_out",
+    "final_model_ref",
+    "get_round",
+    "list_rounds",
+    "resolve_state",
+]
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _ROUND = re.compile(r"^[0-9]+$")
@@ -79,6 +87,25 @@ def base_ref(core: Core, fid: str) -> StateRef:
     return StateRef(fed.base_digest, 0, fed.base_fingerprint)
 
 
+def final_model_ref(core: Core, fid: str) -> StateRef:
+    """The final global state of a completed federation; `Conflict` (`not_completed`) before."""
+    with core.db.read() as conn:
+        fed = federation_row(conn, fid)
+        if fed.status != "completed":
+            raise Conflict(
+                f"federation {fid} is {fed.status}: the final model exists once it has "
+                "completed; GET /state serves the current global state",
+                error="not_completed",
+            )
+        row = conn.execute(
+            select(state_versions.c.digest, state_versions.c.round)
+            .where(state_versions.c.federation_id == fid)
+            .order_by(state_versions.c.round.desc())
+            .limit(1)
+        ).one()
+    return StateRef(row.digest, row.round)
+
+
 def count_bytes_out(core: Core, fid: str, size: int) -> None:
     """Charge served bytes to the federation's current round."""
     current = select(federations.c.current_round).where(federations.c.id == fid)
@@ -89,6 +116,11 @@ def count_bytes_out(core: Core, fid: str, size: int) -> None:
             .values(bytes_out=rounds.c.bytes_out + size)
         )
     core.metrics.bytes_out.inc(size)
+
+
+def _only(column: ColumnElement[int], number: int | None) -> list[ColumnElement[bool]]:
+    """`column == number`, or no condition when `number` is None."""
+    return [] if number is None else [column == number]
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -108,23 +140,43 @@ def _weighted_means(parts: list[ParticipantRecord]) -> dict[str, float]:
 def list_rounds(core: Core, fid: str, viewer: Principal) -> list[RoundRecord]:
     """The round history. The admin sees every participant; a client sees the aggregates and
     its own entry only, never the other members' names, hashes or metrics."""
+    return _records(core, fid, viewer, None)
+
+
+def get_round(core: Core, fid: str, number: int, viewer: Principal) -> RoundRecord:
+    """One round's record, seen as in `list_rounds`; `NotFound` for a round not (yet) opened."""
+    records = _records(core, fid, viewer, number) if number <= INT_MAX else []
+    if not records:
+        raise NotFound(f"federation {fid} has no round {number}")
+    return records[0]
+
+
+def _records(core: Core, fid: str, viewer: Principal, number: int | None) -> list[RoundRecord]:
+    """The records of every round, or of round `number` only."""
     with core.db.read() as conn:
         federation_row(conn, fid)
         round_rows = conn.execute(
-            select(rounds).where(rounds.c.federation_id == fid).order_by(rounds.c.number)
+            select(rounds)
+            .where(rounds.c.federation_id == fid, *_only(rounds.c.number, number))
+            .order_by(rounds.c.number)
         ).all()
         update_rows = conn.execute(
             select(updates, clients.c.name)
             .join(clients, clients.c.id == updates.c.client_id)
-            .where(updates.c.federation_id == fid)
+            .where(updates.c.federation_id == fid, *_only(updates.c.round, number))
             .order_by(updates.c.round, updates.c.client_id)
         ).all()
         excluded_rows = conn.execute(
-            select(exclusions).where(exclusions.c.federation_id == fid)
+            select(exclusions).where(
+                exclusions.c.federation_id == fid, *_only(exclusions.c.round, number)
+            )
         ).all()
         attempt_rows = conn.execute(
             select(aggregation_attempts)
-            .where(aggregation_attempts.c.federation_id == fid)
+            .where(
+                aggregation_attempts.c.federation_id == fid,
+                *_only(aggregation_attempts.c.round, number),
+            )
             .order_by(aggregation_attempts.c.round, aggregation_attempts.c.number)
         ).all()
     attempts: dict[int, list[AggregationAttempt]] = defaultdict(list)

@@ -126,24 +126,41 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
         "aggregation_started_at": t,
         "revision": rounds.c.revision + 1,
     }
-    with core.db.write() as conn:
-        for reason, cond in (
-            ("quorum", _received_at_least(spec.rounds.quorum)),
-            (
-                "deadline",
-                _received_at_least(spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
-            ),
-        ):
-            done = conn.execute(
-                update(rounds).where(base & cond).values(closed_by=reason, **change)
-            )
-            if done.rowcount == 1:
-                break
-        else:
-            return None
+    try:
+        with core.db.write() as conn:
+            for reason, cond in (
+                ("quorum", _received_at_least(spec.rounds.quorum)),
+                (
+                    "deadline",
+                    _received_at_least(spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
+                ),
+            ):
+                done = conn.execute(
+                    update(rounds).where(base & cond).values(closed_by=reason, **change)
+                )
+                if done.rowcount == 1:
+                    break
+            else:
+                return None
+            # Read once the round's row is ours: a pause or cancel committed before is seen.
+            if _federation_status(conn, fid) != "running":
+                raise _NotRunning
+    except _NotRunning:  # rolled back: a paused or cancelled federation's rounds stay open
+        return None
     log.info("federation %s round %d: aggregating (%s)", fid, number, reason)
     core.notifier.notify(fid)
     return reason
+
+
+class _NotRunning(Exception):
+    """The federation was paused or cancelled: its rounds do not close."""
+
+
+def _federation_status(conn: Connection, fid: str) -> str:
+    status: str = conn.execute(
+        select(federations.c.status).where(federations.c.id == fid)
+    ).scalar_one()
+    return status
 
 
 def quorum_transition(conn: Connection, spec: FederationSpec, fid: str, number: int) -> bool:
@@ -192,7 +209,8 @@ def _ready(
     those reopened (no subset of their updates aggregated to a finite state) that have not
     received an update since: only a new update can change that, and it closes the round by
     itself when it is accepted; the sweepers would aggregate the same updates again and again."""
-    cond = rounds.c.status == "open"
+    running = select(federations.c.id).where(federations.c.status == "running")
+    cond = (rounds.c.status == "open") & rounds.c.federation_id.in_(running)
     if deadline:
         cond = cond & (rounds.c.deadline_at <= now())
     reopened = (
@@ -389,8 +407,13 @@ def _close(
                 )
             )
         fed = update(federations).where(federations.c.id == fid)
-        if number >= spec.rounds.total:
-            conn.execute(fed.values(status="completed"))
+        if number >= spec.rounds.total:  # a cancelled federation stays cancelled
+            conn.execute(fed.where(federations.c.status != "cancelled").values(status="completed"))
+            return True
+        moved = conn.execute(
+            fed.where(federations.c.status != "cancelled").values(current_round=number + 1)
+        )
+        if moved.rowcount != 1:  # cancelled: the round closes, no further round opens
             return True
         revision: int = conn.execute(select(rounds.c.revision).where(this)).scalar_one()
         conn.execute(
@@ -407,5 +430,4 @@ def _close(
                 deadline_at=t + spec.rounds.deadline_s,
             )
         )
-        conn.execute(fed.values(current_round=number + 1))
     return True

@@ -261,8 +261,9 @@ class RoundRunner:
     ) -> RoundStatus:
         """The round status, held until `wait_s` passes or it changes: its revision differs
         from `revision` (any change: an update accepted, the round aggregating, a new round),
-        or, with `after_round`, a later round opened or the federation completed (what a
-        client waiting for its next round needs: the uploads of others do not wake it).
+        or, with `after_round`, a later round opened or the federation completed or was
+        cancelled (what a client waiting for its next round needs: the uploads of others do
+        not wake it).
 
         `gone()` returns once the caller has disconnected: the wait ends then (what is
         returned reaches nobody). A waiting poll costs nothing until one of these happens.
@@ -276,7 +277,7 @@ class RoundRunner:
 
         def changed(s: RoundStatus) -> bool:
             if after_round is not None:
-                return s.round > after_round or s.federation_status == "completed"
+                return s.round > after_round or s.federation_status in ("completed", "cancelled")
             return s.revision != seen
 
         if wait_s <= 0 or changed(status):

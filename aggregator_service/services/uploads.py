@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, TimedOut, TooLarge
+from aggregator_service.services.lifecycle import refuse_unless_running
 from aggregator_service.services.rounds import quorum_transition, read_status
 from aggregator_service.services.validation import check_header, not_safetensors, validate_delta
 from aggregator_service.storage.tables import (
@@ -149,7 +150,7 @@ def largest_update_bytes(core: Core) -> int:
     with core.db.read() as conn:
         rows = conn.execute(
             select(federations.c.id, federations.c.manifest).where(
-                federations.c.status == "running"
+                federations.c.status.in_(("running", "paused"))
             )
         ).all()
     largest = 0
@@ -329,8 +330,7 @@ def _ingest_once(
         if prior is not None:
             return _duplicate(conn, spec, client_id, fid, number, body, prior, status)
         manifest = _manifest(conn, fid)
-    if status.federation_status == "completed":
-        raise Conflict("the federation has completed", error="federation_completed", round=status)
+    refuse_unless_running(fid, status.federation_status, status)
     if number != status.round or status.status != "open":
         raise Conflict(_closed_detail(number, status), error="round_closed", round=status)
     meta = validate_delta(body.path, spec, manifest, fid, number, core.settings.max_num_examples)
@@ -365,6 +365,13 @@ def _commit(
                 )
             )
             if bumped.rowcount != 1:
+                raise _Retry
+            # Read after the round's row is ours: a pause or cancel either committed before
+            # (and is seen here, in a statement of its own) or waits for this commit.
+            fed_status = conn.execute(
+                select(federations.c.status).where(federations.c.id == fid)
+            ).scalar_one()
+            if fed_status != "running":
                 raise _Retry
             try:
                 conn.execute(

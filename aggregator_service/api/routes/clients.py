@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/clients", tags=["clients"])
     response_model=ClientRegistered,
     responses=error_responses(401, 403, 409, 422),
 )
-async def register(reg: ClientRegistration, core: CoreDep, once: IdempotentDep) -> Response:
+async def register_client(reg: ClientRegistration, core: CoreDep, once: IdempotentDep) -> Response:
     return await once.run(
         lambda mint: access.register_client(core, reg, mint),
         reg,
@@ -38,7 +38,7 @@ async def register(reg: ClientRegistration, core: CoreDep, once: IdempotentDep) 
     response_model=list[ClientInfo],
     responses=error_responses(401, 403, 422),
 )
-def list_all(
+def list_clients(
     core: CoreDep,
     _admin: AdminDep,
     federation_id: Annotated[str | None, Query(description="Only this federation's.")] = None,
@@ -53,7 +53,7 @@ def list_all(
     response_model=ClientInfo,
     responses=error_responses(401, 403, 404, 422),
 )
-def revoke(cid: str, core: CoreDep, _admin: AdminDep) -> ClientInfo:
+def revoke_client(cid: str, core: CoreDep, _admin: AdminDep) -> ClientInfo:
     return access.revoke_client(core, cid)
 
 
@@ -76,7 +76,7 @@ class _KeyRotation(BaseModel):
     response_model=ClientKeyRotated,
     responses=error_responses(401, 403, 404, 409, 422),
 )
-async def rotate_key(
+async def rotate_client_key(
     cid: str, core: CoreDep, principal: PrincipalDep, once: IdempotentDep
 ) -> Response:
     return await once.run(

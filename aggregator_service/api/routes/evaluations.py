@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from aggregator_service.api.deps import ClientOfDep, CoreDep, MemberDep
 from aggregator_service.api.errors import error_responses
-from aggregator_service.services.evaluations import list_evaluations, record_evaluation
+from aggregator_service.services import evaluations
 from shared.api import Evaluation, EvaluationReport
 
 router = APIRouter(prefix="/v1/federations/{fid}/evaluations", tags=["evaluations"])
@@ -28,12 +28,12 @@ router = APIRouter(prefix="/v1/federations/{fid}/evaluations", tags=["evaluation
         **error_responses(401, 403, 404, 409, 422),
     },
 )
-async def report(
+async def report_evaluation(
     fid: str, body: EvaluationReport, response: Response, core: CoreDep, principal: ClientOfDep
 ) -> Evaluation:
     assert principal.client_id is not None
     stored, repeat = await asyncio.to_thread(
-        record_evaluation, core, principal.client_id, fid, body
+        evaluations.record_evaluation, core, principal.client_id, fid, body
     )
     if repeat:
         response.status_code = 200
@@ -49,5 +49,5 @@ async def report(
     response_model=list[Evaluation],
     responses=error_responses(401, 403, 404, 422),
 )
-def history(fid: str, core: CoreDep, member: MemberDep) -> list[Evaluation]:
-    return list_evaluations(core, fid, member)
+def list_evaluations(fid: str, core: CoreDep, member: MemberDep) -> list[Evaluation]:
+    return evaluations.list_evaluations(core, fid, member)

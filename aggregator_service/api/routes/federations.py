@@ -1,4 +1,5 @@
-"""Federations: create (admin), describe (members); issue, list, revoke enrollment tokens (admin)."""
+"""Federations: create, list, pause, resume, cancel (admin), describe (members); issue, list,
+revoke enrollment tokens (admin)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from fastapi import APIRouter, Path, Request, Response
 
 from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep, MemberDep
 from aggregator_service.api.errors import error_responses
-from aggregator_service.services import access
+from aggregator_service.services import access, federations, lifecycle
 from aggregator_service.services.errors import Invalid
-from aggregator_service.services.federations import create_federation, federation_info
 from shared.api import (
     EnrollmentToken,
     EnrollmentTokenInfo,
     EnrollmentTokenRequest,
     FederationInfo,
+    FederationSummary,
 )
 from shared.spec import SpecError, parse_spec
 
@@ -51,7 +52,7 @@ _SPEC_EXAMPLE = {
         }
     },
 )
-async def create(
+async def create_federation(
     request: Request, core: CoreDep, _admin: AdminDep, once: IdempotentDep
 ) -> Response:
     try:
@@ -62,7 +63,18 @@ async def create(
         spec = parse_spec(data)
     except SpecError as exc:
         raise Invalid(str(exc), error="invalid_spec") from None
-    return await once.run(lambda _mint: create_federation(core, spec), spec)
+    return await once.run(lambda _mint: federations.create_federation(core, spec), spec)
+
+
+@router.get(
+    "",
+    summary="List federations",
+    description="Every federation, oldest first: id, name, status, current round, creation time.",
+    response_model=list[FederationSummary],
+    responses=error_responses(401, 403),
+)
+def list_federations(core: CoreDep, _admin: AdminDep) -> list[FederationSummary]:
+    return federations.list_federations(core)
 
 
 @router.get(
@@ -72,8 +84,48 @@ async def create(
     response_model=FederationInfo,
     responses=error_responses(401, 403, 404, 422),
 )
-def get(fid: str, core: CoreDep, _member: MemberDep) -> FederationInfo:
-    return federation_info(core, fid)
+def get_federation(fid: str, core: CoreDep, _member: MemberDep) -> FederationInfo:
+    return federations.federation_info(core, fid)
+
+
+@router.post(
+    "/{fid}/pause",
+    summary="Pause a federation",
+    description="While paused, uploads are refused (409 `federation_paused`, nothing stored) "
+    "and no round closes by its deadline; a round already aggregating still finishes. "
+    "Clients wait. Pausing a paused federation changes nothing; a completed or cancelled one "
+    "answers 409.",
+    response_model=FederationInfo,
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+def pause_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInfo:
+    return lifecycle.pause_federation(core, fid)
+
+
+@router.post(
+    "/{fid}/resume",
+    summary="Resume a paused federation",
+    description="Uploads are accepted again and the open round's deadline restarts: the "
+    "spec's whole `deadline_s` from now. Resuming a running federation changes nothing; a "
+    "completed or cancelled one answers 409.",
+    response_model=FederationInfo,
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+def resume_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInfo:
+    return lifecycle.resume_federation(core, fid)
+
+
+@router.post(
+    "/{fid}/cancel",
+    summary="Cancel a federation",
+    description="Final: uploads are refused (409 `federation_cancelled`), no further round "
+    "opens, and clients stop. Its history and global states stay readable. Cancelling a "
+    "cancelled federation changes nothing; a completed one answers 409.",
+    response_model=FederationInfo,
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+def cancel_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInfo:
+    return lifecycle.cancel_federation(core, fid)
 
 
 @router.post(
@@ -85,7 +137,7 @@ def get(fid: str, core: CoreDep, _member: MemberDep) -> FederationInfo:
     response_model=EnrollmentToken,
     responses=error_responses(401, 403, 404, 409, 422),
 )
-async def enroll(
+async def create_enrollment_token(
     fid: str, req: EnrollmentTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
 ) -> Response:
     return await once.run(lambda mint: access.create_enrollment_token(core, fid, req, mint), req)
@@ -108,7 +160,7 @@ TokenId = Annotated[
     response_model=list[EnrollmentTokenInfo],
     responses=error_responses(401, 403, 404, 422),
 )
-def list_tokens(fid: str, core: CoreDep, _admin: AdminDep) -> list[EnrollmentTokenInfo]:
+def list_enrollment_tokens(fid: str, core: CoreDep, _admin: AdminDep) -> list[EnrollmentTokenInfo]:
     return access.list_enrollment_tokens(core, fid)
 
 
@@ -120,7 +172,7 @@ def list_tokens(fid: str, core: CoreDep, _admin: AdminDep) -> list[EnrollmentTok
     response_model=EnrollmentTokenInfo,
     responses=error_responses(401, 403, 404, 422),
 )
-def revoke_token(
+def revoke_enrollment_token(
     fid: str, token_id: TokenId, core: CoreDep, _admin: AdminDep
 ) -> EnrollmentTokenInfo:
     return access.revoke_enrollment_token(core, fid, token_id)

@@ -26,7 +26,7 @@ _MIN_FREE_BYTES = 16 << 20
 
 
 @router.get("/healthz", summary="Liveness", response_model=Health)
-def healthz() -> Health:
+def check_liveness() -> Health:
     return Health(status="ok")
 
 
@@ -56,7 +56,7 @@ def _readiness(core: Core) -> Health:
     response_model=Health,
     responses={503: {"model": Health, "description": "Not ready."}},
 )
-async def readyz(core: CoreDep) -> Response:
+async def check_readiness(core: CoreDep) -> Response:
     health = await run_in_threadpool(_readiness, core)
     return JSONResponse(health.model_dump(), status_code=200 if health.status == "ok" else 503)
 
@@ -87,6 +87,6 @@ def _authorize_metrics(core: Core, request: Request) -> None:
     },
     openapi_extra={"security": [{"HTTPBearer": []}]},
 )
-def metrics(core: CoreDep, request: Request) -> Response:
+def get_metrics(core: CoreDep, request: Request) -> Response:
     _authorize_metrics(core, request)
     return Response(core.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,5 @@
-"""Rounds: the current round (long-poll), history, and uploading a client's delta."""
+"""Rounds: the current round (long-poll), history, one round's record, and uploading a
+client's delta."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, CoreDep, MemberDep, RunnerDep
 from aggregator_service.api.errors import close_on_refusal, error_responses
+from aggregator_service.services import history
 from aggregator_service.services.errors import DomainError
-from aggregator_service.services.history import list_rounds
 from aggregator_service.services.uploads import expected_upload, ingest, receive_body
 from shared.api import RoundRecord, RoundStatus, UpdateReceipt
 
@@ -37,7 +38,7 @@ _UPLOAD_BODY = {
     response_model=RoundStatus,
     responses=error_responses(401, 403, 404, 422, 429, 503),
 )
-async def current(
+async def get_current_round(
     fid: str,
     request: Request,
     principal: MemberDep,
@@ -83,8 +84,23 @@ async def _gone(request: Request) -> None:
     response_model=list[RoundRecord],
     responses=error_responses(401, 403, 404, 422),
 )
-def history(fid: str, core: CoreDep, member: MemberDep) -> list[RoundRecord]:
-    return list_rounds(core, fid, member)
+def list_rounds(fid: str, core: CoreDep, member: MemberDep) -> list[RoundRecord]:
+    return history.list_rounds(core, fid, member)
+
+
+RoundNumber = Annotated[int, Path(ge=1, description="Round number (1-based).")]
+
+
+@router.get(
+    "/{r}",
+    summary="One round's record",
+    description="The record of round r as in the history: a client sees the aggregates and its "
+    "own participation, the admin every participant. 404 for a round that has not opened.",
+    response_model=RoundRecord,
+    responses=error_responses(401, 403, 404, 422),
+)
+def get_round(fid: str, r: RoundNumber, core: CoreDep, member: MemberDep) -> RoundRecord:
+    return history.get_round(core, fid, r, member)
 
 
 @router.put(
@@ -103,9 +119,9 @@ def history(fid: str, core: CoreDep, member: MemberDep) -> list[RoundRecord]:
     },
     openapi_extra=_UPLOAD_BODY,
 )
-async def upload(
+async def upload_update(
     fid: str,
-    r: Annotated[int, Path(ge=1, description="Round number (1-based).")],
+    r: RoundNumber,
     request: Request,
     response: Response,
     principal: ClientOfDep,

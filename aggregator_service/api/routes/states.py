@@ -1,4 +1,5 @@
-"""Global trainable states and the frozen base, streamed from the blob store with ETags.
+"""Global trainable states, the frozen base and the final model, streamed from the blob store
+with ETags.
 
 With an S3 store and `presign_downloads` on, the answer is a 307 to a short-lived
 presigned URL of the object instead; the ETag still names the sha256, which the
@@ -20,6 +21,7 @@ from aggregator_service.services.history import (
     StateRef,
     base_ref,
     count_bytes_out,
+    final_model_ref,
     resolve_state,
 )
 
@@ -76,7 +78,7 @@ IfNoneMatch = Annotated[str | None, Header(description="ETag(s) the caller alrea
     response_class=Response,
     responses={**_SAFETENSORS, **error_responses(401, 403, 404, 422)},
 )
-async def state(
+async def download_state(
     fid: str,
     core: CoreDep,
     _member: MemberDep,
@@ -97,10 +99,26 @@ async def state(
     response_class=Response,
     responses={**_SAFETENSORS, **error_responses(401, 403, 404, 422)},
 )
-async def base(
+async def download_base(
     fid: str, core: CoreDep, _member: MemberDep, if_none_match: IfNoneMatch = None
 ) -> Response:
     ref = await run_in_threadpool(base_ref, core, fid)
     return await _serve(
         core, fid, ref, if_none_match, {"X-FedTune-Base-Fingerprint": ref.fingerprint}
     )
+
+
+@router.get(
+    "/model",
+    summary="Download the final model",
+    description="The final global trainable state of a completed federation (the same bytes "
+    "as `/state` of its last version); 409 `not_completed` before. `ETag` is the sha256; "
+    "`X-FedTune-Round` the last round.",
+    response_class=Response,
+    responses={**_SAFETENSORS, **error_responses(401, 403, 404, 409, 422)},
+)
+async def download_model(
+    fid: str, core: CoreDep, _member: MemberDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    ref = await run_in_threadpool(final_model_ref, core, fid)
+    return await _serve(core, fid, ref, if_none_match, {"X-FedTune-Round": str(ref.round)})
