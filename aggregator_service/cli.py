@@ -1,4 +1,5 @@
-"""`fedtune-server`: run the aggregator, and the few admin tasks that work offline."""
+"""`fedtune-server`: run the aggregator, the few admin tasks that work offline, and the admin
+operations on a running server (`admin ...`, over HTTP(S))."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from aggregator_service.admin import AdminError, add_admin_parser
 from aggregator_service.services.errors import DomainError
 from aggregator_service.settings import Settings
 from shared.spec import SpecError, load_spec
@@ -244,6 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--spec", type=Path, required=True)
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.set_defaults(run=_methods)
+
+    add_admin_parser(sub)
     return p
 
 
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except (CliError, SpecError) as exc:
+    except (CliError, AdminError, SpecError) as exc:
         print(f"fedtune-server: {exc}", file=sys.stderr)
         return 2
     except DomainError as exc:
