@@ -30,6 +30,7 @@ from shared.api import (
     Evaluation,
     EvaluationReport,
     FederationInfo,
+    FederationSummary,
     Health,
     RoundRecord,
     RoundStatus,
@@ -80,6 +81,27 @@ class FedTuneClient(BaseClient):
     def get_federation(self, federation_id: str) -> FederationInfo:
         data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}")
         return _parse(FederationInfo, data, "get federation")
+
+    def list_federations(self) -> list[FederationSummary]:
+        """Every federation (admin), oldest first."""
+        data = self._request_json("GET", f"{API_PREFIX}/federations")
+        return _parse_list(FederationSummary, data, "list federations")
+
+    def pause_federation(self, federation_id: str) -> FederationInfo:
+        """Pause (admin): uploads are refused and deadlines stand still until it resumes."""
+        return self._lifecycle(federation_id, "pause")
+
+    def resume_federation(self, federation_id: str) -> FederationInfo:
+        """Resume a paused federation (admin); the open round's deadline restarts."""
+        return self._lifecycle(federation_id, "resume")
+
+    def cancel_federation(self, federation_id: str) -> FederationInfo:
+        """Cancel (admin), for good: no more updates or rounds; clients stop."""
+        return self._lifecycle(federation_id, "cancel")
+
+    def _lifecycle(self, federation_id: str, action: str) -> FederationInfo:
+        data = self._request_json("POST", f"{API_PREFIX}/federations/{federation_id}/{action}")
+        return _parse(FederationInfo, data, f"{action} federation")
 
     def create_enrollment_token(
         self, federation_id: str, *, uses: int = 1, expires_in_s: int | None = None
@@ -177,6 +199,11 @@ class FedTuneClient(BaseClient):
         data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}/rounds")
         return _parse_list(RoundRecord, data, "list rounds")
 
+    def get_round(self, federation_id: str, round: int) -> RoundRecord:
+        """One round's record (a client sees the aggregates and its own participation)."""
+        data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}/rounds/{round}")
+        return _parse(RoundRecord, data, "get round")
+
     def report_evaluation(
         self, federation_id: str, version: str, val_accuracy: float, val_examples: int
     ) -> Evaluation:
@@ -242,6 +269,18 @@ class FedTuneClient(BaseClient):
             Path(dest),
             progress=progress,
             label="base model",
+        )
+
+    def download_model(
+        self, federation_id: str, dest: str | Path, *, progress: bool = False
+    ) -> Download:
+        """Stream the final trainable state of a completed federation to `dest`
+        (`ConflictError` with code `not_completed` before it completed)."""
+        return self._download(
+            f"{API_PREFIX}/federations/{federation_id}/model",
+            Path(dest),
+            progress=progress,
+            label="final model",
         )
 
     # -- service ----------------------------------------------------------------

@@ -5,6 +5,10 @@ an acknowledged round is never retrained, a written delta is re-sent unchanged,
 and a 409 (stale base, closed round) just moves on to the next round.
 Training is seeded by the spec's seed, the organisation's registered name and
 the round (see `training`), so a restarted client retrains a round exactly.
+
+While the operator has the federation paused the loop waits (a delta refused because of the
+pause stays written, and is sent once the federation resumes); a cancelled federation ends
+the loop with `FederationCancelledError`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from client_sdk import _constants as C
 from client_sdk._client import FedTuneClient
-from client_sdk._exceptions import ConflictError
+from client_sdk._exceptions import ConflictError, FedTuneError
 from client_sdk.data import load_local_data
 from client_sdk.sync import StateStore, prepare_model
 from client_sdk.training import LocalTrainer, resolve_device
@@ -29,9 +33,24 @@ from client_sdk.workdir import JournalEntry, WorkDir
 from shared.api import RoundStatus
 from shared.blobs import atomic_save_state, sha256_file
 
-__all__ = ["Participant", "ParticipateOptions", "participate"]
+__all__ = ["FederationCancelledError", "Participant", "ParticipateOptions", "participate"]
 
 log = logging.getLogger("client_sdk")
+
+# Upload refusals that say nothing against the delta: the federation was paused (it is sent
+# again on resume) or cancelled (the loop then stops).
+_HELD = ("federation_paused", "federation_cancelled")
+
+
+class FederationCancelledError(FedTuneError):
+    """The operator cancelled the federation: there will be no more rounds, nor a final model."""
+
+    def __init__(self, federation_id: str, round: int) -> None:
+        super().__init__(
+            f"federation {federation_id} was cancelled by its operator (in round {round}); "
+            "this client stops, and there is no final model"
+        )
+        self.federation_id = federation_id
 
 
 @dataclass(frozen=True)
@@ -88,34 +107,56 @@ class Participant:
         )
         self.states = StateStore(client, self.info, self.workdir)
         self._noted: set[int] = set()
+        self._paused = False
 
     def run(self) -> Path:
         fid = self.info.id
         status = self.client.current_round(fid)
         while status.federation_status != "completed":
-            if status.status == "open":
-                self.handle_round(status)
+            if status.federation_status == "cancelled":
+                raise FederationCancelledError(fid, status.round)
+            if status.federation_status == "paused":
+                status = self._wait_while_paused(status)
+                continue
+            if status.status == "open" and not self.handle_round(status):
+                status = self.client.current_round(fid)  # refused for a pause or cancel
+                continue
             # Handled (or not ours to handle): wake for the next round, not for others' uploads.
             status = self.client.current_round(
                 fid, wait_s=self.opts.wait_s, after_round=status.round
             )
         return self.finish(status)
 
-    def handle_round(self, status: RoundStatus) -> None:
+    def _wait_while_paused(self, status: RoundStatus) -> RoundStatus:
+        """Long-poll until anything changes (a resume or cancel bumps the round's revision)."""
+        if not self._paused:
+            self._paused = True
+            log.info("federation paused by its operator; waiting for it to resume")
+        status = self.client.current_round(
+            self.info.id, wait_s=self.opts.wait_s, revision=status.revision
+        )
+        if status.federation_status == "running":
+            self._paused = False
+            log.info("federation resumed")
+        return status
+
+    def handle_round(self, status: RoundStatus) -> bool:
+        """Train and upload for round `status.round` unless done before; False when the
+        upload was refused because the federation was paused or cancelled meanwhile."""
         r = status.round
         entry = self.workdir.entry(r)
         if entry is not None and entry.status in ("uploaded", "abandoned"):
             self._note(r, f"{entry.status} before; waiting for the next round")
-            return
+            return True
         pending = entry is not None and entry.status == "written" and self._intact(r, entry)
         if status.submitted and not pending:
             self._note(r, "the server already has this client's update")
-            return
+            return True
         if pending and entry is not None and entry.base_version == status.global_version:
             log.info("round %d: re-sending the delta written before a restart", r)
         else:
             entry = self._train(status)
-        self._upload(r, entry)
+        return self._upload(r, entry)
 
     def _note(self, r: int, message: str) -> None:
         """Log once per round (the loop wakes on every change of the round)."""
@@ -156,16 +197,19 @@ class Participant:
         self.workdir.record(r, entry)
         return entry
 
-    def _upload(self, r: int, entry: JournalEntry) -> None:
+    def _upload(self, r: int, entry: JournalEntry) -> bool:
         try:
             receipt = self.client.upload_update(
                 self.info.id, r, self.workdir.delta_path(r), progress=self.opts.progress
             )
         except ConflictError as exc:
+            if exc.code in _HELD:  # kept as written: sent again once the federation resumes
+                log.info("round %d: update not taken now (%s)", r, exc.code)
+                return False
             log.warning("round %d: update not taken (%s); moving on", r, exc.detail or exc.code)
             entry.status, entry.detail = "abandoned", exc.code
             self.workdir.record(r, entry)
-            return
+            return True
         entry.status = "uploaded"
         self.workdir.record(r, entry)
         self.workdir.prune_deltas(before=r)
@@ -176,6 +220,7 @@ class Participant:
             receipt.received,
             receipt.quorum,
         )
+        return True
 
     def finish(self, status: RoundStatus) -> Path:
         """Evaluate the final global state and report it; save it and the spec under `final/`."""
