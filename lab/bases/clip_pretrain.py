@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lab.bases.glyphs import CLASSES, GlyphBatch, GlyphData, caption_texts
-from lab.bases.training import Log, Progress, Recipe, generator, prefetched
+from lab.bases.training import Log, Recipe, adamw, generator, run_steps
 from shared.models.base import seeded
 from shared.models.configs import register_open_clip_configs
 from shared.models.synthetic import OPEN_CLIP_WEIGHTS, SyntheticBase
@@ -45,27 +45,19 @@ def pretrain_clip(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> 
     model.token_embedding = _rows(full_embedding, used)
     tokens = torch.searchsorted(used, tokens)  # monotone, so argmax pooling finds the same eot
     data = GlyphData(recipe.data)
-    optimizer = _optimizer(model, recipe)
-    stream = generator(recipe.seed, "data")
-    progress = Progress(recipe.steps, log)
-    model.train()
-    batches = prefetched(
-        lambda: data.sample(recipe.batch_size, stream), recipe.steps, recipe.threads
-    )
-    for step, batch in enumerate(batches):
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.lr_at(step)
+    optimizer = adamw(model, recipe, _embedding, betas=(0.9, 0.98), eps=1e-6)
+
+    def loss_of(batch: GlyphBatch) -> torch.Tensor:
         classes, targets = torch.unique(batch.labels, return_inverse=True)
         image = model.encode_image(normalize(batch.images), normalize=True)
         text = encode_text(model, _trim(tokens[classes, _first_templates(batch, targets)]))
-        loss = contrastive_loss(image, text, model.logit_scale.exp(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        return contrastive_loss(image, text, model.logit_scale.exp(), targets)
+
+    def clamp_logit_scale() -> None:
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        progress.update(step, float(loss.detach()))
-    model.eval()
+
+    run_steps(model, optimizer, data, recipe, log, loss_of, clamp_logit_scale)
     metrics = _evaluate(model, data, tokens, normalize, recipe)
     with torch.no_grad():
         full_embedding.weight[used] = model.token_embedding.weight
@@ -174,18 +166,9 @@ def _caption_tokens(arch: str) -> torch.Tensor:
     return flat.view(len(captions), len(captions[0]), -1)
 
 
-def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not biases, norms, embeddings, logit scale)."""
-    decay: list[nn.Parameter] = []
-    rest: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        embedding = "embedding" in name or name.endswith("class_embedding")
-        (decay if p.ndim >= 2 and not embedding else rest).append(p)
-    groups = [
-        {"params": decay, "weight_decay": recipe.weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6)
+def _embedding(name: str) -> bool:
+    """Embeddings and the logit scale take no weight decay."""
+    return "embedding" in name or name.endswith("class_embedding")
 
 
 @torch.no_grad()

@@ -14,9 +14,18 @@ from typing import Any, TypeVar
 
 import torch
 
-from lab.bases.glyphs import GlyphConfig
+from lab.bases.glyphs import GlyphBatch, GlyphConfig, GlyphData
 
-__all__ = ["Log", "Progress", "Recipe", "generator", "prefetched", "threads"]
+__all__ = [
+    "Log",
+    "Progress",
+    "Recipe",
+    "adamw",
+    "generator",
+    "prefetched",
+    "run_steps",
+    "threads",
+]
 
 Log = Callable[[str], None]
 T = TypeVar("T")
@@ -119,3 +128,51 @@ class Progress:
 
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def adamw(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    no_decay: Callable[[str], bool],
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only: not on biases, norms, or what `no_decay` names."""
+    decay: list[torch.nn.Parameter] = []
+    rest: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and not no_decay(name) else rest).append(p)
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=betas, eps=eps)
+
+
+def run_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: GlyphData,
+    recipe: Recipe,
+    log: Log,
+    loss_of: Callable[[GlyphBatch], torch.Tensor],
+    after_step: Callable[[], None] = lambda: None,
+) -> None:
+    """The recipe's steps: its seeded batch stream (made a step ahead), its learning-rate
+    schedule, one optimiser step per batch; the model is left in eval mode."""
+    stream = generator(recipe.seed, "data")
+    progress = Progress(recipe.steps, log)
+    model.train()
+    batches = prefetched(
+        lambda: data.sample(recipe.batch_size, stream), recipe.steps, recipe.threads
+    )
+    for step, batch in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.lr_at(step)
+        loss = loss_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        after_step()
+        progress.update(step, float(loss.detach()))
+    model.eval()

@@ -16,11 +16,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-from lab.bases.glyphs import CLASSES, GlyphData
-from lab.bases.training import Log, Progress, Recipe, generator, prefetched
+from lab.bases.glyphs import CLASSES, GlyphBatch, GlyphData
+from lab.bases.training import Log, Recipe, adamw, generator, run_steps
 from shared.models.base import seeded
 from shared.models.configs import hf_vit_config
 from shared.models.synthetic import SyntheticBase
@@ -36,23 +35,13 @@ def pretrain_vit(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> d
     with seeded(recipe.seed, "init"):
         model = ViTForImageClassification(config)
     data = GlyphData(recipe.data)
-    optimizer = _optimizer(model, recipe)
-    stream = generator(recipe.seed, "data")
-    progress = Progress(recipe.steps, log)
-    model.train()
-    batches = prefetched(
-        lambda: data.sample(recipe.batch_size, stream), recipe.steps, recipe.threads
-    )
-    for step, batch in enumerate(batches):
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.lr_at(step)
+    optimizer = adamw(model, recipe, lambda name: "embeddings" in name, betas=(0.9, 0.999))
+
+    def loss_of(batch: GlyphBatch) -> torch.Tensor:
         logits = model(pixel_values=_normalize(batch.images)).logits
-        loss = F.cross_entropy(logits, batch.labels, label_smoothing=recipe.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        progress.update(step, float(loss.detach()))
-    model.eval()
+        return F.cross_entropy(logits, batch.labels, label_smoothing=recipe.label_smoothing)
+
+    run_steps(model, optimizer, data, recipe, log, loss_of)
     metrics = _evaluate(model, data, recipe)
     model.save_pretrained(dest, safe_serialization=True)
     side = int(recipe.data.image_size)
@@ -83,20 +72,6 @@ def _normalize(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (images - mean) / std
-
-
-def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (not biases, norms, embeddings)."""
-    decay: list[nn.Parameter] = []
-    rest: list[nn.Parameter] = []
-    for name, p in model.named_parameters():
-        embedding = "embeddings" in name
-        (decay if p.ndim >= 2 and not embedding else rest).append(p)
-    groups = [
-        {"params": decay, "weight_decay": recipe.weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.999))
 
 
 @torch.no_grad()
