@@ -55,6 +55,19 @@ def test_methods_json_reports_the_option_variants_for_vit_b16(tmp_path: Path) ->
     )
 
 
+def test_methods_json_reports_the_option_variants_for_clip_vit_b32(tmp_path: Path) -> None:
+    result = _run("--spec", str(_offline_copy(tmp_path, "clip-vit-b32-bias.yaml")), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {(r["method"], r["variant"]): r["trainable_params"] for r in json.loads(result.stdout)}
+
+    # The image tower is 12 blocks of width 768, as in ViT-B/16, so the same counts
+    assert rows["lora", "freeze_a=true"] == rows["lora", ""] // 2 == 147_456
+    assert rows["adapter", "style=houlsby"] == 12 * 2 * (2 * 64 * 768 + 768 + 64)
+    assert rows["adapter", "style=pfeiffer"] == 12 * (2 * 48 * 768 + 768 + 48)
+    # CoOp: 16 context vectors of the text tower's width 512
+    assert rows["text_prompt", ""] == 16 * 512
+
+
 def test_methods_prints_a_table_for_the_tiny_clip(tmp_path: Path) -> None:
     result = _run("--spec", str(ROOT / "examples" / "tiny-clip-bias.yaml"))
     assert result.returncode == 0, result.stderr
