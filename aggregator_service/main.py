@@ -18,7 +18,9 @@ from aggregator_service.api.routes import (
     health,
     rounds,
     states,
+    viewers,
 )
+from aggregator_service.dashboard import router as dashboard_router
 from aggregator_service.metrics import Metrics, resolve_metrics_token
 from aggregator_service.services.context import Core, hash_token
 from aggregator_service.services.runner import RoundRunner
@@ -121,8 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_header_bytes=settings.max_header_bytes,
     )
     app.add_middleware(RejectNul)
-    for module in (federations, clients, rounds, evaluations, states, health):
+    for module in (federations, clients, rounds, evaluations, states, viewers, health):
         app.include_router(module.router)
+    app.include_router(dashboard_router)
     if app.openapi_url is not None:
         docs.install_docs(app, app.openapi_url)
     return app

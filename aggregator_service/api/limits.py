@@ -6,7 +6,8 @@ byte is read (401). Then a JSON body is counted as it arrives and refused past t
 (413: Content-Length first, then the bytes themselves), so an oversized body is never held.
 Registration (`POST /v1/clients`) carries its credential inside the body: only the size
 limit guards it. The update upload streams its body to disk under its own limit and passes
-through untouched.
+through untouched. The dashboard's forms (sign-in, sign-out) take no bearer token: their bodies
+are bounded by the much smaller `DASHBOARD_FORM_BYTES`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,16 @@ from aggregator_service.services.context import Core
 from aggregator_service.services.errors import DomainError
 from shared.api import ErrorBody
 
-__all__ = ["BodyGuard"]
+__all__ = ["DASHBOARD_FORM_BYTES", "BodyGuard"]
+
+# A sign-in form holds one token and the page to return to.
+DASHBOARD_FORM_BYTES = 4096
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 _AUTHENTICATED = re.compile(r"/v1/.*")  # every API route but registration takes a token
 _REGISTRATION = re.compile(r"/v1/clients/?")  # the enrollment token is in the body
 _UPLOAD = re.compile(r"/v1/federations/[^/]+/rounds/[^/]+/update/?")  # own limit, to disk
+_DASHBOARD = re.compile(r"/dashboard(/.*)?")  # forms without a bearer token
 
 
 class BodyGuard:
@@ -65,7 +70,8 @@ class BodyGuard:
                 refusal.headers["Connection"] = "close"
                 await refusal(scope, receive, send)
                 return
-        body = await self._read_bounded(scope, receive, send)
+        limit = DASHBOARD_FORM_BYTES if _DASHBOARD.fullmatch(path) else self.max_json_bytes
+        body = await self._read_bounded(scope, receive, send, limit)
         if body is None:
             return
         await self.app(scope, _replay(body, receive), send)
@@ -85,9 +91,10 @@ class BodyGuard:
             return fault
         return None
 
-    async def _read_bounded(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+    async def _read_bounded(
+        self, scope: Scope, receive: Receive, send: Send, limit: int
+    ) -> bytes | None:
         """The whole body, or None once a 413 (or the client's disconnect) ended the request."""
-        limit = self.max_json_bytes
         too_large = (scope, receive, send)
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:

@@ -206,3 +206,16 @@ Index(
     aggregation_attempts.c.federation_id,
     aggregation_attempts.c.round,
 )
+
+# Read-only tokens for the dashboard (services/viewers.py), issued by the admin: only their
+# sha256 is stored, the token is shown once. A table of its own, so databases created before it
+# gain it through create_all.
+viewer_tokens = Table(
+    "viewer_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+    Column("revoked_at", Double),  # null while valid
+)

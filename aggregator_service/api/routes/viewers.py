@@ -1,0 +1,64 @@
+"""Viewer tokens (admin): read-only access to the dashboard, never to the API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep
+from aggregator_service.api.errors import error_responses
+from aggregator_service.services import viewers
+from aggregator_service.services.viewers import ViewerToken, ViewerTokenInfo, ViewerTokenRequest
+
+router = APIRouter(prefix="/v1/viewer-tokens", tags=["viewers"])
+
+ViewerTokenId = Annotated[
+    str,
+    Path(
+        max_length=32,
+        description="The token's id from its issue or the list (not the token).",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=201,
+    operation_id="create_viewer_token",
+    summary="Issue a viewer token",
+    description="A token that opens the dashboard (`/dashboard`) read-only, and no API route. "
+    "It is shown once; only its hash is stored. Its `id` names it in the list and to revoke it.",
+    response_model=ViewerToken,
+    responses=error_responses(401, 403, 409, 422),
+)
+async def create(
+    req: ViewerTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
+) -> Response:
+    return await once.run(lambda mint: viewers.create_viewer_token(core, req, mint), req)
+
+
+@router.get(
+    "",
+    operation_id="list_viewer_tokens",
+    summary="List viewer tokens",
+    description="Every viewer token issued, oldest first: id, name, revocation. The tokens "
+    "themselves are not stored and never shown again.",
+    response_model=list[ViewerTokenInfo],
+    responses=error_responses(401, 403),
+)
+def list_all(core: CoreDep, _admin: AdminDep) -> list[ViewerTokenInfo]:
+    return viewers.list_viewer_tokens(core)
+
+
+@router.delete(
+    "/{token_id}",
+    operation_id="revoke_viewer_token",
+    summary="Revoke a viewer token",
+    description="The dashboard refuses it from its next request on (a signed-in page goes "
+    "back to the sign-in page). Revoking again changes nothing.",
+    response_model=ViewerTokenInfo,
+    responses=error_responses(401, 403, 404, 422),
+)
+def revoke(token_id: ViewerTokenId, core: CoreDep, _admin: AdminDep) -> ViewerTokenInfo:
+    return viewers.revoke_viewer_token(core, token_id)

@@ -1,0 +1,172 @@
+"""`/dashboard`: the federations, one federation's live view, signing in and out, static files.
+
+Pages are rendered on the server (Jinja2); the federation page then polls its `live` JSON
+every two seconds and redraws in place. No route here is part of the API's OpenAPI document.
+An unauthenticated page request is sent to the sign-in page; the JSON answers 401.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+import yaml
+from fastapi import APIRouter, Request
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from aggregator_service.dashboard.assets import IMMUTABLE, asset, asset_url
+from aggregator_service.dashboard.format import FILTERS
+from aggregator_service.dashboard.session import (
+    LOGIN_PATH,
+    clear_cookie,
+    cookie_token,
+    safe_next,
+    secure_headers,
+    set_cookie,
+)
+from aggregator_service.services.context import Core
+from aggregator_service.services.dashboard import federation_summaries, live_view
+from aggregator_service.services.errors import NotFound, Unauthorized
+from aggregator_service.services.federations import federation_info
+from aggregator_service.services.viewers import Viewer, authenticate_viewer
+from shared.api import ErrorBody
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+POLL_MS = 2000
+
+
+@cache
+def _templates() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals["static"] = asset_url
+    env.filters.update(FILTERS)
+    return env
+
+
+def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _templates().get_template(template).render(**context)
+    return secure_headers(HTMLResponse(html, status_code=status))  # type: ignore[return-value]
+
+
+def _core(request: Request) -> Core:
+    core: Core = request.app.state.core
+    return core
+
+
+def _viewer(request: Request) -> Viewer | None:
+    """Who the cookie signs in, or None (no cookie, or its token is unknown or revoked)."""
+    try:
+        return authenticate_viewer(_core(request), cookie_token(request))
+    except Unauthorized:
+        return None
+
+
+def _to_login(request: Request) -> Response:
+    query = urlencode({"next": safe_next(request.url.path)})
+    return secure_headers(RedirectResponse(f"{LOGIN_PATH}?{query}", status_code=303))
+
+
+@router.get("")
+def index(request: Request) -> Response:
+    viewer = _viewer(request)
+    if viewer is None:
+        return _to_login(request)
+    return _page("index.html", viewer=viewer, federations=federation_summaries(_core(request)))
+
+
+@router.get("/login")
+def login_form(request: Request, next: str | None = None) -> Response:
+    return _page("login.html", next=safe_next(next), message=None)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    """The sign-in form (urlencoded `token` and `next`); the body is bounded by BodyGuard."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        return _page("login.html", 415, next="/dashboard", message="Send the sign-in form.")
+    fields = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+    target = safe_next((fields.get("next") or [""])[0])
+    token = (fields.get("token") or [""])[0].strip()
+    try:
+        await run_in_threadpool(authenticate_viewer, _core(request), token)
+    except Unauthorized:
+        message = "That token is not valid: unknown, revoked or mistyped." if token else None
+        message = message or "Enter the admin token or a viewer token."
+        return _page("login.html", 401, next=target, message=message)
+    response = RedirectResponse(target, status_code=303)
+    set_cookie(request, response, token)
+    return secure_headers(response)
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    response = RedirectResponse(LOGIN_PATH, status_code=303)
+    clear_cookie(request, response)
+    return secure_headers(response)
+
+
+@router.get("/federations/{fid}")
+def federation(request: Request, fid: str) -> Response:
+    viewer = _viewer(request)
+    if viewer is None:
+        return _to_login(request)
+    core = _core(request)
+    try:
+        info = federation_info(core, fid)
+        view = live_view(core, fid)
+    except NotFound:
+        return _page("missing.html", 404, viewer=viewer, fid=fid)
+    spec_yaml = yaml.safe_dump(info.spec.model_dump(mode="json"), sort_keys=False)
+    return _page(
+        "federation.html",
+        viewer=viewer,
+        info=info,
+        view=view,
+        spec_yaml=spec_yaml,
+        live_url=f"/dashboard/federations/{fid}/live",
+        poll_ms=POLL_MS,
+    )
+
+
+@router.get("/federations/{fid}/live")
+def live(request: Request, fid: str) -> Response:
+    """The federation page's figures, polled: 401 JSON once signed out or revoked."""
+    if _viewer(request) is None:
+        body = ErrorBody(error="unauthorized", detail="sign in at /dashboard/login")
+        return secure_headers(JSONResponse(body.model_dump(mode="json"), status_code=401))
+    try:
+        view = live_view(_core(request), fid)
+    except NotFound as exc:
+        body = ErrorBody(error=exc.error, detail=exc.detail)
+        return secure_headers(JSONResponse(body.model_dump(mode="json"), status_code=404))
+    return secure_headers(Response(view.model_dump_json(), media_type="application/json"))
+
+
+@router.get("/static/{digest}/{name}")
+def static(digest: str, name: str) -> Response:
+    found = asset(digest, name)
+    if found is None:
+        return Response("not found", status_code=404, media_type="text/plain")
+    return Response(
+        found.body,
+        media_type=found.media_type,
+        headers={
+            "Cache-Control": IMMUTABLE,
+            "ETag": f'"{found.digest}"',
+            "X-Content-Type-Options": "nosniff",
+        },
+    )

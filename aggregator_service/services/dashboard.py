@@ -1,0 +1,181 @@
+"""What the dashboard shows: the federations, and one federation's live round, history and
+organisations, read through the same service functions as the API.
+
+Nothing here carries a secret: no API key, token or hash of one; update digests stay out too.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from aggregator_service.services.access import Principal, list_clients
+from aggregator_service.services.context import Core
+from aggregator_service.services.federations import federation_info
+from aggregator_service.services.history import list_rounds
+from aggregator_service.services.rounds import round_status
+from aggregator_service.storage.tables import federations
+from shared.api import RoundRecord
+
+__all__ = [
+    "FederationSummary",
+    "HistoryRow",
+    "LiveRound",
+    "LiveView",
+    "OrganisationRow",
+    "federation_summaries",
+    "live_view",
+]
+
+# The dashboard sees what the admin sees of the history (every participant), read-only.
+_READER = Principal(is_admin=True)
+# The metrics plotted per round, as the clients report them.
+PLOTTED = ("val_accuracy", "train_loss")
+
+
+class FederationSummary(BaseModel):
+    id: str
+    name: str
+    status: str
+    current_round: int
+    total_rounds: int
+    family: str
+    arch: str
+    method: str
+    created_at: datetime
+
+
+class LiveRound(BaseModel):
+    number: int
+    total: int
+    status: str = Field(description="open | aggregating | closed")
+    received: int
+    quorum: int
+    min_updates: int
+    deadline_at: datetime | None
+    seconds_left: float | None = Field(description="Until the deadline, while the round is open.")
+
+
+class HistoryRow(BaseModel):
+    round: int
+    status: str
+    participants: int
+    closed_by: str | None
+    aggregation_seconds: float | None
+    bytes_in: int
+    bytes_out: int
+    metrics: dict[str, float] = Field(description="Example-weighted means of the plotted metrics.")
+    by_organisation: dict[str, dict[str, float]] = Field(
+        description="Each participant's plotted metrics, by organisation name."
+    )
+
+
+class OrganisationRow(BaseModel):
+    name: str
+    client_id: str
+    updates: int = Field(description="Accepted updates.")
+    last_seen: datetime | None = Field(description="When its latest update was accepted.")
+    revoked: bool
+
+
+class LiveView(BaseModel):
+    server_time: datetime
+    federation_id: str
+    name: str
+    status: str
+    round: LiveRound
+    history: list[HistoryRow]
+    organisations: list[OrganisationRow]
+
+
+def federation_summaries(core: Core) -> list[FederationSummary]:
+    """Every federation, newest first."""
+    with core.db.read() as conn:
+        rows = conn.execute(
+            select(
+                federations.c.id,
+                federations.c.name,
+                federations.c.status,
+                federations.c.current_round,
+                federations.c.created_at,
+            ).order_by(federations.c.created_at.desc(), federations.c.id)
+        ).all()
+    out = []
+    for r in rows:
+        spec = core.spec(r.id)
+        out.append(
+            FederationSummary(
+                id=r.id,
+                name=r.name,
+                status=r.status,
+                current_round=r.current_round,
+                total_rounds=spec.rounds.total,
+                family=spec.model.family,
+                arch=spec.model.arch,
+                method=spec.method.name,
+                created_at=datetime.fromtimestamp(r.created_at, UTC),
+            )
+        )
+    return out
+
+
+def _history_row(r: RoundRecord) -> HistoryRow:
+    return HistoryRow(
+        round=r.round,
+        status=r.status,
+        participants=r.participant_count,
+        closed_by=r.closed_by,
+        aggregation_seconds=r.aggregation_seconds,
+        bytes_in=r.bytes_in,
+        bytes_out=r.bytes_out,
+        metrics={k: v for k, v in r.metrics.items() if k in PLOTTED},
+        by_organisation={
+            p.name: {k: v for k, v in p.metrics.items() if k in PLOTTED} for p in r.participants
+        },
+    )
+
+
+def live_view(core: Core, fid: str) -> LiveView:
+    """The federation as the dashboard shows it now; `NotFound` when there is none."""
+    info = federation_info(core, fid)
+    status = round_status(core, fid)
+    history = list_rounds(core, fid, _READER)
+    t = datetime.now(UTC)
+    last_seen: dict[str, datetime] = {}
+    for r in history:
+        for p in r.participants:
+            seen = last_seen.get(p.client_id)
+            last_seen[p.client_id] = p.received_at if seen is None else max(seen, p.received_at)
+    deadline = status.deadline_at
+    left = None
+    if status.status == "open" and info.status == "running" and deadline is not None:
+        left = max(0.0, (deadline - t).total_seconds())
+    return LiveView(
+        server_time=t,
+        federation_id=fid,
+        name=info.name,
+        status=info.status,
+        round=LiveRound(
+            number=status.round,
+            total=status.total_rounds,
+            status=status.status,
+            received=status.received,
+            quorum=status.quorum,
+            min_updates=status.min_updates,
+            deadline_at=deadline,
+            seconds_left=left,
+        ),
+        history=[_history_row(r) for r in history],
+        organisations=[
+            OrganisationRow(
+                name=c.name,
+                client_id=c.client_id,
+                updates=c.updates,
+                last_seen=last_seen.get(c.client_id),
+                revoked=c.revoked,
+            )
+            for c in list_clients(core, fid)
+        ],
+    )
