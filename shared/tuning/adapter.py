@@ -102,6 +102,7 @@ class _AddSequential:
 @register_method
 class Adapter(TuningMethod):
     name = "adapter"
+    mergeable = False  # a ReLU bottleneck is no linear change of any existing weight
 
     def apply(self, model: VisionClassifier, options: AdapterOptions) -> list[str]:
         dim, scale = style_defaults(options, model.width)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 
 from shared.methods import LoraOptions
@@ -110,6 +111,22 @@ class LoraMultiheadAttention(nn.Module):
         out = base.out_proj(out.transpose(1, 2).reshape(batch, length, width))
         return (out if base.batch_first else out.transpose(0, 1)), None
 
+    @torch.no_grad()
+    def merged(self) -> dict[str, torch.Tensor]:
+        """The plain `nn.MultiheadAttention` state: `in_proj_weight` + [dQ; 0; dV]."""
+        state = {n: t.detach().clone() for n, t in self.base_layer.state_dict().items()}
+        weight = state["in_proj_weight"]
+        d = self.base_layer.embed_dim
+        weight[:d] += _delta(self.lora_q).to(weight.dtype)
+        weight[2 * d :] += _delta(self.lora_v).to(weight.dtype)
+        return state
+
+
+def _delta(low_rank: LowRank) -> torch.Tensor:
+    """`scaling * B @ A`, the weight the low-rank term adds (dropout is off at inference)."""
+    a, b = low_rank.lora_A.weight.float(), low_rank.lora_B.weight.float()
+    return (b @ a) * low_rank.scaling
+
 
 @register_method
 class Lora(TuningMethod):
@@ -142,3 +159,28 @@ class Lora(TuningMethod):
         # wrapping renames the frozen weights (`...base_layer.weight`); the new ones are lora_*
         trained = ".lora_B" if options.freeze_a else ".lora_"
         return sorted(n for n, _ in model.named_parameters() if trained in n)
+
+    @torch.no_grad()
+    def plain_state(self, model: VisionClassifier) -> dict[str, torch.Tensor]:
+        """Every LoRA product added to the weight it adapts, under the library's own names."""
+        merged: dict[str, torch.Tensor] = {}
+        wrapped: list[str] = []
+        for name, module in model.named_modules():
+            if isinstance(module, LoraMultiheadAttention):
+                state = module.merged()
+            elif isinstance(module, LoraLinear):
+                base = module.get_base_layer()
+                state = {n: t.detach().clone() for n, t in base.state_dict().items()}
+                for adapter in module.active_adapters:
+                    delta = module.get_delta_weight(adapter)
+                    state["weight"] += delta.to(state["weight"].dtype)
+            else:
+                continue
+            wrapped.append(name + ".")
+            merged.update({f"{name}.{n}": t for n, t in state.items()})
+        plain = {
+            n: t.detach()
+            for n, t in model.state_dict().items()
+            if not any(n.startswith(prefix) for prefix in wrapped)
+        }
+        return {**plain, **merged}

@@ -13,10 +13,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, TypeVar
 
+import torch
+
 from shared.methods import METHODS, MethodInfo
 from shared.models.base import VisionClassifier
 
-__all__ = ["TuningMethod", "get_method", "register_method"]
+__all__ = ["TuningMethod", "get_method", "list_methods", "register_method"]
 
 
 class TuningMethod(ABC):
@@ -35,6 +37,17 @@ class TuningMethod(ABC):
     def apply(self, model: VisionClassifier, options: Any) -> list[str]:
         """Add the method's modules to `model`; return the names of the parameters it trains."""
 
+    # Whether the trained model can be written as the family's plain weights (`plain_state`).
+    mergeable: ClassVar[bool] = True
+
+    def plain_state(self, model: VisionClassifier) -> dict[str, torch.Tensor]:
+        """The model as the family's plain model holds it, the method's modules merged in.
+
+        Methods that only change existing parameters (full, head, bias) have nothing
+        to merge; a method that adds modules overrides this, or sets `mergeable` False.
+        """
+        return {n: t.detach() for n, t in model.state_dict().items()}
+
 
 _METHODS: dict[str, TuningMethod] = {}
 
@@ -49,6 +62,11 @@ def register_method(cls: M) -> M:
         raise ValueError(f"tuning method {cls.name!r} is registered twice")
     _METHODS[cls.name] = cls()
     return cls
+
+
+def list_methods() -> list[TuningMethod]:
+    """Every registered implementation, by name."""
+    return [_METHODS[name] for name in sorted(_METHODS)]
 
 
 def get_method(name: str) -> TuningMethod:

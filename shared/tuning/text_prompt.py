@@ -112,6 +112,20 @@ class TextPrompt(TuningMethod):
         setattr(model, model.head_name, PromptedTextHead(text, tokens, index, ctx))
         return [f"{model.head_name}.ctx"]
 
+    @torch.no_grad()
+    def plain_state(self, model: VisionClassifier) -> dict[str, torch.Tensor]:
+        """The prompts' class embeddings as the plain head's weight (the zero-shot head's form)."""
+        prefix = model.head_name + "."
+        head = model.get_submodule(model.head_name)
+        was_training = head.training
+        head.train(False)
+        try:
+            weight = head().detach().clone()
+        finally:
+            head.train(was_training)
+        state = {n: t.detach() for n, t in model.state_dict().items() if not n.startswith(prefix)}
+        return {**state, f"{prefix}weight": weight}
+
 
 def _context_size(text: TextTower, options: TextPromptOptions) -> tuple[int, torch.Tensor | None]:
     """The number of context vectors and, with `init`, the phrase's token ids [n_ctx]."""

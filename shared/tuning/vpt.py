@@ -64,6 +64,9 @@ class _Strip:
 @register_method
 class Vpt(TuningMethod):
     name = "vpt"
+    mergeable = (
+        False  # prompt tokens lengthen the sequence: no weight of the plain model holds them
+    )
 
     def apply(self, model: VisionClassifier, options: VptOptions) -> list[str]:
         blocks = model.blocks()
