@@ -31,7 +31,7 @@ from shared.api import (
     FederationSummary,
     RoundStatus,
 )
-from shared.spec import load_spec
+from shared.spec import SpecError, load_spec
 from shared.validation import format_validation_error
 
 __all__ = ["AdminError", "add_admin_parser"]
@@ -197,7 +197,11 @@ def _federations_show(admin: _Admin, args: argparse.Namespace) -> None:
 
 
 def _federations_create(admin: _Admin, args: argparse.Namespace) -> None:
-    spec = load_spec(args.spec)
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        where = "" if str(args.spec) in str(exc) else f"{args.spec}: "
+        raise AdminError(f"--spec {where}{exc}") from None
     body = spec.model_dump(mode="json")
     path = f"{API_PREFIX}/federations"
     info = admin.call("POST", path, FederationInfo, body=body, timeout=_CREATE_TIMEOUT_S)
