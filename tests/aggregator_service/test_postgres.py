@@ -406,3 +406,74 @@ def test_quorum_past_a_32_bit_integer_is_never_met_but_the_deadline_closes(
     with stage.app.client() as http:
         (only,) = http.get(f"/v1/federations/{fed.id}/rounds").json()
     assert only["closed_by"] == "deadline"
+
+
+def _admin_post(server: Served, fid: str, action: str) -> httpx.Response:
+    with server.client() as http:
+        return http.post(f"/v1/federations/{fid}/{action}")
+
+
+def _both(fid: str, action: str, one: Served, two: Served) -> list[httpx.Response]:
+    """The same lifecycle request to both server processes at the same moment."""
+    gate = threading.Barrier(2)
+
+    def send(server: Served) -> httpx.Response:
+        gate.wait()
+        return _admin_post(server, fid, action)
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(send, (one, two)))
+
+
+def test_pause_resume_and_cancel_hold_across_two_server_processes_on_postgres(
+    pg_url, tmp_path, new_federation, spec_with
+):
+    with two_servers(tmp_path / "data", pg_url) as (one, two):
+        fed = new_federation(one, spec_with(quorum=3, min_updates=3, total=2), 2)
+        a, b = sorted(fed.keys)
+        body = _body(fed, 1, fed.info.global_version, 0.01)
+        revision = fed.status()["revision"]
+        with ThreadPoolExecutor(1) as pool, two.client(fed.keys[a]) as waiter:
+            woken = pool.submit(
+                waiter.get,
+                f"/v1/federations/{fed.id}/rounds/current",
+                params={"wait_s": 30, "revision": revision},
+            )
+            paused = _admin_post(one, fed.id, "pause")
+            seen_by_waiter = woken.result(timeout=60).json()["federation_status"]
+        before = table_rows(pg_url)
+        with two.client(fed.keys[a]) as http:
+            refused_paused = http.put(f"/v1/federations/{fed.id}/rounds/1/update", content=body)
+        after_refusal = table_rows(pg_url)
+
+        resumed = _both(fed.id, "resume", one, two)
+        with one.client(fed.keys[a]) as http:
+            accepted = http.put(f"/v1/federations/{fed.id}/rounds/1/update", content=body)
+        cancelled = _both(fed.id, "cancel", one, two)
+        with two.client(fed.keys[b]) as http:
+            refused_cancelled = http.put(
+                f"/v1/federations/{fed.id}/rounds/1/update",
+                content=_body(fed, 1, fed.info.global_version, 0.02),
+            )
+        statuses = []
+        for server in (one, two):
+            with server.client() as http:
+                statuses.append(http.get(f"/v1/federations/{fed.id}").json()["status"])
+
+    log = (tmp_path / "data" / "server.log").read_text()  # both processes append to it
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    assert seen_by_waiter == "paused"  # woken on the other process (LISTEN/NOTIFY)
+    assert refused_paused.status_code == 409
+    assert refused_paused.json()["error"] == "federation_paused"
+    assert after_refusal == before
+    assert [(r.status_code, r.json()["status"]) for r in resumed] == [(200, "running")] * 2
+    assert accepted.status_code == 201, accepted.text
+    assert [(r.status_code, r.json()["status"]) for r in cancelled] == [(200, "cancelled")] * 2
+    for status in ("paused", "running", "cancelled"):  # one process made each transition
+        assert log.count(f"federation {fed.id}: {status}") == 1, log
+    assert refused_cancelled.status_code == 409
+    assert refused_cancelled.json()["error"] == "federation_cancelled"
+    assert statuses == ["cancelled", "cancelled"]
+    rows = table_rows(pg_url)
+    assert rows["counts"]["updates"] == 1
+    assert [(r["number"], r["status"], r["received"]) for r in rows["rounds"]] == [(1, "open", 1)]
