@@ -63,6 +63,10 @@ _TAGS = [
         "name": "evaluations",
         "description": "Clients' accuracy of global versions, the final one above all.",
     },
+    {
+        "name": "viewers",
+        "description": "Viewer tokens (admin): read-only access to the dashboard, never to the API.",
+    },
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
 

@@ -30,6 +30,7 @@ EXPECTED = {
     "clients": {"register_client", "list_clients", "revoke_client", "rotate_client_key"},
     "evaluations": {"report_evaluation", "list_evaluations"},
     "health": {"check_liveness", "check_readiness", "get_metrics"},
+    "viewers": {"create_viewer_token", "list_viewer_tokens", "revoke_viewer_token"},
 }  # fmt: skip
 
 
