@@ -138,6 +138,7 @@ def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
         "round_leases": 1,
         "aggregation_attempts": 1,
         "evaluations": 0,
+        "viewer_tokens": 0,
     }
     assert [(r["number"], r["status"], r["received"]) for r in rows["rounds"]] == [
         (1, "closed", 3),
