@@ -141,7 +141,7 @@
   }
 
   /* One metric per round: the example-weighted mean (bold, with points) and each organisation. */
-  function metricPlot(view, key, orgs) {
+  function metricPlot(view, key, orgs, range) {
     var rows = view.history.filter(function (h) { return h.participants > 0; });
     var data = [rows.map(function (h) { return h.round; })];
     data.push(rows.map(function (h) { return key in h.metrics ? h.metrics[key] : null; }));
@@ -161,7 +161,10 @@
         points: { show: true, size: 4 }, value: function (u, v) { return fmtMetric(v); },
       });
     });
-    return { data: data, series: series, axis: function (u, ticks) { return ticks.map(fmtMetric); } };
+    return {
+      data: data, series: series, range: range,
+      axis: function (u, ticks) { return ticks.map(function (t) { return Number(t.toFixed(4)); }); },
+    };
   }
 
   function bytesPlot(view) {
@@ -190,11 +193,11 @@
     var opts = {
       width: Math.max(el.clientWidth, 300),
       height: 220,
-      scales: { x: { time: false } },
+      scales: plot.range ? { x: { time: false }, y: { range: plot.range } } : { x: { time: false } },
       series: plot.series,
       axes: [
         { label: "round", incrs: [1, 2, 5, 10, 20, 50, 100], values: function (u, t) { return t.map(String); } },
-        { size: 70, values: plot.axis },
+        { size: 84, values: plot.axis },
       ],
       legend: { live: false },
       cursor: { drag: { x: false, y: false } },
@@ -204,8 +207,8 @@
 
   function renderCharts(view) {
     var orgs = organisationNames(view);
-    draw("chart-accuracy", metricPlot(view, "val_accuracy", orgs));
-    draw("chart-loss", metricPlot(view, "train_loss", orgs));
+    draw("chart-accuracy", metricPlot(view, "val_accuracy", orgs, [0, 1]));
+    draw("chart-loss", metricPlot(view, "train_loss", orgs, null));
     draw("chart-bytes", bytesPlot(view));
   }
 
