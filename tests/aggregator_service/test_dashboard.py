@@ -17,14 +17,20 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from aggregator_service.api.limits import DASHBOARD_FORM_BYTES
 from aggregator_service.dashboard.assets import STATIC_DIR
 from aggregator_service.services.context import hash_token
+from aggregator_service.storage.database import parse_database_url
 from lab.local_federation import start_server
+from tests.aggregator_service import test_postgres as postgres
 from tests.aggregator_service.conftest import ADMIN_TOKEN, AppPool, Federation, LiveApp
 
 LOGIN = "/dashboard/login"
+# PostgreSQL (skipped unless FEDTUNE_TEST_POSTGRES_URL is set): a fresh database per test.
+pg_server = postgres.pg_server
+pg_url = postgres.pg_url
 
 
 def browser(url: str, **kw: Any) -> httpx.Client:
@@ -396,3 +402,22 @@ def test_a_database_from_before_viewer_tokens_gains_the_table(start_app: AppPool
     viewer = new_viewer_token(app)
     with signed_in(app.url, viewer["token"]) as c:
         assert c.get("/dashboard").status_code == 200
+
+
+def test_viewer_tokens_on_postgresql_including_a_database_from_before_them(
+    pg_url: str, start_app: AppPool
+):
+    first = start_app(database_url=pg_url)
+    first.stop()
+    engine = create_engine(parse_database_url(pg_url))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE viewer_tokens"))
+    engine.dispose()
+
+    app = start_app(database_url=pg_url)
+    viewer = new_viewer_token(app)
+    with signed_in(app.url, viewer["token"]) as c:
+        assert c.get("/dashboard").status_code == 200
+        with app.client() as admin:
+            assert admin.delete(f"/v1/viewer-tokens/{viewer['id']}").json()["revoked"] is True
+        assert c.get("/dashboard").status_code == 303
