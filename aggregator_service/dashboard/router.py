@@ -29,7 +29,7 @@ from aggregator_service.dashboard.session import (
     set_cookie,
 )
 from aggregator_service.services.context import Core
-from aggregator_service.services.dashboard import federation_summaries, live_view
+from aggregator_service.services.dashboard import federation_rows, live_view
 from aggregator_service.services.errors import NotFound, Unauthorized
 from aggregator_service.services.federations import federation_info
 from aggregator_service.services.viewers import Viewer, authenticate_viewer
@@ -84,7 +84,7 @@ def index(request: Request) -> Response:
     viewer = _viewer(request)
     if viewer is None:
         return _to_login(request)
-    return _page("index.html", viewer=viewer, federations=federation_summaries(_core(request)))
+    return _page("index.html", viewer=viewer, federations=federation_rows(_core(request)))
 
 
 @router.get("/login")

@@ -9,23 +9,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 
 from aggregator_service.services.access import Principal, list_clients
 from aggregator_service.services.context import Core
-from aggregator_service.services.federations import federation_info
+from aggregator_service.services.federations import federation_info, list_federations
 from aggregator_service.services.history import list_rounds
 from aggregator_service.services.rounds import round_status
-from aggregator_service.storage.tables import federations
-from shared.api import RoundRecord
+from shared.api import FederationSummary, RoundRecord
 
 __all__ = [
-    "FederationSummary",
+    "FederationRow",
     "HistoryRow",
     "LiveRound",
     "LiveView",
     "OrganisationRow",
-    "federation_summaries",
+    "federation_rows",
     "live_view",
 ]
 
@@ -35,16 +33,12 @@ _READER = Principal(is_admin=True)
 PLOTTED = ("val_accuracy", "train_loss")
 
 
-class FederationSummary(BaseModel):
-    id: str
-    name: str
-    status: str
-    current_round: int
-    total_rounds: int
+class FederationRow(FederationSummary):
+    """One federation in the dashboard's list: the API's summary and what it trains."""
+
     family: str
     arch: str
     method: str
-    created_at: datetime
 
 
 class LiveRound(BaseModel):
@@ -90,35 +84,20 @@ class LiveView(BaseModel):
     organisations: list[OrganisationRow]
 
 
-def federation_summaries(core: Core) -> list[FederationSummary]:
+def federation_rows(core: Core) -> list[FederationRow]:
     """Every federation, newest first."""
-    with core.db.read() as conn:
-        rows = conn.execute(
-            select(
-                federations.c.id,
-                federations.c.name,
-                federations.c.status,
-                federations.c.current_round,
-                federations.c.created_at,
-            ).order_by(federations.c.created_at.desc(), federations.c.id)
-        ).all()
-    out = []
-    for r in rows:
-        spec = core.spec(r.id)
-        out.append(
-            FederationSummary(
-                id=r.id,
-                name=r.name,
-                status=r.status,
-                current_round=r.current_round,
-                total_rounds=spec.rounds.total,
+    rows = []
+    for f in reversed(list_federations(core)):
+        spec = core.spec(f.id)
+        rows.append(
+            FederationRow(
+                **f.model_dump(),
                 family=spec.model.family,
                 arch=spec.model.arch,
                 method=spec.method.name,
-                created_at=datetime.fromtimestamp(r.created_at, UTC),
             )
         )
-    return out
+    return rows
 
 
 def _history_row(r: RoundRecord) -> HistoryRow:
