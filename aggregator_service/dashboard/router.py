@@ -41,6 +41,7 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 POLL_MS = 2000
+_NO_LONGER_VALID = "Your token is no longer accepted (revoked or replaced): sign in again."
 
 
 @cache
@@ -75,8 +76,16 @@ def _viewer(request: Request) -> Viewer | None:
 
 
 def _to_login(request: Request) -> Response:
-    query = urlencode({"next": safe_next(request.url.path)})
-    return secure_headers(RedirectResponse(f"{LOGIN_PATH}?{query}", status_code=303))
+    """To the sign-in page, returning here after; a cookie whose token is refused is cleared
+    and the page says why."""
+    query = {"next": safe_next(request.url.path)}
+    refused = cookie_token(request) is not None
+    if refused:
+        query["refused"] = "1"
+    response = RedirectResponse(f"{LOGIN_PATH}?{urlencode(query)}", status_code=303)
+    if refused:
+        clear_cookie(request, response)
+    return secure_headers(response)
 
 
 @router.get("")
@@ -88,8 +97,9 @@ def index(request: Request) -> Response:
 
 
 @router.get("/login")
-def login_form(request: Request, next: str | None = None) -> Response:
-    return _page("login.html", next=safe_next(next), message=None)
+def login_form(request: Request, next: str | None = None, refused: str | None = None) -> Response:
+    message = _NO_LONGER_VALID if refused else None
+    return _page("login.html", next=safe_next(next), message=message)
 
 
 @router.post("/login")

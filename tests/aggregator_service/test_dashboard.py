@@ -179,8 +179,9 @@ def test_a_revoked_viewer_token_is_refused_at_its_next_request(fed: Federation):
             unknown = admin.delete("/v1/viewer-tokens/vwt_nosuchtoken")
             listed = admin.get("/v1/viewer-tokens").json()
 
-        page = c.get(f"/dashboard/federations/{fed.id}")
         live = c.get(f"/dashboard/federations/{fed.id}/live")
+        page = c.get(f"/dashboard/federations/{fed.id}")
+        told = c.get(page.headers["location"])
         login = sign_in(c, viewer["token"])
     assert revoked.status_code == 200 and revoked.json()["revoked"] is True
     assert again.status_code == 200 and again.json()["revoked_at"] == revoked.json()["revoked_at"]
@@ -188,6 +189,9 @@ def test_a_revoked_viewer_token_is_refused_at_its_next_request(fed: Federation):
     assert [(t["name"], t["revoked"]) for t in listed] == [("wall-screen", True), ("laptop", False)]
     assert all("token" not in t for t in listed)
     assert page.status_code == 303 and page.headers["location"].startswith(LOGIN)
+    assert "refused=1" in page.headers["location"]
+    assert cookie_attributes(page)["max-age"] == "0"  # the refused cookie is cleared
+    assert told.status_code == 200 and "no longer accepted" in told.text
     assert live.status_code == 401
     assert login.status_code == 401 and "not valid" in login.text
     with signed_in(fed.app.url, other["token"]) as still:

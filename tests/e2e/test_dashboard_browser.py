@@ -110,12 +110,12 @@ def _federation(server: ServerProcess, tmp_path: Path) -> tuple[str, list[list[s
     return info.id, args
 
 
-def _viewer_token(server: ServerProcess) -> str:
+def _viewer_token(server: ServerProcess) -> tuple[str, str]:
+    """A new viewer token's (id, token)."""
     with server.http() as admin:
         r = admin.post("/v1/viewer-tokens", json={"name": "browser-test"})
     assert r.status_code == 201, r.text
-    token: str = r.json()["token"]
-    return token
+    return r.json()["id"], r.json()["token"]
 
 
 def _wait(what: str, check: Any, timeout: float, clients: list[ClientProcess]) -> Any:
@@ -140,8 +140,8 @@ def test_the_dashboard_follows_a_live_federation(
 
     driver.get(page)  # signed out: the sign-in page, which returns to this page after
     assert "/dashboard/login" in driver.current_url
-    driver.find_element(By.ID, "token").send_keys(_viewer_token(server))
-    driver.find_element(By.ID, "sign-in").click()
+    viewer_id, viewer_token = _viewer_token(server)
+    _sign_in(driver, viewer_token)
     _wait("the federation page", lambda: driver.current_url == page, 30, [])
     _wait("the first live update", lambda: "updated" in _text(driver, "live-indicator"), 30, [])
     assert _text(driver, "round-number") == "1" and _text(driver, "fed-status") == "running"
@@ -186,10 +186,25 @@ def test_the_dashboard_follows_a_live_federation(
     assert violations == []
 
     _screenshot(driver, tmp_path)
+
+    with server.http() as admin:  # revoked while the page is open: it goes to sign-in, says why
+        assert admin.delete(f"/v1/viewer-tokens/{viewer_id}").status_code == 200
+    _wait("the sign-in page", lambda: "/dashboard/login" in driver.current_url, 30, [])
+    assert "no longer accepted" in driver.find_element(By.CSS_SELECTOR, ".error").text
+    _sign_in(driver, server.admin_token)  # the admin token opens it too
+    _wait("the federation page", lambda: driver.current_url == page, 30, [])
+    assert "admin" in _text(driver, "who")
     driver.find_element(By.CSS_SELECTOR, "header form button").click()
     _wait("the sign-in page", lambda: "/dashboard/login" in driver.current_url, 30, [])
     driver.get(page)
     assert "/dashboard/login" in driver.current_url  # signed out: the cookie is gone
+
+
+def _sign_in(driver: Any, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "sign-in").click()
 
 
 def _text(driver: Any, element_id: str) -> str:

@@ -7,7 +7,6 @@
   if (!root || typeof uPlot === "undefined") return;
 
   var LIVE_URL = root.dataset.live;
-  var LOGIN_URL = root.dataset.login;
   var POLL_MS = parseInt(root.dataset.pollMs, 10) || 2000;
   var PALETTE = ["#0f766e", "#b45309", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#dc2626", "#4b5563"];
   var MEAN = "#2563eb";
@@ -229,7 +228,10 @@
   function poll() {
     fetch(LIVE_URL, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
       .then(function (resp) {
-        if (resp.status === 401) { window.location.assign(LOGIN_URL); return null; }
+        if (resp.status === 401) {  /* the page's own answer says why: signed out or refused */
+          window.location.assign(window.location.pathname);
+          return null;
+        }
         if (!resp.ok) throw new Error("HTTP " + resp.status);
         return resp.json();
       })
