@@ -26,6 +26,7 @@ __all__ = [
     "MethodSpec",
     "ModelSpec",
     "RoundsSpec",
+    "SecureAggregationSpec",
     "SpecError",
     "TaskSpec",
     "TransportSpec",
@@ -284,6 +285,74 @@ class AggregationSpec(_Strict):
         return STRATEGY_OPTIONS[self.strategy].model_validate(self.options)
 
 
+# Strategies that must see every single update: a masked update hides it (SecAgg).
+SINGLE_UPDATE_STRATEGIES = frozenset({"median", "trimmed_mean", "krum", "multi_krum"})
+
+
+class SecureAggregationSpec(_Strict):
+    """Secure aggregation (SecAgg+, Bell et al. 2020, after Bonawitz et al. 2017): the service
+    learns only the sum of the clients' deltas. Clip (`aggregation.clip_norm`) and example
+    weighting move to the clients, before masking; the service can no longer refuse one
+    poisoned update."""
+
+    threshold: float | int = Field(
+        default=0.6,
+        gt=0,
+        description="Shares needed to rebuild a client's secrets: a fraction in (0.5, 1] of its "
+        "neighbours, or a count (at least a strict majority of them is always required).",
+    )
+    neighbours: int | None = Field(
+        default=None,
+        ge=2,
+        description="Neighbours each client masks with and shares its secrets among (even; "
+        "SecAgg+ graph); null = every other client (the original SecAgg).",
+    )
+    scale_bits: int = Field(
+        default=24,
+        ge=8,
+        le=40,
+        description="Fixed-point scale 2^scale_bits: each coordinate of the average is exact "
+        "to 2^-(scale_bits+1).",
+    )
+    modulus_bits: int = Field(
+        default=64,
+        ge=32,
+        le=64,
+        description="Masked inputs are integers modulo 2^modulus_bits (stored as int64).",
+    )
+    advertise_s: float = Field(
+        default=600, gt=0, description="Seconds the key advertisement stays open."
+    )
+    share_keys_s: float = Field(
+        default=300, gt=0, description="Seconds for the cohort to upload its encrypted shares."
+    )
+    masked_input_s: float = Field(
+        default=3600,
+        gt=0,
+        description="Seconds for the cohort to train and upload its masked inputs.",
+    )
+    unmask_s: float = Field(
+        default=300, gt=0, description="Seconds for the survivors to send their unmasking shares."
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_majority(cls, threshold: float | int) -> float | int:
+        if isinstance(threshold, float) and not 0.5 < threshold <= 1:
+            raise ValueError(
+                "a fractional threshold must be in (0.5, 1]: with half or fewer of a client's "
+                "neighbours the service could rebuild both of its secrets"
+            )
+        return threshold
+
+    @field_validator("neighbours")
+    @classmethod
+    def _neighbours_even(cls, neighbours: int | None) -> int | None:
+        if neighbours is not None and neighbours % 2:
+            raise ValueError("neighbours must be even (a ring of k/2 neighbours on each side)")
+        return neighbours
+
+
 class TransportSpec(_Strict):
     dtype: TransportDtype = Field(default="float32", description="dtype of uploaded deltas.")
 
@@ -304,6 +373,10 @@ class FederationSpec(_Strict):
     rounds: RoundsSpec = Field(default_factory=RoundsSpec)
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
     transport: TransportSpec = Field(default_factory=TransportSpec)
+    secure_aggregation: SecureAggregationSpec | None = Field(
+        default=None,
+        description="Secure aggregation (SecAgg+): null = off, the service sees every update.",
+    )
     seed: int = Field(default=0, ge=0, description="Seed for every random initialisation.")
 
     @model_validator(mode="before")
@@ -330,6 +403,29 @@ class FederationSpec(_Strict):
         if self.model.base_source == "local" and self.model.pretrained is None:
             raise ValueError(
                 "model.base_source: local needs model.pretrained (clients load it themselves)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self) -> FederationSpec:
+        """Refuse what cannot work when the service sees only the masked sum."""
+        if self.secure_aggregation is None:
+            return self
+        agg = self.aggregation
+        if agg.strategy in SINGLE_UPDATE_STRATEGIES:
+            raise ValueError(
+                f"aggregation.strategy: {agg.strategy} must see single updates, which secure "
+                "aggregation hides; use fedavg or a server optimiser (fedavgm, fedadam, ...)"
+            )
+        if "max_weight_share" in agg.model_fields_set:
+            raise ValueError(
+                "aggregation.max_weight_share cannot be enforced with secure_aggregation "
+                "(the service never sees one update's weight against the others'); remove it"
+            )
+        if self.rounds.min_updates < 2:
+            raise ValueError(
+                "rounds.min_updates must be at least 2 with secure_aggregation "
+                "(the sum of one update is that update)"
             )
         return self
 
