@@ -1,7 +1,7 @@
 """`/dashboard`: the federations, one federation's live view, signing in and out, static files.
 
-Pages are rendered on the server (Jinja2); the federation page then polls its `live` JSON
-every two seconds and redraws in place. No route here is part of the API's OpenAPI document.
+Pages are rendered on the server (Jinja2); each then polls its `live` JSON every two seconds
+and redraws in place. No route here is part of the API's OpenAPI document.
 An unauthenticated page request is sent to the sign-in page; the JSON answers 401.
 """
 
@@ -93,7 +93,18 @@ def index(request: Request) -> Response:
     viewer = _viewer(request)
     if viewer is None:
         return _to_login(request)
-    return _page("index.html", viewer=viewer, federations=federation_rows(_core(request)))
+    rows = federation_rows(_core(request))
+    return _page("index.html", viewer=viewer, federations=rows, poll_ms=POLL_MS)
+
+
+@router.get("/live")
+def index_live(request: Request) -> Response:
+    """The federations list's figures, polled: 401 JSON once signed out or refused."""
+    if _viewer(request) is None:
+        return _unauthorized()
+    rows = federation_rows(_core(request))
+    body = "[" + ",".join(r.model_dump_json() for r in rows) + "]"
+    return secure_headers(Response(body, media_type="application/json"))
 
 
 @router.get("/login")
@@ -156,14 +167,18 @@ def federation(request: Request, fid: str) -> Response:
 def live(request: Request, fid: str) -> Response:
     """The federation page's figures, polled: 401 JSON once signed out or revoked."""
     if _viewer(request) is None:
-        body = ErrorBody(error="unauthorized", detail="sign in at /dashboard/login")
-        return secure_headers(JSONResponse(body.model_dump(mode="json"), status_code=401))
+        return _unauthorized()
     try:
         view = live_view(_core(request), fid)
     except NotFound as exc:
         body = ErrorBody(error=exc.error, detail=exc.detail)
         return secure_headers(JSONResponse(body.model_dump(mode="json"), status_code=404))
     return secure_headers(Response(view.model_dump_json(), media_type="application/json"))
+
+
+def _unauthorized() -> Response:
+    body = ErrorBody(error="unauthorized", detail="sign in at /dashboard/login")
+    return secure_headers(JSONResponse(body.model_dump(mode="json"), status_code=401))
 
 
 @router.get("/static/{digest}/{name}")

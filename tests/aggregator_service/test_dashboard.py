@@ -77,12 +77,14 @@ def test_unauthenticated_pages_go_to_sign_in_and_the_json_answers_401(fed: Feder
         index = c.get("/dashboard")
         page = c.get(f"/dashboard/federations/{fed.id}")
         live = c.get(f"/dashboard/federations/{fed.id}/live")
+        listing = c.get("/dashboard/live")
         form = c.get(LOGIN)
 
     assert index.status_code == 303 and index.headers["location"] == f"{LOGIN}?next=%2Fdashboard"
     assert page.status_code == 303
     assert page.headers["location"] == f"{LOGIN}?next=%2Fdashboard%2Ffederations%2F{fed.id}"
     assert live.status_code == 401 and live.json()["error"] == "unauthorized"
+    assert listing.status_code == 401 and listing.json()["detail"]
     assert form.status_code == 200 and 'action="/dashboard/login"' in form.text
 
 
@@ -91,6 +93,7 @@ def test_the_admin_signs_in_and_the_cookie_is_httponly_and_strict(fed: Federatio
         r = sign_in(c, ADMIN_TOKEN, next=f"/dashboard/federations/{fed.id}")
         page = c.get(r.headers["location"])
         index = c.get("/dashboard")
+        listing = c.get("/dashboard/live").json()
 
     assert r.status_code == 303 and r.headers["location"] == f"/dashboard/federations/{fed.id}"
     attrs = cookie_attributes(r)
@@ -100,6 +103,11 @@ def test_the_admin_signs_in_and_the_cookie_is_httponly_and_strict(fed: Federatio
     assert page.status_code == 200 and "tiny-clip-bias" in page.text and fed.id in page.text
     assert index.status_code == 200 and f'href="/dashboard/federations/{fed.id}"' in index.text
     assert ">admin<" in page.text
+    assert [(f["id"], f["name"], f["status"]) for f in listing] == [
+        (fed.id, "tiny-clip-bias", "running")
+    ]
+    assert listing[0]["current_round"] == 1 and listing[0]["total_rounds"] == 3
+    assert (listing[0]["family"], listing[0]["method"]) == ("open_clip", "bias")
 
 
 def test_the_cookie_is_secure_over_tls(tmp_path: Path, tls: tuple[Path, Path, Path]):
@@ -251,11 +259,12 @@ def test_no_secret_reaches_a_page_or_the_json(fed: Federation):
             for path in ("/dashboard", f"/dashboard/federations/{fed.id}"):
                 bodies.append(c.get(path).text)
             bodies.append(c.get(f"/dashboard/federations/{fed.id}/live").text)
+            bodies.append(c.get("/dashboard/live").text)
             bodies.append(c.get(LOGIN).text)
     with browser(fed.app.url) as c:
         bodies.append(sign_in(c, "ftv_wrong-token").text)
 
-    assert len(bodies) == 9
+    assert len(bodies) == 11
     for body in bodies:
         for secret in secrets:
             assert secret not in body
@@ -267,11 +276,12 @@ def test_pages_carry_the_security_headers(fed: Federation):
             c.get("/dashboard"),
             c.get(f"/dashboard/federations/{fed.id}"),
             c.get(f"/dashboard/federations/{fed.id}/live"),
+            c.get("/dashboard/live"),
             c.get(LOGIN),
             c.get("/dashboard/federations/fed_nosuchone"),
         ]
 
-    assert [r.status_code for r in responses] == [200, 200, 200, 200, 404]
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 200, 404]
     for r in responses:
         csp = r.headers["content-security-policy"]
         assert "script-src 'self';" in csp and "style-src 'self';" in csp
@@ -280,7 +290,7 @@ def test_pages_carry_the_security_headers(fed: Federation):
         assert r.headers["referrer-policy"] == "no-referrer"
         assert r.headers["cache-control"] == "no-store"
     assert "<script>" not in responses[1].text and " style=" not in responses[1].text
-    assert "No federation fed_nosuchone" in responses[4].text
+    assert "No federation fed_nosuchone" in responses[5].text
 
 
 def test_static_files_are_versioned_and_cached_for_a_year(fed: Federation):
@@ -425,3 +435,13 @@ def test_viewer_tokens_on_postgresql_including_a_database_from_before_them(
         with app.client() as admin:
             assert admin.delete(f"/v1/viewer-tokens/{viewer['id']}").json()["revoked"] is True
         assert c.get("/dashboard").status_code == 303
+
+
+def test_the_list_says_when_there_is_no_federation_yet(start_app: AppPool):
+    app = start_app()
+    with signed_in(app.url, ADMIN_TOKEN) as c:
+        page = c.get("/dashboard")
+        listing = c.get("/dashboard/live")
+
+    assert page.status_code == 200 and "No federation yet" in page.text
+    assert listing.json() == []

@@ -194,6 +194,10 @@ def test_the_dashboard_follows_a_live_federation(
     _sign_in(driver, server.admin_token)  # the admin token opens it too
     _wait("the federation page", lambda: driver.current_url == page, 30, [])
     assert "admin" in _text(driver, "who")
+    driver.find_element(By.CSS_SELECTOR, "header nav a").click()  # the federations list
+    _wait("the list's live update", lambda: "updated" in _text(driver, "live-indicator"), 30, [])
+    (row,) = _rows(driver, "federations")
+    assert row.text.split()[:4] == ["tiny-clip-bias-demo", fid, "completed", "5"]
     driver.find_element(By.CSS_SELECTOR, "header form button").click()
     _wait("the sign-in page", lambda: "/dashboard/login" in driver.current_url, 30, [])
     driver.get(page)

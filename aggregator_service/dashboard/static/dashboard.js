@@ -1,10 +1,13 @@
-/* FedTune dashboard: polls the federation's live JSON and redraws in place (no reload).
-   Plain DOM and uPlot; every text goes through textContent, never innerHTML. */
+/* FedTune dashboard: polls the page's live JSON (the federations list, or one federation)
+   and redraws in place, without a reload. Plain DOM and uPlot; every text goes through
+   textContent, never innerHTML. */
 (function () {
   "use strict";
 
-  var root = document.getElementById("federation");
-  if (!root || typeof uPlot === "undefined") return;
+  var root = document.getElementById("federation") || document.getElementById("federations-page");
+  if (!root) return;
+  var IS_LIST = root.id === "federations-page";
+  if (!IS_LIST && typeof uPlot === "undefined") return;
 
   var LIVE_URL = root.dataset.live;
   var POLL_MS = parseInt(root.dataset.pollMs, 10) || 2000;
@@ -211,7 +214,30 @@
     draw("chart-bytes", bytesPlot(view));
   }
 
+  function renderList(rows) {
+    if (rows.length === 0) {
+      fillTable("federations", [null], function (tr) {
+        cell(tr, "No federation yet. The admin creates one with POST /v1/federations.");
+        tr.firstChild.colSpan = 7;
+      });
+      return;
+    }
+    fillTable("federations", rows, function (tr, f) {
+      var link = document.createElement("a");
+      link.href = "/dashboard/federations/" + encodeURIComponent(f.id);
+      link.textContent = f.name;
+      cell(tr, link);
+      cell(tr, f.id, "mono");
+      cell(tr, badgeEl(f.status));
+      cell(tr, f.current_round + " / " + f.total_rounds, "num");
+      cell(tr, f.family + " · " + f.arch);
+      cell(tr, f.method);
+      cell(tr, fmtUtc(f.created_at));
+    });
+  }
+
   function render(view) {
+    if (IS_LIST) { renderList(view); return; }
     renderStats(view);
     renderTables(view);
     renderCharts(view);
@@ -253,7 +279,7 @@
       charts[id].plot.setSize({ width: Math.max(el.clientWidth, 300), height: 220 });
     });
   });
-  setInterval(tick, 1000);
+  if (!IS_LIST) setInterval(tick, 1000);
   poll();
   root.dataset.dashboard = "ready";
 })();
