@@ -34,11 +34,16 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "UnprocessableEntityError",
+    "UsageError",
 ]
 
 
 class FedTuneError(Exception):
     """Base of every error the SDK raises."""
+
+
+class UsageError(FedTuneError):
+    """A bad argument or input file, refused before anything is written (the CLI exits 2)."""
 
 
 class InsecureTransportError(FedTuneError, ValueError):

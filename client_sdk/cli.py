@@ -1,20 +1,22 @@
 """`fedtune-client`: register an organisation, train in a federation, show its status,
-rotate its API key.
+rotate its API key; export, evaluate and use the federated model.
 
-Every failure a user can cause ends in one line on stderr and a non-zero exit,
-never a traceback.
+Every failure a user can cause ends in one line on stderr and a non-zero exit
+(2 for a bad argument or input file), never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -26,6 +28,7 @@ from client_sdk._exceptions import (
     APIStatusError,
     AuthenticationError,
     FedTuneError,
+    UsageError,
 )
 from client_sdk.credentials import Credentials
 from client_sdk.workdir import safe_id
@@ -35,6 +38,8 @@ __all__ = ["main"]
 PROG = "fedtune-client"
 ENV_ENROLLMENT_TOKEN = "FEDTUNE_ENROLLMENT_TOKEN"
 ENV_RETRY_FOR = "FEDTUNE_RETRY_FOR"
+# `client_sdk.export.EXPORT_FORMATS`, spelled out: that module imports every model library
+EXPORT_CHOICES = ("open_clip", "hf", "safetensors")
 log = logging.getLogger("client_sdk")
 
 
@@ -142,7 +147,63 @@ def _parser() -> argparse.ArgumentParser:
         "rotate-key", help="replace this client's API key and rewrite the credentials file"
     )
     common(rotate, server_required=False)
+    _model_parsers(sub, common)
     return parser
+
+
+def _model_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, bool], None]) -> None:
+    """`export`, `evaluate`, `predict`: the federated model, by default the final version."""
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        common(p, False)
+        p.add_argument(
+            "--version",
+            default=None,
+            metavar="N",
+            help="the global state after round N (0 = initial) or its sha256 "
+            "(default: the final version, once the federation completed)",
+        )
+        p.add_argument(
+            "--work-dir",
+            type=Path,
+            default=None,
+            help="where the base is cached (default: ./.fedtune/<client>, as for train)",
+        )
+
+    export = sub.add_parser("export", help="write the federated model as a standard checkpoint")
+    model_options(export)
+    export.add_argument("--format", choices=EXPORT_CHOICES, required=True)
+    export.add_argument("--out", type=Path, required=True, help="directory to write")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --out")
+
+    evaluate = sub.add_parser(
+        "evaluate", help="accuracy, per-class accuracy and confusion matrix on labelled images"
+    )
+    model_options(evaluate)
+    evaluate.add_argument(
+        "--data", type=Path, required=True, help="ImageFolder dir (one folder per class) or CSV"
+    )
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        default=Path("evaluation"),
+        help="where evaluation.json and confusion_matrix.png go (default: ./evaluation)",
+    )
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
+    predict = sub.add_parser("predict", help="each image's most probable classes")
+    model_options(predict)
+    predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    predict.add_argument("--top", type=_positive, default=5, help="classes per image (default 5)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
+
+def _positive(raw: str) -> int:
+    """A whole number >= 1 (an argparse type)."""
+    if raw.strip().isdigit() and int(raw) >= 1:
+        return int(raw)
+    raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
 
 
 def _seconds(raw: str) -> float:
@@ -349,6 +410,87 @@ def _rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> Any:
+    """The federated model the command names (`--version`, else the final one)."""
+    from client_sdk.inference import fetch_federated_model, parse_version
+
+    version = parse_version(args.version) if args.version is not None else None
+    creds, server = _load_creds(args)
+    _setup_logging(creds.name)
+    log.setLevel(logging.WARNING)  # the command's own output is the result
+    work_dir = args.work_dir or Path(".fedtune") / safe_id(creds.client_id, "client id")
+    with _client(args, server, creds.api_key, creds.ca_cert) as client:
+        return fetch_federated_model(
+            client, creds.federation_id, creds.client_id, work_dir, version=version
+        )
+
+
+def _described(model: Any) -> str:
+    where = f", round {model.round}" if model.round is not None else ""
+    return f"version {(model.version or '?')[:12]}{where}"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from client_sdk.export import check_out, export_model
+
+    check_out(args.out, args.force)  # before anything is downloaded
+    model = _model(args)
+    result = export_model(model, args.out, format=args.format, force=args.force)
+    print(
+        f"exported the {model.spec.method.name} model ({_described(model)}) as {args.format} "
+        f"to {result.out}: {', '.join(result.files)}"
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from client_sdk.data import load_local_data
+    from client_sdk.evaluate import PLOTS_HINT, evaluate_model, save_evaluation
+    from client_sdk.training import resolve_device
+
+    device = resolve_device(args.device)
+    model = _model(args)
+    load_local_data(args.data, model.classes)  # a bad folder fails before any work
+    report = evaluate_model(model, args.data, device=device)
+    print(f"top-1 accuracy {report.accuracy:.4f} on {report.examples} images ({_described(model)})")
+    width = max(len(c.name) for c in report.per_class)
+    for c in report.per_class:
+        figure = f"{c.accuracy:.4f}" if c.accuracy is not None else "n/a"
+        print(f"  {c.name:<{width}}  {figure}  ({c.correct}/{c.total})")
+    for file in report.skipped:
+        print(f"{PROG}: warning: skipped unreadable image {file}", file=sys.stderr)
+    saved = save_evaluation(report, args.out)
+    print(f"figures written to {saved.json_path}")
+    if saved.png_path is None:
+        print(f"{PROG}: {PLOTS_HINT}", file=sys.stderr)
+    else:
+        print(f"confusion matrix written to {saved.png_path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from client_sdk.evaluate import predict_images, read_image
+    from client_sdk.training import resolve_device
+
+    for image in args.images:
+        read_image(image)  # an unreadable one fails before anything is downloaded
+    device = resolve_device(args.device)
+    model = _model(args)
+    predictions = predict_images(model, args.images, top=args.top, device=device)
+    if args.json:
+        body = [p.model_dump() for p in predictions]
+        print(json.dumps(body, indent=2))
+        return 0
+    width = max(len("image"), *(len(p.image) for p in predictions))
+    label = max(len("class"), *(len(c.label) for p in predictions for c in p.top))
+    print(f"{'image':<{width}}  {'rank':>4}  {'class':<{label}}  probability")
+    for p in predictions:
+        for rank, c in enumerate(p.top, start=1):
+            name = p.image if rank == 1 else ""
+            print(f"{name:<{width}}  {rank:>4}  {c.label:<{label}}  {c.probability:.4f}")
+    return 0
+
+
 def _explain(exc: BaseException) -> str:
     """One line a user can act on."""
     notes = "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
@@ -381,12 +523,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _train,
         "status": _status,
         "rotate-key": _rotate_key,
+        "export": _export,
+        "evaluate": _evaluate,
+        "predict": _predict,
     }
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     except (FedTuneError, OSError) as exc:
         print(f"{PROG}: error: {_explain(exc)}", file=sys.stderr)
         return 1

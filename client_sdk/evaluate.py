@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -22,10 +23,12 @@ from pydantic import BaseModel
 from torch import nn
 from torch.utils.data import DataLoader
 
+from client_sdk._exceptions import UsageError
 from client_sdk.data import ImageDataset, collate_readable, load_local_data
-from client_sdk.inference import FederatedModel, UsageError
-from client_sdk.training import accuracy
 from shared.blobs import atomic_write_bytes
+
+if TYPE_CHECKING:  # the model libraries load on first use (see `client_sdk`)
+    from client_sdk.inference import FederatedModel
 
 __all__ = [
     "ClassAccuracy",
@@ -102,6 +105,8 @@ def evaluate_model(
     model: FederatedModel, data: str | Path, *, device: torch.device | None = None
 ) -> EvaluationReport:
     """Top-1 and per-class accuracy and the confusion matrix of `model` on `data`."""
+    from client_sdk.training import accuracy
+
     classes = model.classes
     local = load_local_data(data, classes)
     dataset = ImageDataset(local.samples, model.built.transform(train=False))

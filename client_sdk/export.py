@@ -34,16 +34,16 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel
 
-from client_sdk.inference import FederatedModel, UsageError
+from client_sdk._exceptions import UsageError
 from shared.blobs import atomic_save_state, atomic_write_bytes, fsync_dir
-from shared.models import seeded
-from shared.models.synthetic import resolve_pretrained
-from shared.tuning import NotMergeableError, plain_state
+
+if TYPE_CHECKING:  # the model libraries load on first use (see `client_sdk`)
+    from client_sdk.inference import FederatedModel
 
 __all__ = ["EXPORT_FORMATS", "ExportFormat", "ExportResult", "check_out", "export_model"]
 
@@ -72,6 +72,8 @@ def export_model(
     model: FederatedModel, out: str | Path, *, format: ExportFormat, force: bool = False
 ) -> ExportResult:
     """Write `model` under `out` in `format`; a non-empty `out` is refused unless `force`."""
+    from shared.tuning import NotMergeableError, plain_state
+
     spec = model.spec
     fits = FAMILY_FORMATS[spec.model.family]
     if format not in fits:
@@ -197,6 +199,9 @@ def _full_clip(model: FederatedModel) -> tuple[Any, str]:
     """The whole open_clip CLIP of the spec's architecture and where its text tower came from."""
     import open_clip
 
+    from shared.models import seeded
+    from shared.models.synthetic import resolve_pretrained
+
     spec = model.spec
     arch = spec.model.arch
     adopted = {
@@ -242,7 +247,7 @@ def _quiet_random_init() -> Iterator[None]:
         logging.getLogger().removeFilter(quiet)
 
 
-_Writer = Callable[[FederatedModel, dict[str, torch.Tensor], Path], Mapping[str, Any]]
+_Writer = Callable[["FederatedModel", dict[str, torch.Tensor], Path], Mapping[str, Any]]
 _WRITERS: dict[str, _Writer] = {"safetensors": _safetensors, "hf": _hf, "open_clip": _open_clip}
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from client_sdk._client import FedTuneClient
-from client_sdk._exceptions import FedTuneError
+from client_sdk._exceptions import UsageError
 from client_sdk.sync import StateStore, prepare_model
 from client_sdk.workdir import WorkDir
 from shared.spec import FederationSpec
@@ -33,10 +33,6 @@ __all__ = [
 ]
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
-
-
-class UsageError(FedTuneError):
-    """A bad argument or input file: nothing was written (the CLI exits 2)."""
 
 
 @dataclass

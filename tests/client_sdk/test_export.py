@@ -230,3 +230,10 @@ def test_an_empty_out_directory_is_used(tmp_path: Path) -> None:
     result = export_model(model, tmp_path / "out", format="hf")
 
     assert "config.json" in result.files and "model.safetensors" in result.files
+
+
+def test_the_cli_offers_exactly_the_export_formats() -> None:
+    from client_sdk.cli import EXPORT_CHOICES
+    from client_sdk.export import EXPORT_FORMATS
+
+    assert EXPORT_CHOICES == EXPORT_FORMATS
