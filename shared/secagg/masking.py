@@ -1,0 +1,76 @@
+"""Masks and the fixed-point encoding (SecAgg, Bonawitz et al. 2017, §3-4).
+
+A client's masked input is, modulo 2^bits,
+
+    y_i = encode(w_i * delta_i) + PRG(b_i) + sum_{j in N(i)} sign(i, j) * PRG(s_ij)
+
+with sign +1 when i sorts before j and -1 after, so the pairwise masks cancel in the sum over
+the cohort; the service removes PRG(b_i) of the survivors and the masks of the dropped
+(rebuilt from their shares), and decodes the sum. The PRG is AES-256 in counter mode keyed
+by the seed (from `cryptography`): the same seed gives the same mask on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+__all__ = ["FixedPoint", "prg", "sign"]
+
+_ZERO_NONCE = bytes(16)
+_PRG_CHUNK = 1 << 20  # words expanded at a time
+
+
+def prg(seed: bytes, n: int) -> np.ndarray:
+    """`n` pseudo-random uint64 words from a 32-byte seed (AES-256-CTR keystream)."""
+    if len(seed) != 32:
+        raise ValueError("a PRG seed is 32 bytes")
+    enc = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE)).encryptor()
+    out = np.empty(n, dtype=np.uint64)
+    for start in range(0, n, _PRG_CHUNK):
+        stop = min(n, start + _PRG_CHUNK)
+        out[start:stop] = np.frombuffer(enc.update(bytes(8 * (stop - start))), dtype="<u8")
+    return out
+
+
+def sign(me: str, other: str) -> int:
+    """+1 when `me` adds the pairwise mask it shares with `other`, -1 when it subtracts it."""
+    return 1 if me < other else -1
+
+
+class FixedPoint:
+    """Reals as integers modulo 2^bits: round(x * 2^scale_bits), two's complement."""
+
+    def __init__(self, scale_bits: int, modulus_bits: int) -> None:
+        self.scale = float(1 << scale_bits)
+        self.bits = modulus_bits
+        self.mask = np.uint64((1 << modulus_bits) - 1)
+
+    @property
+    def limit(self) -> float:
+        """The largest magnitude a decoded sum may have."""
+        return float((1 << (self.bits - 1)) - 1) / self.scale
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """float array -> uint64 words mod 2^bits; `ValueError` past the range."""
+        scaled = np.rint(np.asarray(x, dtype=np.float64) * self.scale)
+        if scaled.size and float(np.abs(scaled).max()) > (1 << (self.bits - 1)) - 1:
+            raise ValueError(f"value beyond the fixed-point range ±{self.limit:.6g}")
+        return scaled.astype(np.int64).view(np.uint64) & self.mask
+
+    def decode(self, words: np.ndarray) -> np.ndarray:
+        """uint64 words mod 2^bits -> float64 (the inverse of `encode`)."""
+        words = np.asarray(words, dtype=np.uint64) & self.mask
+        if self.bits == 64:
+            signed = words.view(np.int64)
+        else:
+            signed = words.astype(np.int64) - np.where(
+                words >= np.uint64(1 << (self.bits - 1)), np.int64(1 << self.bits), np.int64(0)
+            )
+        return signed.astype(np.float64) / self.scale
+
+    def add(self, a: np.ndarray, b: np.ndarray, times: int = 1) -> np.ndarray:
+        """a + times * b mod 2^bits (times is +1 or -1)."""
+        with np.errstate(over="ignore"):
+            out = a + b if times == 1 else a - b
+        return out & self.mask
