@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.families import Family
 from shared.methods import METHODS, MethodName, MethodOptions
+from shared.privacy import CentralPrivacySpec, LocalDPSpec, check_privacy
 from shared.strategies import STRATEGY_OPTIONS, StrategyName, StrategyOptions
 from shared.validation import format_validation_error, load_document
 
@@ -207,6 +208,11 @@ class LocalTrainingSpec(_Strict):
         description="Clip the global L2 norm of the trainable tensors' gradients to this before "
         "each optimiser step; null = no clipping.",
     )
+    dp: LocalDPSpec | None = Field(
+        default=None,
+        description="DP-SGD on every local step (per-example clipping and noise, Opacus); "
+        "null = plain training.",
+    )
     no_decay: Literal["biases_norms_prompts", "none"] = Field(
         default="biases_norms_prompts",
         description="Tensors exempt from weight_decay: biases_norms_prompts exempts biases, "
@@ -220,6 +226,11 @@ class LocalTrainingSpec(_Strict):
             raise ValueError(
                 f"warmup_steps ({self.warmup_steps}) must be less than max_steps "
                 f"({self.max_steps}), or the round never reaches lr"
+            )
+        if self.dp is not None and self.max_grad_norm is not None:
+            raise ValueError(
+                "max_grad_norm clips the batch gradient, dp.max_grad_norm every example's: "
+                "with dp, leave local_training.max_grad_norm out"
             )
         return self
 
@@ -378,23 +389,33 @@ class FederationSpec(_Strict):
         description="Secure aggregation (SecAgg+): null = off, the service sees every update.",
     )
     seed: int = Field(default=0, ge=0, description="Seed for every random initialisation.")
+    privacy: CentralPrivacySpec | None = Field(
+        default=None, description="Central differential privacy at the service; null = none."
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _default_clip_norm(cls, data: Any) -> Any:
-        """Lightweight methods get `DEFAULT_CLIP_NORM` unless the spec sets clip_norm (even null)."""
+        """Lightweight methods get `DEFAULT_CLIP_NORM` unless the spec sets clip_norm (even null);
+        with `privacy`, every method gets privacy.clip_norm."""
         if not isinstance(data, dict):
             return data
         method, aggregation = data.get("method"), data.get("aggregation", {})
         name = method.get("name") if isinstance(method, dict) else getattr(method, "name", None)
-        if name in (None, "full"):
+        privacy = data.get("privacy")
+        clip = privacy.get("clip_norm") if isinstance(privacy, dict) else None
+        clip = getattr(privacy, "clip_norm", clip)
+        if isinstance(clip, bool) or not isinstance(clip, int | float):
+            clip = None  # not a number: privacy.clip_norm's own check says so
+        if name is None or (name == "full" and clip is None):
             return data
         if isinstance(aggregation, AggregationSpec):
             if "clip_norm" in aggregation.model_fields_set:
                 return data
             aggregation = aggregation.model_dump(exclude_unset=True)
         if isinstance(aggregation, dict) and "clip_norm" not in aggregation:
-            return {**data, "aggregation": {**aggregation, "clip_norm": DEFAULT_CLIP_NORM}}
+            default = DEFAULT_CLIP_NORM if clip is None else clip
+            return {**data, "aggregation": {**aggregation, "clip_norm": default}}
         return data
 
     @model_validator(mode="after")
@@ -404,6 +425,7 @@ class FederationSpec(_Strict):
             raise ValueError(
                 "model.base_source: local needs model.pretrained (clients load it themselves)"
             )
+        check_privacy(self)
         return self
 
     @model_validator(mode="after")
