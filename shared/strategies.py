@@ -21,6 +21,8 @@ __all__ = [
     "STRATEGY_OPTIONS",
     "FedAvgMOptions",
     "FedOptOptions",
+    "KrumOptions",
+    "MultiKrumOptions",
     "NoOptions",
     "StrategyName",
     "StrategyOptions",
@@ -32,6 +34,26 @@ class StrategyOptions(BaseModel):
     """Base of strategy options: strict, frozen, every field described."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def fewest_updates(self) -> int:
+        """The fewest updates a round needs for the strategy to work as declared."""
+        return 1
+
+    def check_min_updates(self, strategy: str, min_updates: int) -> None:
+        """Refuse, in one line naming the field, a `rounds.min_updates` too low for these options.
+
+        A round may close with as few as `min_updates` updates (the deadline), so a
+        federation whose minimum is below `fewest_updates()` could never be robust as declared.
+        """
+        need = self.fewest_updates()
+        if min_updates < need:
+            raise ValueError(
+                f"rounds.min_updates ({min_updates}) must be at least {need} for {strategy} "
+                f"with {self._needs()}; raise rounds.min_updates (and quorum) or change the options"
+            )
+
+    def _needs(self) -> str:
+        return "these options"
 
 
 class NoOptions(StrategyOptions):
@@ -56,6 +78,46 @@ class TrimmedMeanOptions(StrategyOptions):
     )
 
 
+class KrumOptions(StrategyOptions):
+    num_byzantine: int = Field(
+        default=1,
+        ge=0,
+        le=10_000,
+        description="f: how many updates of a round may be Byzantine; every round then needs "
+        "more than 2f + 2 updates (rounds.min_updates at least 2f + 3).",
+    )
+
+    def fewest_updates(self) -> int:
+        return 2 * self.num_byzantine + 3
+
+    def _needs(self) -> str:
+        return f"num_byzantine {self.num_byzantine} (Krum needs more than 2f + 2 updates)"
+
+
+class MultiKrumOptions(KrumOptions):
+    num_selected: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="m: how many of the best-scored updates are averaged (uniformly); "
+        "null = n - f, all but f of the round's n updates.",
+    )
+
+    def fewest_updates(self) -> int:
+        need = super().fewest_updates()
+        if self.num_selected is None:
+            return need
+        return max(need, self.num_byzantine + self.num_selected)
+
+    def _needs(self) -> str:
+        if self.num_selected is None:
+            return super()._needs()
+        return (
+            f"num_byzantine {self.num_byzantine} and num_selected {self.num_selected} "
+            "(more than 2f + 2 updates, and at least f + m)"
+        )
+
+
 # name -> options model, in the order documents list them
 STRATEGY_OPTIONS: Mapping[str, type[StrategyOptions]] = MappingProxyType(
     {
@@ -66,6 +128,8 @@ STRATEGY_OPTIONS: Mapping[str, type[StrategyOptions]] = MappingProxyType(
         "fedadagrad": FedOptOptions,
         "median": NoOptions,
         "trimmed_mean": TrimmedMeanOptions,
+        "krum": KrumOptions,
+        "multi_krum": MultiKrumOptions,
     }
 )
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGY_OPTIONS)

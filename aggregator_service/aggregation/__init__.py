@@ -6,7 +6,9 @@ from aggregator_service.aggregation import (  # noqa: F401
     fedavg,
     fedavgm,
     fedyogi,
+    krum,
     median,
+    multi_krum,
     trimmed_mean,
 )
 from aggregator_service.aggregation.base import (

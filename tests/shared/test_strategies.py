@@ -28,7 +28,7 @@ def test_options_are_parsed_into_the_declared_model() -> None:
 
 def test_an_undeclared_strategy_is_refused() -> None:
     with pytest.raises(ValueError, match=r"strategy\s+Input should be 'fedavg'"):
-        AggregationSpec(strategy="krum")
+        AggregationSpec(strategy="bulyan")
 
 
 def test_the_spec_schema_lists_the_declared_strategies_as_an_enum() -> None:

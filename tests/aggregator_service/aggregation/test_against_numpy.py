@@ -23,6 +23,8 @@ OPTIONS: dict[str, dict[str, float]] = {
     "fedyogi": {"server_lr": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-2},
     "fedadagrad": {"server_lr": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-2},
     "trimmed_mean": {"trim_fraction": 0.2},
+    "krum": {"num_byzantine": 1},
+    "multi_krum": {"num_byzantine": 1, "num_selected": 3},
 }
 
 Arrays = dict[str, np.ndarray]
@@ -51,11 +53,25 @@ def _mean(deltas: list[Arrays], examples: list[int], name: str) -> np.ndarray:
     return sum(wi * d[name] for wi, d in zip(w, deltas, strict=True))
 
 
+def _krum(deltas: list[Arrays], f: int, m: int) -> Arrays:
+    """Blanchard et al.: the mean of the m updates with the lowest sum of squared distances
+    to their n - f - 2 nearest others (ties to the earlier update)."""
+    flat = [np.concatenate([d[k].ravel() for k in sorted(d)]) for d in deltas]
+    n = len(flat)
+    dist = np.array([[np.sum((a - b) ** 2) for b in flat] for a in flat])
+    scores = [np.sort(np.delete(dist[i], i))[: n - f - 2].sum() for i in range(n)]
+    chosen = np.argsort(scores, kind="stable")[:m]
+    return {k: np.mean([deltas[i][k] for i in chosen], axis=0) for k in deltas[0]}
+
+
 def _reference(strategy: str, old: Arrays, deltas: list[Arrays], examples: list[int], st: Arrays):
     """One round of `strategy` in float64: (new state, new server state)."""
     o = OPTIONS.get(strategy, {})
     clipped = _clipped(deltas)
     new, server = {}, {}
+    if strategy in ("krum", "multi_krum"):
+        step = _krum(clipped, o["num_byzantine"], o.get("num_selected", 1))
+        return {name: x + step[name] for name, x in old.items()}, server
     for name, x in old.items():
         stacked = np.stack([d[name] for d in clipped])
         if strategy == "median":
