@@ -57,9 +57,9 @@ def _templates() -> Environment:
     return env
 
 
-def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+def _page(template: str, status: int = 200, **context: Any) -> Response:
     html = _templates().get_template(template).render(**context)
-    return secure_headers(HTMLResponse(html, status_code=status))  # type: ignore[return-value]
+    return secure_headers(HTMLResponse(html, status_code=status))
 
 
 def _core(request: Request) -> Core:
