@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from client_sdk.data import load_local_data
@@ -15,6 +13,7 @@ from client_sdk.distributed import DistributedTrainer, follow, init_process_grou
 from client_sdk.training import LocalTrainer
 from shared.spec import parse_spec
 from shared.tuning import build
+from tests.images import textured, write_image_folder
 
 CLASSES = ["cat", "dog"]
 
@@ -34,14 +33,8 @@ def _spec():
 
 
 def _folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(CLASSES):
-        for i in range(4):
-            path = root / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pixels = np.clip(rng.normal(100 * c + 20 * i, 60, (32, 32, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
-    return root
+    """Textured images (a random crop of a flat one would not show)."""
+    return write_image_folder(root, CLASSES, 4, mean=textured, std=60)
 
 
 def _trainer(root: Path, rank: int = 0, world: int = 1) -> LocalTrainer:

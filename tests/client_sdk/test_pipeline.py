@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from client_sdk import data as data_module
 from client_sdk.data import (
@@ -23,6 +21,7 @@ from client_sdk.data import (
 from client_sdk.training import LocalTrainer, Precision, select_precision
 from shared.spec import parse_spec
 from shared.tuning import build
+from tests.images import textured, write_image_folder
 
 CLASSES = ["cat", "dog"]
 
@@ -40,14 +39,7 @@ def _spec(epochs: int = 1):
 
 
 def _folder(root: Path, n: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(CLASSES):
-        for i in range(n):
-            path = root / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pixels = np.clip(rng.normal(100 * c + 20 * i, 60, (32, 32, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
-    return root
+    return write_image_folder(root, CLASSES, n, mean=textured, std=60)
 
 
 def test_loading_decodes_nothing(tmp_path, monkeypatch):

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors import safe_open
 
 from client_sdk.data import load_local_data
@@ -16,6 +14,7 @@ from client_sdk.training import DeviceError, LocalTrainer, resolve_device
 from shared.blobs import DeltaMetadata, read_header
 from shared.spec import parse_spec
 from shared.tuning import build
+from tests.images import textured, write_image_folder
 
 CLASSES = ["cat", "dog"]
 
@@ -35,14 +34,7 @@ def _spec(dtype: str = "float32", max_steps: int | None = None, method: dict | N
 
 def _folder(root: Path) -> Path:
     """Textured images (a random crop of a flat one would not show)."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(CLASSES):
-        for i in range(4):
-            path = root / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pixels = np.clip(rng.normal(100 * c + 20 * i, 60, (32, 32, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(path)
-    return root
+    return write_image_folder(root, CLASSES, 4, mean=textured, std=60)
 
 
 def _trainer(tmp_path: Path, spec, organisation: str = "") -> LocalTrainer:

@@ -11,45 +11,25 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lab.local_federation import (
     ClientProcess,
     ServerProcess,
     register,
     start_client,
-    start_server,
     train_args,
 )
 from shared.blobs import sha256_file
 from shared.spec import RoundsSpec, load_spec
+from tests.images import write_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("server"))
-    yield proc
-    proc.stop()
-
-
-def _folder(root: Path, classes: list[str], per_class: int) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        for i in range(per_class):
-            pixels = np.clip(rng.normal(20 * c, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-            path = root / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-    return root
 
 
 def _federation(server: ServerProcess, quorum: int, epochs: int) -> tuple[str, list[str]]:
@@ -70,7 +50,7 @@ class Org:
         token = server.admin().create_enrollment_token(fid).token
         register(server, token, root.name, self.creds)
         self.client_id = json.loads(self.creds.read_text())["client_id"]
-        self.data = _folder(root / "data", classes, n)
+        self.data = write_image_folder(root / "data", classes, n, mean=lambda c, _i: 20 * c, std=30)
         self.work = root / "work"
         self.runs = 0
 

@@ -11,9 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from client_sdk.credentials import Credentials, save
 from lab.local_federation import (
@@ -26,6 +24,7 @@ from lab.local_federation import (
     train_args,
 )
 from shared.spec import FederationSpec, RoundsSpec, load_spec
+from tests.images import write_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,19 +37,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, tls) -> Iterator[ServerProc
     proc = start_server(tmp_path_factory.mktemp("server"), tls=tls)
     yield proc
     proc.stop()
-
-
-def write_image_folder(root: Path, classes: list[str], per_class: int, seed: int) -> Path:
-    """Synthetic images: each class a noisy colour of its own, 32x32 PNG."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        base = np.array([(40 * c) % 256, (90 * c + 60) % 256, (150 * c + 30) % 256])
-        for i in range(per_class):
-            pixels = np.clip(base + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
-            path = root / name / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-    return root
 
 
 def two_round_spec(example: str) -> FederationSpec:

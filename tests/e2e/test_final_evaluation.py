@@ -8,7 +8,6 @@ client and version.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,22 +21,15 @@ from lab.local_federation import (
     quiet_env,
     register,
     start_client,
-    start_server,
     train_args,
 )
 from shared.spec import RoundsSpec, load_spec
-from tests.e2e.test_federation_e2e import EXAMPLES, write_image_folder
+from tests.e2e.test_federation_e2e import EXAMPLES
+from tests.images import write_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORGS = ["org-a", "org-b"]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("server"))
-    yield proc
-    proc.stop()
 
 
 def _as_client(server: ServerProcess, credentials: Path) -> FedTuneClient:

@@ -12,7 +12,6 @@ round-off; with A trained, mean(B) mean(A) is off by a large fraction.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load
 
 from client_sdk.credentials import load as load_credentials
-from lab.local_federation import ServerProcess, register, start_server
+from lab.local_federation import ServerProcess, register
 from shared.blobs import DeltaMetadata, encode_state
 from shared.spec import FederationSpec, parse_spec
 from shared.tuning import build
@@ -29,13 +28,6 @@ from shared.tuning import build
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORGS = ["org-a", "org-b"]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("server"))
-    yield proc
-    proc.stop()
 
 
 def _spec(freeze_a: bool) -> FederationSpec:

@@ -25,7 +25,8 @@ from lab.local_federation import ServerProcess, register, start_client, start_se
 from shared.api import FederationInfo
 from shared.spec import DEFAULT_CLIP_NORM, RoundsSpec, load_spec
 from tests.deltas import make_delta
-from tests.e2e.test_federation_e2e import EXAMPLES, write_image_folder
+from tests.e2e.test_federation_e2e import EXAMPLES
+from tests.images import write_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

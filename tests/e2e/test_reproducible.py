@@ -12,22 +12,19 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from lab.local_federation import (
     ClientProcess,
     ServerProcess,
     register,
     start_client,
-    start_server,
     train_args,
 )
 from shared.spec import RoundsSpec, load_spec
+from tests.images import write_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -38,28 +35,14 @@ TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("server"))
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each organisation's own images (textured, so random crops differ), shared by every run."""
     root = tmp_path_factory.mktemp("data")
     classes = _spec().task.classes
-    folders = {}
-    for k, org in enumerate(ORGS):
-        rng = np.random.default_rng(k)
-        for c, name in enumerate(classes):
-            for i in range(6):
-                pixels = np.clip(rng.normal(20 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-                path = root / org / name / f"{i}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels).save(path)
-        folders[org] = root / org
-    return folders
+    return {
+        org: write_image_folder(root / org, classes, 6, seed=k, mean=lambda c, _i: 20 * c, std=40)
+        for k, org in enumerate(ORGS)
+    }
 
 
 def _spec():

@@ -29,7 +29,7 @@ from lab.local_federation import ServerProcess, quiet_env, register, start_clien
 from shared.blobs import read_state
 from shared.spec import parse_spec
 from tests.deltas import make_delta
-from tests.e2e.test_federation_e2e import write_image_folder
+from tests.images import write_image_folder
 from tests.s3server import S3Server, bucket_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -33,11 +33,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from sqlalchemy import create_engine, func
 from sqlalchemy import select as sql_select
 
@@ -57,6 +55,7 @@ from shared.spec import parse_spec
 from tests.aggregator_service.test_postgres import ADMIN, fresh_database, pg_server
 from tests.deltas import make_delta
 from tests.e2e.test_crash_recovery import faulty_env
+from tests.images import write_image_folder
 from tests.pgserver import ClusterUnavailable, private_cluster
 from tests.s3server import S3Server, bucket_server
 
@@ -346,17 +345,6 @@ def stoppable_postgres() -> Iterator[Any]:
         pytest.skip(f"no private PostgreSQL cluster can be started: {exc}")
 
 
-def _images(root: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    for c in range(10):
-        for i in range(3):
-            pixels = np.clip(rng.normal(20 * c, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-            path = root / str(c) / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(path)
-    return root
-
-
 def test_a_database_outage_mid_round_answers_503_and_the_federation_completes(
     stoppable_postgres, servers, tmp_path
 ):
@@ -372,7 +360,14 @@ def test_a_database_outage_mid_round_answers_503_and_the_federation_completes(
         with server.admin() as admin:
             register(server, admin.create_enrollment_token(fid).token, org, creds)
         keys[org] = json.loads(creds.read_text())["api_key"]
-        data = _images(tmp_path / org / "data", k)
+        data = write_image_folder(
+            tmp_path / org / "data",
+            [str(c) for c in range(10)],
+            3,
+            seed=k,
+            mean=lambda c, _i: 20 * c,
+            std=40,
+        )
         args = train_args(server, creds, data, tmp_path / org / "work")
         clients.append(start_client(org, args, tmp_path / org / "client.log"))
 
