@@ -5,29 +5,20 @@ cancelled; the SDK's admin methods against a real `fedtune-server serve` process
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from client_sdk._exceptions import ConflictError
-from lab.local_federation import ServerProcess, register, start_client, start_server, train_args
+from lab.local_federation import ServerProcess, register, start_client, train_args
 from shared.blobs import sha256_file
 from shared.spec import FederationSpec, RoundsSpec, load_spec
 from tests.deltas import make_delta
+from tests.images import write_image_folder
 
 pytestmark = [pytest.mark.e2e]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("server"))
-    yield proc
-    proc.stop()
 
 
 def _spec(**rounds: float) -> FederationSpec:
@@ -35,16 +26,6 @@ def _spec(**rounds: float) -> FederationSpec:
     lt = spec.local_training.model_copy(update={"epochs": 1, "batch_size": 8, "max_steps": 2})
     rs = RoundsSpec(**{"total": 2, "quorum": 2, "min_updates": 2, "deadline_s": 600, **rounds})
     return spec.model_copy(update={"rounds": rs, "local_training": lt})
-
-
-def _images(root: Path, classes: list[str], per_class: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        for i in range(per_class):
-            pixels = np.clip(40 * c + rng.normal(100, 25, (32, 32, 3)), 0, 255)
-            (root / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
 def _wait_for_line(log: Path, text: str, proc: object, timeout: float = 180) -> None:
@@ -64,7 +45,7 @@ def test_train_waits_while_paused_trains_on_resume_and_stops_when_cancelled(
     admin.pause_federation(info.id)
     creds = tmp_path / "credentials.json"
     register(server, admin.create_enrollment_token(info.id).token, "org-a", creds)
-    data = _images(tmp_path / "data", info.spec.task.classes)
+    data = write_image_folder(tmp_path / "data", info.spec.task.classes, 3)
     client = start_client(
         "org-a", train_args(server, creds, data, tmp_path / "work"), tmp_path / "client.log"
     )
