@@ -444,13 +444,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from client_sdk.data import load_local_data
     from client_sdk.evaluate import PLOTS_HINT, evaluate_model, save_evaluation
     from client_sdk.training import resolve_device
 
     device = resolve_device(args.device)
     model = _model(args)
-    load_local_data(args.data, model.classes)  # a bad folder fails before any work
     report = evaluate_model(model, args.data, device=device)
     print(f"top-1 accuracy {report.accuracy:.4f} on {report.examples} images ({_described(model)})")
     width = max(len(c.name) for c in report.per_class)

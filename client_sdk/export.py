@@ -72,7 +72,7 @@ def export_model(
     model: FederatedModel, out: str | Path, *, format: ExportFormat, force: bool = False
 ) -> ExportResult:
     """Write `model` under `out` in `format`; a non-empty `out` is refused unless `force`."""
-    from shared.tuning import NotMergeableError, plain_state
+    from shared.tuning import NotMergeableError, mergeable_methods, plain_state
 
     spec = model.spec
     fits = FAMILY_FORMATS[spec.model.family]
@@ -83,10 +83,12 @@ def export_model(
         )
     try:
         plain = plain_state(model.built, spec.method.name)
-    except NotMergeableError as exc:
+    except NotMergeableError:
         raise UsageError(
-            f"cannot export method {spec.method.name!r} as {format}: {exc}; no format "
-            f"({', '.join(fits)}) holds it, `evaluate` and `predict` use it as it is"
+            f"cannot export method {spec.method.name!r}: it adds modules that cannot be merged "
+            f"into plain weights, so no {spec.model.family} format ({', '.join(fits)}) holds "
+            f"it; methods that export: {', '.join(mergeable_methods())}; `evaluate` and "
+            "`predict` use the model as it is"
         ) from None
     out = Path(out)
     check_out(out, force)
