@@ -405,8 +405,8 @@ class FederationSpec(_Strict):
         privacy = data.get("privacy")
         clip = privacy.get("clip_norm") if isinstance(privacy, dict) else None
         clip = getattr(privacy, "clip_norm", clip)
-        if isinstance(clip, bool) or not isinstance(clip, int | float):
-            clip = None  # not a number: privacy.clip_norm's own check says so
+        if isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0:
+            clip = None  # not a bound: privacy.clip_norm's own check says so
         if name is None or (name == "full" and clip is None):
             return data
         if isinstance(aggregation, AggregationSpec):
