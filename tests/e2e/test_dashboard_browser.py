@@ -23,11 +23,11 @@ from lab.local_federation import (
     ServerProcess,
     register,
     start_client,
-    start_server,
     train_args,
 )
 from shared.spec import RoundsSpec, load_spec
-from tests.e2e.test_federation_e2e import EXAMPLES, write_image_folder
+from tests.e2e.test_federation_e2e import EXAMPLES
+from tests.images import write_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -82,13 +82,6 @@ def driver() -> Iterator[Any]:
         yield browser
     finally:
         browser.quit()
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path / "server")
-    yield proc
-    proc.stop()
 
 
 def _federation(server: ServerProcess, tmp_path: Path) -> tuple[str, list[list[str]]]:
