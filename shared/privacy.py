@@ -148,11 +148,11 @@ def check_privacy(spec: FederationSpec) -> None:
             f"aggregation.clip_norm ({set_to}) contradicts privacy.clip_norm ({p.clip_norm}): "
             "leave aggregation.clip_norm out (privacy sets it) or give the same value"
         )
-    if "weighting" in agg.model_fields_set and agg.weighting != "uniform":
+    if agg.weighting != "uniform":
         raise ValueError(
-            "aggregation.weighting: privacy averages with uniform weights over a fixed "
-            "denominator (example counts would break the sensitivity bound); leave it out or "
-            "set uniform"
+            f"aggregation.weighting: privacy averages with uniform weights over a fixed "
+            f"denominator ({agg.weighting} would break the sensitivity bound); leave it out "
+            "or set uniform"
         )
     first = epsilon(p.noise_multiplier, [1.0], p.delta, p.accountant)
     if first > p.max_epsilon:

@@ -418,6 +418,19 @@ class FederationSpec(_Strict):
             return {**data, "aggregation": {**aggregation, "clip_norm": default}}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _private_weighting(cls, data: Any) -> Any:
+        """With `privacy`, aggregation.weighting defaults to uniform (the private mean's)."""
+        if not isinstance(data, dict) or data.get("privacy") is None:
+            return data
+        aggregation = data.get("aggregation", {})
+        if isinstance(aggregation, AggregationSpec):
+            aggregation = aggregation.model_dump(exclude_unset=True)
+        if isinstance(aggregation, dict) and "weighting" not in aggregation:
+            return {**data, "aggregation": {**aggregation, "weighting": "uniform"}}
+        return data
+
     @model_validator(mode="after")
     def _method_fits_model(self) -> FederationSpec:
         self.method.method_options(self.model.family)

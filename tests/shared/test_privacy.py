@@ -144,3 +144,11 @@ def test_epsilon_with_the_prv_accountant_and_for_no_step() -> None:
     # more rounds, more ε; more noise, less ε
     assert epsilon(1.0, [1.0] * 3, 1e-5) > epsilon(1.0, [1.0] * 2, 1e-5)
     assert epsilon(2.0, [1.0] * 3, 1e-5) < epsilon(1.0, [1.0] * 3, 1e-5)
+
+
+def test_a_private_spec_survives_its_own_dump() -> None:
+    """The service stores the spec as dumped JSON and parses it again on every read."""
+    spec = parse_spec(_spec(local_training={"dp": DP_SGD}))
+    assert spec.aggregation.weighting == "uniform"
+    again = parse_spec(spec.model_dump(mode="json"))
+    assert again == spec
