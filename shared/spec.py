@@ -302,9 +302,11 @@ SINGLE_UPDATE_STRATEGIES = frozenset({"median", "trimmed_mean", "krum", "multi_k
 
 class SecureAggregationSpec(_Strict):
     """Secure aggregation (SecAgg+, Bell et al. 2020, after Bonawitz et al. 2017): the service
-    learns only the sum of the clients' deltas. Clip (`aggregation.clip_norm`) and example
-    weighting move to the clients, before masking; the service can no longer refuse one
-    poisoned update."""
+    learns only the sum of the clients' deltas. Clipping (`aggregation.clip_norm`), the
+    `max_abs_value` check and example weighting move to the clients, before masking;
+    `max_weight_share` is not applied (the service never sees one update against the others;
+    num_examples travels in the clear, bounded by the server's limit). The service can no
+    longer refuse one poisoned update."""
 
     threshold: float | int = Field(
         default=0.6,
@@ -451,11 +453,6 @@ class FederationSpec(_Strict):
             raise ValueError(
                 f"aggregation.strategy: {agg.strategy} must see single updates, which secure "
                 "aggregation hides; use fedavg or a server optimiser (fedavgm, fedadam, ...)"
-            )
-        if "max_weight_share" in agg.model_fields_set:
-            raise ValueError(
-                "aggregation.max_weight_share cannot be enforced with secure_aggregation "
-                "(the service never sees one update's weight against the others'); remove it"
             )
         if self.rounds.min_updates < 2:
             raise ValueError(
