@@ -24,7 +24,12 @@ if TYPE_CHECKING:
         save_evaluation,
     )
     from client_sdk.export import ExportResult, export_model
-    from client_sdk.inference import FederatedModel, federated_model, fetch_federated_model
+    from client_sdk.inference import (
+        FederatedModel,
+        federated_model,
+        fetch_federated_model,
+        saved_final_model,
+    )
 
 _LAZY = {
     "EvaluationReport": "client_sdk.evaluate",
@@ -37,6 +42,7 @@ _LAZY = {
     "FederatedModel": "client_sdk.inference",
     "federated_model": "client_sdk.inference",
     "fetch_federated_model": "client_sdk.inference",
+    "saved_final_model": "client_sdk.inference",
 }
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "fetch_federated_model",
     "predict_images",
     "save_evaluation",
+    "saved_final_model",
 ]
 __all__ += _exceptions.__all__
 

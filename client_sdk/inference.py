@@ -4,7 +4,8 @@
 does (the base from the work dir's cache or the server, its fingerprint
 checked; the state checked against the manifest); `federated_model` builds it
 from a spec, a trainable state and optionally a base, without any server, for
-tests and the lab. The final model of a federation is the global state of its
+tests and the lab; `saved_final_model` from the `final/` directory a training
+client writes when its federation completes. The final model of a federation is the global state of its
 final version, once the federation completed.
 """
 
@@ -21,6 +22,7 @@ from client_sdk._client import FedTuneClient
 from client_sdk._exceptions import UsageError
 from client_sdk.sync import StateStore, prepare_model
 from client_sdk.workdir import WorkDir
+from shared.blobs import BlobError, read_header, read_state
 from shared.spec import FederationSpec
 from shared.tuning import BuiltModel, build
 
@@ -30,6 +32,7 @@ __all__ = [
     "federated_model",
     "fetch_federated_model",
     "parse_version",
+    "saved_final_model",
 ]
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -65,6 +68,29 @@ def federated_model(
     built.load_trainable_state(trainable_state)
     built.model.eval()
     return FederatedModel(spec, built, version, round, federation_id)
+
+
+def saved_final_model(final_dir: str | Path) -> FederatedModel:
+    """The model a training client saved under `<work-dir>/final/` when its federation completed:
+    `spec.json`, `trainable.safetensors` and, where the server served it, `base.safetensors`."""
+    final = Path(final_dir)
+    try:
+        spec = FederationSpec.model_validate_json((final / "spec.json").read_text())
+        trainable = final / "trainable.safetensors"
+        meta = read_header(trainable).metadata
+        state = read_state(trainable)
+        base = final / "base.safetensors"
+        base_state = read_state(base) if base.exists() else None
+    except (OSError, ValueError, BlobError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{final} does not hold a saved final model: {reason}") from None
+    return federated_model(
+        spec,
+        state,
+        base_state,
+        version=meta.get("global_version"),
+        federation_id=meta.get("federation"),
+    )
 
 
 def parse_version(raw: str) -> str:

@@ -237,3 +237,12 @@ def test_the_cli_offers_exactly_the_export_formats() -> None:
     from client_sdk.export import EXPORT_FORMATS
 
     assert EXPORT_CHOICES == EXPORT_FORMATS
+
+
+def test_a_directory_without_a_saved_final_model_is_refused_by_name(tmp_path: Path) -> None:
+    from client_sdk import saved_final_model
+
+    (tmp_path / "spec.json").write_text("{}")
+
+    with pytest.raises(UsageError, match=f"^{tmp_path} does not hold a saved final model: "):
+        saved_final_model(tmp_path)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
-from client_sdk import federated_model
+from client_sdk.inference import saved_final_model
 from lab.local_federation import (
     ServerProcess,
     client_command,
@@ -33,8 +33,7 @@ from lab.local_federation import (
     start_server,
     train_args,
 )
-from shared.blobs import read_state
-from shared.spec import FederationSpec, RoundsSpec, load_spec
+from shared.spec import RoundsSpec, load_spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -140,13 +139,8 @@ def test_the_final_model_exports_as_open_clip_and_gives_fedtune_logits(
         completed.base_fingerprint,
     )
     # open_clip alone gives the logits of FedTune's model built from the client's final state
-    final = org.work / "final"
-    saved_spec = FederationSpec.model_validate_json((final / "spec.json").read_text())
-    fedtune = federated_model(
-        saved_spec,
-        read_state(final / "trainable.safetensors"),
-        read_state(final / "base.safetensors"),
-    )
+    fedtune = saved_final_model(org.work / "final")
+    assert fedtune.version == completed.final_version
     clip = open_clip.create_model(
         "fedtune-tiny-clip", pretrained=str(out / "open_clip_model.safetensors")
     ).eval()
