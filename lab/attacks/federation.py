@@ -1,0 +1,131 @@
+"""A whole federation on a real `fedtune-server serve`, some of its organisations attacking.
+
+Like a study cell (`lab.study.federated`): the federation is created through
+the REST API, every organisation is enrolled (token, registration) and runs
+the SDK's participate loop in a thread of this process over HTTP; then an
+outside observer scores every global state on held-out images
+(`lab.evaluation`). Organisation k is registered as `org-<k+1>` (zero-padded,
+so that names sort like numbers: the server sums in name order) and trains on
+`folders[k]`; `attackers` names which organisations attack, and how.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from client_sdk._client import FedTuneClient
+from client_sdk._exceptions import FedTuneError
+from client_sdk.participate import ParticipateOptions
+from lab.attacks.participant import HarnessParticipant
+from lab.attacks.transforms import Attack
+from lab.datasets import LabeledImages
+from lab.evaluation import round_accuracies
+from lab.local_federation import ServerProcess
+from shared.api import RoundRecord
+from shared.spec import FederationSpec
+
+__all__ = ["PoisonedRun", "PoisonedRunError", "org_name", "run_poisoned"]
+
+POLL_S = 0.5
+
+
+class PoisonedRunError(RuntimeError):
+    """A run that could not finish; the message says which organisation and why."""
+
+
+@dataclass(frozen=True)
+class PoisonedRun:
+    federation_id: str
+    accuracy: list[float]
+    """Held-out accuracy of the global state after rounds 0 (initial) .. total."""
+    history: list[RoundRecord]
+
+
+def run_poisoned(
+    server: ServerProcess,
+    spec: FederationSpec,
+    folders: Sequence[Path],
+    test: LabeledImages,
+    work: Path,
+    attackers: Mapping[int, Attack] | None = None,
+) -> PoisonedRun:
+    """Run `spec` to completion with one organisation per data folder; organisation k
+    sends `attackers[k]`'s poison instead of its delta."""
+    attackers = attackers or {}
+    unknown = sorted(set(attackers) - set(range(len(folders))))
+    if unknown:
+        raise ValueError(f"attackers: no organisation {unknown} among {len(folders)}")
+    with server.admin() as admin:
+        info = admin.create_federation(spec)
+        clients = _enroll(admin, server, info.id, len(folders))
+        try:
+            participants = [
+                HarnessParticipant(
+                    client,
+                    client_id,
+                    ParticipateOptions(info.id, folder, work / name, "cpu", organisation=name),
+                    k,
+                    attackers.get(k),
+                )
+                for k, ((name, client_id, client), folder) in enumerate(
+                    zip(clients, folders, strict=True)
+                )
+            ]
+            _run_threads(participants, admin)
+        finally:
+            for _, _, client in clients:
+                client.close()
+        history = admin.list_rounds(info.id)
+        accuracy = round_accuracies(admin, info, test, len(history), torch.device("cpu"))
+    return PoisonedRun(info.id, accuracy, history)
+
+
+def org_name(k: int, n: int) -> str:
+    """Organisation k's registered name: org-1 .. org-9, or org-01 .. org-10 for ten."""
+    return f"org-{k + 1:0{len(str(n))}d}"
+
+
+def _enroll(
+    admin: FedTuneClient, server: ServerProcess, fid: str, n: int
+) -> list[tuple[str, str, FedTuneClient]]:
+    """Register `n` organisations; (name, client id, client) for each, in order."""
+    plain = server.ca_cert is None
+    enrolled = []
+    for k in range(n):
+        name = org_name(k, n)
+        token = admin.create_enrollment_token(fid, uses=1)
+        r = admin.register_client(token.token, name)
+        client = FedTuneClient(
+            server.url, api_key=r.api_key, ca_cert=server.ca_cert, allow_http=plain
+        )
+        enrolled.append((name, r.client_id, client))
+    return enrolled
+
+
+def _run_threads(participants: list[HarnessParticipant], admin: FedTuneClient) -> None:
+    """Run every participant to completion; on a failure revoke the rest and raise."""
+    errors: list[tuple[int, BaseException]] = []
+
+    def target(p: HarnessParticipant) -> None:
+        try:
+            p.run()
+        except BaseException as exc:
+            errors.append((p.org, exc))
+
+    threads = [threading.Thread(target=target, args=(p,), daemon=True) for p in participants]
+    for t in threads:
+        t.start()
+    while not errors and any(t.is_alive() for t in threads):
+        next(t for t in threads if t.is_alive()).join(POLL_S)
+    if errors:
+        for p in participants:
+            with contextlib.suppress(FedTuneError):  # already gone: its thread ends anyway
+                admin.revoke_client(p.workdir.client_id)
+        org, exc = errors[0]
+        raise PoisonedRunError(f"organisation {org + 1} failed: {type(exc).__name__}: {exc}")
