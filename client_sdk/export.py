@@ -202,6 +202,7 @@ def _full_clip(model: FederatedModel) -> tuple[Any, str]:
     import open_clip
 
     from shared.models import seeded
+    from shared.models.open_clip_family import quiet_random_init
     from shared.models.synthetic import resolve_pretrained
 
     spec = model.spec
@@ -223,7 +224,7 @@ def _full_clip(model: FederatedModel) -> tuple[Any, str]:
                 arch,
                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )
-    with seeded(spec.seed, "base"), _quiet_random_init():
+    with seeded(spec.seed, "base"), quiet_random_init():
         clip = open_clip.create_model(arch, pretrained=None, load_weights=False)
     if adopted:
         missing = clip.load_state_dict(adopted, strict=False).unexpected_keys
@@ -233,20 +234,6 @@ def _full_clip(model: FederatedModel) -> tuple[Any, str]:
     if spec.model.pretrained is None:
         return clip, "seeded random init (as the federation's base)"
     return clip, "seeded random init (the pretrained weights did not load here)"
-
-
-@contextlib.contextmanager
-def _quiet_random_init() -> Iterator[None]:
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "initialized randomly" not in record.getMessage()
-
-    quiet = _Drop()
-    logging.getLogger().addFilter(quiet)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeFilter(quiet)
 
 
 _Writer = Callable[["FederatedModel", dict[str, torch.Tensor], Path], Mapping[str, Any]]

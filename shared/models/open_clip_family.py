@@ -36,7 +36,13 @@ from shared.models.configs import register_open_clip_configs
 from shared.models.synthetic import resolve_pretrained
 from shared.spec import FederationSpec
 
-__all__ = ["ClipClassifier", "FixedHead", "OpenClipTextTower", "build_open_clip"]
+__all__ = [
+    "ClipClassifier",
+    "FixedHead",
+    "OpenClipTextTower",
+    "build_open_clip",
+    "quiet_random_init",
+]
 
 register_open_clip_configs()
 
@@ -49,7 +55,7 @@ class _DropRandomInitWarning(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_random_init(active: bool) -> Iterator[None]:
+def quiet_random_init(active: bool = True) -> Iterator[None]:
     """Silence open_clip's "initialized randomly" warning where that is intended.
 
     With `load_weights=False` the caller loads a base into the model afterwards,
@@ -332,7 +338,7 @@ def build_open_clip(
     # a tag's preprocessing, where open_clip is not handed the tag itself
     override = None if load_weights and pinned is None else _preprocess_override(arch, pretrained)
     try:
-        with _quiet_random_init(not load_weights):
+        with quiet_random_init(not load_weights):
             clip = open_clip.create_model(
                 arch,
                 pretrained=pinned or weights,
