@@ -172,7 +172,12 @@ def _model_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, bool], N
 
     export = sub.add_parser("export", help="write the federated model as a standard checkpoint")
     model_options(export)
-    export.add_argument("--format", choices=EXPORT_CHOICES, required=True)
+    export.add_argument(
+        "--format",
+        choices=EXPORT_CHOICES,
+        required=True,
+        help="open_clip (open_clip models), hf (hf_vit models) or safetensors (either)",
+    )
     export.add_argument("--out", type=Path, required=True, help="directory to write")
     export.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
