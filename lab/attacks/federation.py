@@ -45,6 +45,10 @@ class PoisonedRun:
     accuracy: list[float]
     """Held-out accuracy of the global state after rounds 0 (initial) .. total."""
     history: list[RoundRecord]
+    sent_norms: dict[str, list[float]]
+    """Organisation name -> L2 norm of what it sent, round by round."""
+    attackers: list[str]
+    """Names of the organisations that attacked."""
 
 
 def run_poisoned(
@@ -83,7 +87,12 @@ def run_poisoned(
                 client.close()
         history = admin.list_rounds(info.id)
         accuracy = round_accuracies(admin, info, test, len(history), torch.device("cpu"))
-    return PoisonedRun(info.id, accuracy, history)
+    norms = {
+        name: [p.sent_norms[r] for r in sorted(p.sent_norms)]
+        for (name, _, _), p in zip(clients, participants, strict=True)
+    }
+    attacking = [clients[k][0] for k in sorted(attackers)]
+    return PoisonedRun(info.id, accuracy, history, norms, attacking)
 
 
 def org_name(k: int, n: int) -> str:

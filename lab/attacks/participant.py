@@ -20,10 +20,10 @@ import torch
 from client_sdk._client import FedTuneClient
 from client_sdk.participate import Participant, ParticipateOptions
 from client_sdk.workdir import JournalEntry
-from lab.attacks.transforms import Attack
+from lab.attacks.transforms import Attack, l2_norm
 from lab.study.determinism import training_turn
 from shared.api import RoundStatus
-from shared.blobs import Blob, atomic_save_state, sha256_file
+from shared.blobs import Blob, atomic_save_state, read_state, sha256_file
 
 __all__ = ["HarnessParticipant", "poison_file"]
 
@@ -50,16 +50,21 @@ class HarnessParticipant(Participant):
     ) -> None:
         super().__init__(client, client_id, replace(options, progress=False))
         self.org, self.attack = org, attack
+        self.sent_norms: dict[int, float] = {}
+        """Round -> L2 norm of the delta this organisation wrote to send (poisoned or not)."""
 
     def _train(self, status: RoundStatus) -> JournalEntry:
         with training_turn(self.info.spec.seed, self.org, status.round):
             entry = super()._train(status)
+        path = self.workdir.delta_path(status.round)
         if self.attack is None:
+            self.sent_norms[status.round] = l2_norm(read_state(path))
             return entry
         gen = torch.Generator().manual_seed(
             self.info.spec.seed * 1_000_003 + self.org * 10_007 + status.round
         )
-        digest = poison_file(self.workdir.delta_path(status.round), self.attack, gen)
+        digest = poison_file(path, self.attack, gen)
+        self.sent_norms[status.round] = l2_norm(read_state(path))
         poisoned = replace(entry, sha256=digest)
         self.workdir.record(status.round, poisoned)
         return poisoned

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +143,9 @@ def _tiny_spec() -> FederationSpec:
 def test_a_federation_with_an_attacker_completes_and_the_server_holds_its_poison(server, tmp_path):
     data = load_digits()
     train, test = split_held_out(data.labels, 0.5, np.random.default_rng(0))
-    shares = {f"org-{k + 1}": train[k * 24 : (k + 1) * 24] for k in range(3)}
+    shares: dict[str, Sequence[int]] = {
+        f"org-{k + 1}": train[k * 24 : (k + 1) * 24] for k in range(3)
+    }
     folders = write_image_folders(tmp_path / "data", data, shares)
     work = tmp_path / "work"
 
@@ -164,7 +166,9 @@ def test_a_federation_with_an_attacker_completes_and_the_server_holds_its_poison
     assert entry.sha256 == sha256_file(orgs["org-3"].delta_path(1))
     assert _stored_blob(server, entry.sha256).exists()
     # AdamW's first steps move every parameter by about lr, so honest norms are alike.
+    assert run.attackers == ["org-3"]
     norms = {name: l2_norm(read_state(wd.delta_path(1))) for name, wd in orgs.items()}
+    assert norms == {name: pytest.approx(sent[0]) for name, sent in run.sent_norms.items()}
     assert norms["org-3"] > 5 * max(norms["org-1"], norms["org-2"])
 
 

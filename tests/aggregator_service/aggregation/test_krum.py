@@ -21,7 +21,7 @@ KRUMS = ["krum", "multi_krum"]
 
 
 def _spec(strategy: str, **options: int) -> AggregationSpec:
-    return AggregationSpec(strategy=strategy, options=options)  # type: ignore[arg-type]
+    return AggregationSpec(strategy=strategy, options=options)
 
 
 def _honest_and_outlier(make_update, outlier: list[float]) -> list:
