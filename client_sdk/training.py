@@ -48,6 +48,7 @@ from client_sdk.data import (
     make_loader,
     split_train_val,
 )
+from client_sdk.dp import DPSGD, DPSGDError
 from shared.blobs import (
     MAX_METRIC_ABS,
     DeltaMetadata,
@@ -256,12 +257,25 @@ class LocalTrainer:
         # What runs the forward pass: the model, or its DistributedDataParallel wrapper.
         self.net: nn.Module = self.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.dp = self._dp_sgd()
         self.skipped: set[Path] = set()  # unreadable images met so far
         self._loaders: dict[str, tuple[int, DataLoader[object]]] = {}
 
     @property
     def num_examples(self) -> int:
         return len(self.train_set)
+
+    def _dp_sgd(self) -> DPSGD | None:
+        """DP-SGD for `local_training.dp` (see `client_sdk.dp`); None without it."""
+        dp = self.spec.local_training.dp
+        if dp is None:
+            return None
+        if self.world > 1:
+            raise DPSGDError(
+                "local_training.dp trains in one process: per-example clipping and the "
+                "accounting do not span several training processes; train with one"
+            )
+        return DPSGD(self.model, dp, self.spec.local_training.batch_size, self.num_examples)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.precision.dtype is None:
@@ -314,9 +328,12 @@ class LocalTrainer:
         `weight_decay` and one without (`no_decay`: see `shared.tuning.groups`)."""
         lt = self.spec.local_training
         groups = param_groups(self.model, lt.weight_decay, lt.no_decay)
+        optimizer: torch.optim.Optimizer
         if lt.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=lt.lr, momentum=lt.momentum)
-        return torch.optim.AdamW(groups, lr=lt.lr)
+            optimizer = torch.optim.SGD(groups, lr=lt.lr, momentum=lt.momentum)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=lt.lr)
+        return self.dp.wrap(optimizer) if self.dp is not None else optimizer
 
     def _scheduler(self, optimizer: torch.optim.Optimizer, steps: int) -> LambdaLR:
         """The round's learning-rate schedule, stepped once per optimiser step.
@@ -403,6 +420,11 @@ class LocalTrainer:
     def _step(
         self, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[float, int]:
+        if self.dp is not None:  # fp32, per-example gradients clipped and noised by the optimiser
+            optimizer.zero_grad(set_to_none=True)
+            mean_loss, correct = self.dp.per_example_grads(images, labels)
+            optimizer.step()
+            return mean_loss, correct
         with self._autocast():
             logits = self.net(images)
             loss = torch.nn.functional.cross_entropy(logits.float(), labels)
@@ -439,6 +461,8 @@ class LocalTrainer:
         }
         if val_accuracy is not None:
             metrics["val_accuracy"] = val_accuracy
+        if self.dp is not None:
+            metrics.update(self.dp.epsilons(round, stats.steps))
         metrics = reportable_metrics(metrics)
         delta = self.delta(global_state)
         meta = DeltaMetadata(

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from shared.spec import FederationSpec
 
 __all__ = [
+    "DP_SGD_REFUSED",
     "DP_STRATEGIES",
     "Accountant",
     "CentralPrivacySpec",
@@ -45,6 +46,12 @@ __all__ = [
 DP_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 Accountant = Literal["rdp", "prv"]
+
+# Methods whose trainable tensors DP-SGD's per-example gradients cannot reach, and why.
+DP_SGD_REFUSED = {
+    "vpt": "its prompts enter through forward hooks that hold the tensor itself, which "
+    "per-example gradients (torch.func over the model's parameters) cannot reach",
+}
 
 
 class _Strict(BaseModel):
@@ -126,6 +133,12 @@ def epsilon(
 
 def check_privacy(spec: FederationSpec) -> None:
     """Refuse, in one line naming the field, privacy settings that cannot hold (ValueError)."""
+    why = DP_SGD_REFUSED.get(spec.method.name)
+    if spec.local_training.dp is not None and why is not None:
+        raise ValueError(
+            f"local_training.dp does not work with method.name {spec.method.name}: {why}; "
+            "choose another method or train without dp"
+        )
     p = spec.privacy
     if p is None:
         return

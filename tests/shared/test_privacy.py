@@ -86,6 +86,10 @@ BAD = [
         r"^local_training\.dp\.max_grad_norm: ",
     ),
     ({"local_training": {"dp": {**DP_SGD, "sigma": 1}}}, r"^local_training\.dp\.sigma: "),
+    (
+        {"local_training": {"dp": DP_SGD}, "method": {"name": "vpt"}},
+        r"^local_training\.dp does not work with method\.name vpt: .*hooks",
+    ),
 ]
 
 
