@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import pytest
 import torch
@@ -30,31 +28,18 @@ from lab.local_federation import (
     quiet_env,
     register,
     start_client,
-    start_server,
     train_args,
 )
 from shared.spec import RoundsSpec, load_spec
+from tests.images import write_image_folder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("server"))
-    yield proc
-    proc.stop()
-
-
-def _images(root: Path, classes: list[str], per_class: int) -> Path:
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
-        for i in range(per_class):
-            pixels = np.clip(25 * c + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-            (root / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
+def _images(root: Path, classes: list[str]) -> Path:
+    return write_image_folder(root, classes, 2, mean=lambda c, _i: 25 * c, std=30)
 
 
 class Org:
@@ -105,7 +90,7 @@ def completed(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -
     admin = server.admin()
     info = admin.create_federation(spec.model_copy(update={"rounds": rounds, "local_training": lt}))
     org = Org(server, root, admin.create_enrollment_token(info.id).token)
-    data = _images(root / "data", list(spec.task.classes), 2)
+    data = _images(root / "data", list(spec.task.classes))
     train = start_client("org-a", train_args(server, org.credentials, data, org.work), root / "log")
     assert train.wait(timeout=600) == 0, train.output()[-3000:]
     final_version = admin.list_rounds(info.id)[-1].result_version
@@ -119,7 +104,7 @@ def running(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> 
     admin = server.admin()
     info = admin.create_federation(load_spec(EXAMPLES / "tiny-clip-bias.yaml"))
     org = Org(server, root, admin.create_enrollment_token(info.id).token)
-    return Federation(org, info.id, info.base_fingerprint, _images(root / "data", ["0", "1"], 2))
+    return Federation(org, info.id, info.base_fingerprint, _images(root / "data", ["0", "1"]))
 
 
 def test_the_final_model_exports_as_open_clip_and_gives_fedtune_logits(
