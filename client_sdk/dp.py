@@ -30,14 +30,17 @@ must resist an adversary who knows the seed needs a CSPRNG-backed generator.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from client_sdk._exceptions import FedTuneError
 from shared.privacy import LocalDPSpec, epsilon
+
+if TYPE_CHECKING:
+    from opacus.optimizers import DPOptimizer
 
 __all__ = ["DPSGD", "DPSGDError"]
 
@@ -60,6 +63,8 @@ class DPSGD:
 
     def wrap(self, optimizer: torch.optim.Optimizer) -> DPOptimizer:
         """The optimiser that clips each example's gradient and adds the noise before stepping."""
+        from opacus.optimizers import DPOptimizer  # imported here: only DP-SGD pays for it
+
         return DPOptimizer(
             optimizer,
             noise_multiplier=self.dp.noise_multiplier,
