@@ -35,7 +35,10 @@ DASHBOARD_FORM_BYTES = 4096
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
 _AUTHENTICATED = re.compile(r"/v1/.*")  # every API route but registration takes a token
 _REGISTRATION = re.compile(r"/v1/clients/?")  # the enrollment token is in the body
-_UPLOAD = re.compile(r"/v1/federations/[^/]+/rounds/[^/]+/update/?")  # own limit, to disk
+# own limit, to disk: a delta, or a masked input of secure aggregation
+_UPLOAD = re.compile(
+    r"/v1/federations/[^/]+/rounds/[^/]+/(update|secure-aggregation/masked-input)/?"
+)
 _DASHBOARD = re.compile(r"/dashboard(/.*)?")  # forms without a bearer token
 
 

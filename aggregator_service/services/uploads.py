@@ -139,6 +139,12 @@ class Expected:
 
 def expected_upload(core: Core, fid: str, number: int) -> Expected:
     """The manifest and spec an upload to round `number` of `fid` is checked against."""
+    if core.spec(fid).secure_aggregation is not None:
+        raise Conflict(
+            f"federation {fid} uses secure aggregation: send a masked input through "
+            f"/v1/federations/{fid}/rounds/{number}/secure-aggregation, never a plain delta",
+            error="secure_aggregation_only",
+        )
     with core.db.read() as conn:
         manifest = _manifest(conn, fid)
     return Expected(core, fid, number, core.spec(fid), manifest)
