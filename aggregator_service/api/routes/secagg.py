@@ -1,0 +1,220 @@
+"""Secure aggregation (SecAgg+): the four steps of a secure round, each its own operation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from aggregator_service.api.deps import ClientOfDep, MemberDep, RunnerDep
+from aggregator_service.api.errors import close_on_refusal, error_responses
+from aggregator_service.services import secagg
+from aggregator_service.services.runner import RoundRunner
+from aggregator_service.services.secagg_inputs import MASKED_FORMAT, expected_masked, ingest_masked
+from aggregator_service.services.uploads import receive_body
+from shared.api import (
+    SecaggComplaint,
+    SecaggIncomingShare,
+    SecaggKeys,
+    SecaggReceipt,
+    SecaggShares,
+    SecaggState,
+    SecaggUnmask,
+)
+
+router = APIRouter(
+    prefix="/v1/federations/{fid}/rounds/{r}/secure-aggregation", tags=["secure-aggregation"]
+)
+
+RoundNumber = Annotated[int, Path(ge=1, description="Round number (1-based).")]
+Attempt = Annotated[int, Query(ge=1, description="The protocol attempt of the round.")]
+_STEP = {
+    200: {"model": SecaggReceipt, "description": "This exact body was already accepted."},
+    **error_responses(401, 403, 404, 409, 422, 503),
+}
+
+
+def _answer(
+    receipt: SecaggReceipt, response: Response, runner: RoundRunner, fid: str, r: int
+) -> SecaggReceipt:
+    if receipt.duplicate:
+        response.status_code = 200
+    elif receipt.phase == "done":  # this step finished the protocol: aggregate now
+        runner.spawn(fid, r)
+    return receipt
+
+
+@router.get(
+    "",
+    summary="A secure round's phase, the caller's neighbours and their keys",
+    description="Phase, attempt and its deadline; from phase `share` the caller's neighbours "
+    "with their public keys and its threshold; who shared keys (from `input`) and whose "
+    "masked input counts (from `unmask`); the caller's steps already taken; what went wrong.",
+    response_model=SecaggState,
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def get_secure_aggregation(
+    fid: str, r: RoundNumber, member: MemberDep, runner: RunnerDep
+) -> SecaggState:
+    await runner.core.spec_async(fid)
+    return await asyncio.to_thread(secagg.state, runner.core, fid, r, member.client_id)
+
+
+@router.post(
+    "/keys",
+    status_code=201,
+    summary="Step 0: advertise this client's two public keys",
+    description="Two X25519 public keys for this attempt. The cohort is fixed once `quorum` "
+    "clients have advertised, or at the phase's deadline with `min_updates`.",
+    response_model=SecaggReceipt,
+    responses=_STEP,
+)
+async def advertise_keys(
+    fid: str,
+    r: RoundNumber,
+    body: SecaggKeys,
+    response: Response,
+    principal: ClientOfDep,
+    runner: RunnerDep,
+) -> SecaggReceipt:
+    assert principal.client_id is not None
+    receipt = await asyncio.to_thread(
+        secagg.advertise, runner.core, fid, r, principal.client_id, body
+    )
+    return _answer(receipt, response, runner, fid, r)
+
+
+@router.post(
+    "/shares",
+    status_code=201,
+    summary="Step 1: the encrypted Shamir shares for this client's neighbours",
+    description="One AES-GCM ciphertext per neighbour (exactly), holding the neighbour's "
+    "shares of this client's self-mask seed and mask key; the service routes them unread.",
+    response_model=SecaggReceipt,
+    responses=_STEP,
+)
+async def share_keys(
+    fid: str,
+    r: RoundNumber,
+    body: SecaggShares,
+    response: Response,
+    principal: ClientOfDep,
+    runner: RunnerDep,
+) -> SecaggReceipt:
+    assert principal.client_id is not None
+    receipt = await asyncio.to_thread(
+        secagg.send_shares, runner.core, fid, r, principal.client_id, body
+    )
+    return _answer(receipt, response, runner, fid, r)
+
+
+@router.get(
+    "/shares",
+    summary="The shares this client's neighbours sent it",
+    description="From phase `input`: the ciphertexts addressed to the caller by neighbours "
+    "that shared keys.",
+    response_model=list[SecaggIncomingShare],
+    responses=error_responses(401, 403, 404, 409, 422),
+)
+async def get_shares(
+    fid: str, r: RoundNumber, attempt: Attempt, principal: ClientOfDep, runner: RunnerDep
+) -> list[SecaggIncomingShare]:
+    assert principal.client_id is not None
+    return await asyncio.to_thread(
+        secagg.incoming_shares, runner.core, fid, r, principal.client_id, attempt
+    )
+
+
+@router.post(
+    "/complaints",
+    status_code=201,
+    summary="Name the sender of a share that failed authentication",
+    description="The sender is left out of the round (its masks are removed as a dropped "
+    "client's) and the round's events and history name it.",
+    response_model=SecaggReceipt,
+    responses=_STEP,
+)
+async def report_bad_share(
+    fid: str,
+    r: RoundNumber,
+    body: SecaggComplaint,
+    response: Response,
+    principal: ClientOfDep,
+    runner: RunnerDep,
+) -> SecaggReceipt:
+    assert principal.client_id is not None
+    receipt = await asyncio.to_thread(
+        secagg.complain, runner.core, fid, r, principal.client_id, body
+    )
+    return _answer(receipt, response, runner, fid, r)
+
+
+_MASKED_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The masked input as a safetensors file: the manifest's keys and shapes, "
+        "dtype int64 (words mod 2^modulus_bits), `__metadata__` format="
+        f"{MASKED_FORMAT}, federation, round, attempt, num_examples, metrics (JSON).",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.put(
+    "/masked-input",
+    status_code=201,
+    summary="Step 2: this client's masked input",
+    description="encode(weight x clipped delta) + PRG(b) + the pairwise masks, mod "
+    "2^modulus_bits. Streamed to disk; the header is checked as it arrives and the body may "
+    "be no longer than it declares. The same bytes again answer 200.",
+    response_model=SecaggReceipt,
+    responses={**_STEP, **error_responses(400, 408, 413, 429, 507)},
+    openapi_extra=_MASKED_BODY,
+)
+async def upload_masked_input(
+    fid: str,
+    r: RoundNumber,
+    attempt: Attempt,
+    request: Request,
+    response: Response,
+    principal: ClientOfDep,
+    runner: RunnerDep,
+) -> SecaggReceipt:
+    core = runner.core
+    await core.spec_async(fid)
+    assert principal.client_id is not None
+    length = request.headers.get("content-length")
+    close_on_refusal(request)
+    with runner.uploads.hold(principal.client_id):
+        expected = await asyncio.to_thread(expected_masked, core, fid, r, attempt)
+        body = await receive_body(core, request.stream(), length, expected)
+        receipt = await asyncio.to_thread(
+            ingest_masked, core, principal.client_id, fid, r, attempt, body
+        )
+    return _answer(receipt, response, runner, fid, r)
+
+
+@router.post(
+    "/unmask",
+    status_code=201,
+    summary="Step 3: the shares that remove the masks",
+    description="For each neighbour that shared keys: its share of b when it sent a masked "
+    "input, of s_sk when it did not, never both. Once the survivors have answered (or at the "
+    "deadline) the service rebuilds the secrets and aggregates the unmasked sum.",
+    response_model=SecaggReceipt,
+    responses=_STEP,
+)
+async def send_unmask_shares(
+    fid: str,
+    r: RoundNumber,
+    body: SecaggUnmask,
+    response: Response,
+    principal: ClientOfDep,
+    runner: RunnerDep,
+) -> SecaggReceipt:
+    assert principal.client_id is not None
+    receipt = await asyncio.to_thread(
+        secagg.send_unmask, runner.core, fid, r, principal.client_id, body
+    )
+    return _answer(receipt, response, runner, fid, r)

@@ -1,0 +1,156 @@
+"""Secure aggregation's step 2 on the service: a client's masked input.
+
+A safetensors file of int64 words (the masked sum modulo 2^modulus_bits, two's complement),
+one tensor per manifest entry with the manifest's shapes, and `__metadata__` format
+`fedtune-masked/1`, federation, round, attempt, num_examples (in the clear: the service divides
+the sum by the survivors' total) and metrics (JSON). It streams through the upload path
+(services/uploads.py): the header is checked as soon as it arrives and the body may be no
+longer than it declares; nothing is parsed with pickle and nothing is kept when it is refused.
+"""
+
+from __future__ import annotations
+
+from aggregator_service.services.context import Core
+from aggregator_service.services.errors import Invalid
+from aggregator_service.services.secagg import (
+    Round,
+    _accused,
+    _advance,
+    _check_attempt,
+    _member,
+    _open_round,
+    _receipt,
+    record_step,
+    secure_spec,
+)
+from aggregator_service.services.uploads import Expected, Received, _manifest
+from aggregator_service.services.validation import not_safetensors
+from shared.api import SecaggReceipt
+from shared.blobs import Blob, BlobError, SafetensorsHeader, _metrics, parse_header
+
+__all__ = ["MASKED_FORMAT", "MaskedExpected", "expected_masked", "ingest_masked"]
+
+MASKED_FORMAT = "fedtune-masked/1"
+_WORD = "int64"
+
+
+def _invalid(detail: str) -> Invalid:
+    return Invalid(detail, error="invalid_masked_input")
+
+
+class MaskedExpected(Expected):
+    """What a masked input to one secure round must look like."""
+
+    attempt: int = 0
+
+    def size_of(self, head: bytes, declared: int | None) -> int:
+        try:
+            header = parse_header(head)
+        except BlobError as exc:
+            raise not_safetensors(exc) from None
+        check_masked_header(header, self, self.core.settings.max_num_examples)
+        size = header.total_size
+        if declared is not None and declared != size:
+            raise _invalid(
+                f"Content-Length {declared} differs from the {size} bytes the safetensors "
+                "header declares; send the file exactly"
+            )
+        return size
+
+
+def check_masked_header(header: SafetensorsHeader, exp: MaskedExpected, most: int) -> None:
+    names, want = set(header.tensors), set(exp.manifest)
+    if names != want:
+        missing, extra = sorted(want - names), sorted(names - want)
+        raise _invalid(
+            f"masked input tensors must be exactly the manifest's (missing: {missing[:3]}, "
+            f"unexpected: {extra[:3]})"
+        )
+    for name in sorted(names):
+        entry = header.tensors[name]
+        if entry.dtype != _WORD or list(entry.shape) != list(exp.manifest[name].shape):
+            raise _invalid(
+                f"tensor {name!r} is {entry.dtype} {list(entry.shape)}; a masked input holds "
+                f"{_WORD} words of the manifest's shape {exp.manifest[name].shape}"
+            )
+    meta = header.metadata
+    checks = {
+        "format": MASKED_FORMAT,
+        "federation": exp.fid,
+        "round": str(exp.number),
+        "attempt": str(exp.attempt),
+    }
+    for key, value in checks.items():
+        if meta.get(key) != value:
+            raise _invalid(f"metadata {key!r} must be {value!r}, got {meta.get(key)!r:.80}")
+    n = meta.get("num_examples", "")
+    if not n.isdigit() or not 1 <= int(n) <= most:
+        raise _invalid(f"metadata 'num_examples' must be an integer in 1..{most}, got {n!r:.40}")
+
+
+def expected_masked(core: Core, fid: str, number: int, attempt: int) -> MaskedExpected:
+    secure_spec(core, fid)
+    with core.db.read() as conn:
+        manifest = _manifest(conn, fid)
+    exp = MaskedExpected(core, fid, number, core.spec(fid), manifest)
+    object.__setattr__(exp, "attempt", attempt)
+    return exp
+
+
+def _check_words(blob: Blob, names: list[str], bits: int) -> None:
+    if bits == 64:
+        return
+    top = (1 << bits) - 1
+    for name in names:
+        words = blob.tensor(name).reshape(-1).numpy()
+        if words.size and (int(words.min()) < 0 or int(words.max()) > top):
+            raise _invalid(f"tensor {name!r} holds words outside 0..2^{bits}-1")
+
+
+def ingest_masked(
+    core: Core, client_id: str, fid: str, number: int, attempt: int, body: Received
+) -> SecaggReceipt:
+    """Validate and keep one masked input (blocking); the temp file is consumed either way."""
+    sa = secure_spec(core, fid)
+    try:
+        blob = Blob.open(body.path)
+        try:
+            meta = dict(blob.metadata)
+            _check_words(blob, sorted(blob.tensors), sa.modulus_bits)
+            try:
+                metrics = _metrics(meta.get("metrics", "{}"))
+            except BlobError as exc:
+                raise _invalid(str(exc)) from None
+        finally:
+            blob.close()
+        payload = {
+            "sha256": body.sha256,
+            "bytes": body.size,
+            "num_examples": int(meta["num_examples"]),
+            "metrics": metrics,
+        }
+        created = False
+        try:
+            with core.db.write() as conn:
+                rnd: Round = _open_round(conn, core, fid, number, create=False)
+                _check_attempt(rnd, attempt, "input")
+                _member(rnd, client_id, rnd.u1, "the clients that shared keys")
+                if client_id in _accused(conn, rnd):
+                    raise Invalid(
+                        f"a share this client sent in round {number} failed authentication at "
+                        "its recipient; its masked input is not taken",
+                        error="secagg_accused",
+                    )
+                dup = record_step(conn, rnd, client_id, "input", body.sha256, payload)
+                if not dup:
+                    created = core.blobs.commit_temp(body.path, body.sha256)
+                _advance(conn, core, rnd)
+        except BaseException:
+            if created:
+                core.blobs.remove(body.sha256)
+            raise
+    finally:
+        body.path.unlink(missing_ok=True)
+    core.metrics.bytes_in.inc(body.size)
+    core.notifier.notify(fid)
+    return _receipt(rnd, "input", dup, core)

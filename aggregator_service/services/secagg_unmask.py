@@ -1,0 +1,198 @@
+"""Secure aggregation's last step on the service: rebuild the secrets from the survivors'
+shares, then remove the masks from the sum of the masked inputs (Bonawitz et al. 2017, Fig. 4,
+round 4; Bell et al. 2020 for the neighbour graph).
+
+For each survivor i the service rebuilds b_i from the shares its neighbours sent and removes
+PRG(b_i); for each client d that shared keys but whose input does not count, it rebuilds
+s_sk_d and removes the pairwise masks d's surviving neighbours added. With more shares than the
+threshold the shares are checked against each other and a holder whose share disagrees is
+named in the round's events. The sum, divided by the survivors' total weight, is handed to the
+round's strategy as one averaged delta (services/rounds.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import Connection, select, update
+
+from aggregator_service.aggregation import UpdateInput
+from aggregator_service.services.context import Core
+from aggregator_service.services.secagg import (
+    Round,
+    _accused,
+    _add_event,
+    _bump,
+    _steps,
+    insert_updates,
+    load_round,
+    restart,
+)
+from aggregator_service.storage.tables import federations, rounds, secagg_rounds
+from shared.api import TensorInfo
+from shared.blobs import Blob, encode_state
+from shared.secagg.keys import mask_seed, public_from_hex
+from shared.secagg.masking import FixedPoint, prg, sign
+from shared.secagg.protocol import SECRET_BYTES, holder_index, pair_context
+from shared.secagg.shamir import ShamirError, reconstruct, share_from_bytes
+
+__all__ = ["finish", "secure_inputs"]
+
+log = logging.getLogger("fedtune.server")
+
+
+def finish(
+    conn: Connection,
+    core: Core,
+    rnd: Round,
+    unmask: dict[str, Any],
+    accused: dict[str, str],
+    t: float,
+) -> bool:
+    """Rebuild the secrets from the unmasking shares (in the caller's transaction) and start
+    the aggregation; on failure restart the protocol. True when the round is aggregating."""
+    graph = rnd.graph()
+    survivors = set(rnd.u2)
+    secrets: dict[str, dict[str, str]] = {"b": {}, "s": {}}
+    events: list[str] = []
+    try:
+        for owner in rnd.u1:
+            kind = "b" if owner in survivors else "s"
+            shares = {
+                holder_index(rnd.cohort, holder): share_from_bytes(bytes.fromhex(s["share"]))
+                for holder, sent in unmask.items()
+                for s in sent
+                if s["owner"] == owner and s["kind"] == kind
+            }
+            if kind == "s" and not set(graph[owner]) & survivors:
+                continue  # no survivor masked with it: nothing to remove
+            need = rnd.threshold(owner)
+            secret, off = reconstruct(shares, need, SECRET_BYTES)
+            for x in off:
+                holder = sorted(rnd.cohort)[x - 1]
+                events.append(
+                    f"attempt {rnd.attempt}: {holder}'s share of {owner}'s "
+                    f"{'b' if kind == 'b' else 's_sk'} is inconsistent with the other "
+                    f"{len(shares) - 1} shares; it was left out of the reconstruction"
+                )
+            secrets[kind][owner] = secret.hex()
+    except ShamirError as exc:
+        restart(conn, core, rnd, f"the secrets could not be rebuilt: {exc}")
+        return False
+    for event in events:
+        log.warning("federation %s round %d: %s", rnd.fid, rnd.number, event)
+        _add_event(conn, rnd, event)
+    conn.execute(
+        update(secagg_rounds)
+        .where(
+            secagg_rounds.c.federation_id == rnd.fid,
+            secagg_rounds.c.round == rnd.number,
+            secagg_rounds.c.attempt == rnd.attempt,
+        )
+        .values(phase="done", secrets=json.dumps(secrets, sort_keys=True))
+    )
+    nbytes = insert_updates(conn, rnd, t)
+    fed_status = conn.execute(
+        select(federations.c.status).where(federations.c.id == rnd.fid)
+    ).scalar_one()
+    complete = set(unmask) >= survivors and not accused
+    moved = conn.execute(
+        update(rounds)
+        .where(
+            rounds.c.federation_id == rnd.fid,
+            rounds.c.number == rnd.number,
+            rounds.c.status == "open",
+        )
+        .values(
+            status="aggregating" if fed_status == "running" else "open",
+            closed_by="quorum" if complete else "deadline",
+            aggregation_started_at=t,
+            received=len(rnd.u2),
+            bytes_in=rounds.c.bytes_in + nbytes,
+            revision=rounds.c.revision + 1,
+        )
+    )
+    _bump(conn, rnd)
+    log.info(
+        "federation %s round %d: secure aggregation of %d masked inputs (%d dropped)",
+        rnd.fid,
+        rnd.number,
+        len(rnd.u2),
+        len(rnd.u1) - len(rnd.u2),
+    )
+    return moved.rowcount == 1 and fed_status == "running"
+
+
+def _manifest(conn: Connection, fid: str) -> dict[str, TensorInfo]:
+    text: str = conn.execute(
+        select(federations.c.manifest).where(federations.c.id == fid)
+    ).scalar_one()
+    return {k: TensorInfo.model_validate(v) for k, v in json.loads(text).items()}
+
+
+def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput], dict[str, str]]:
+    """The unmasked average delta of a secure round as the one input of its strategy, and the
+    clients left out (client id -> why) for the round's history.
+
+    The round's aggregation spec applies to it unchanged: one input weighs all; every client
+    clipped its delta to clip_norm, so their mean is within it too."""
+    spec = core.spec(fid)
+    sa = spec.secure_aggregation
+    assert sa is not None
+    with core.db.read() as conn:
+        rnd = load_round(conn, spec, fid, number)
+        if rnd is None or rnd.phase != "done":
+            raise RuntimeError(f"round {number} of {fid} has no finished secure aggregation")
+        inputs = {c: p for c, p in _steps(conn, rnd, "input").items() if c in rnd.u2}
+        keys = _steps(conn, rnd, "keys")
+        manifest = _manifest(conn, fid)
+        accused = _accused(conn, rnd)
+    fp = FixedPoint(sa.scale_bits, sa.modulus_bits)
+    names = sorted(manifest)
+    sizes = [math.prod(manifest[n].shape) for n in names]
+    total = np.zeros(sum(sizes), dtype=np.uint64)
+    for cid in sorted(inputs):  # addition mod 2^bits: exact, so any order gives the same sum
+        blob = Blob.open(core.blobs.path(inputs[cid]["sha256"]))
+        try:
+            flat = np.concatenate([blob.tensor(n).reshape(-1).numpy() for n in names])
+        finally:
+            blob.close()
+        total = fp.add(total, flat.view(np.uint64))
+    for _owner, b_hex in sorted(rnd.secrets["b"].items()):
+        total = fp.add(total, prg(bytes.fromhex(b_hex), total.size), -1)
+    graph = rnd.graph()
+    survivors = set(rnd.u2)
+    for dropped, s_hex in sorted(rnd.secrets["s"].items()):
+        s_sk = bytes.fromhex(s_hex)
+        for peer in graph[dropped]:
+            if peer not in survivors:
+                continue
+            seed = mask_seed(
+                s_sk, public_from_hex(keys[peer]["s_pk"]), pair_context(rnd.context, peer, dropped)
+            )
+            total = fp.add(total, prg(seed, total.size), -sign(peer, dropped))
+    weight = sum(
+        inputs[c]["num_examples"] if spec.aggregation.weighting == "num_examples" else 1
+        for c in inputs
+    )
+    mean = fp.decode(total) / weight
+    state: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, size in zip(names, sizes, strict=True):
+        state[name] = torch.from_numpy(
+            mean[offset : offset + size].astype(np.float32).reshape(manifest[name].shape)
+        )
+        offset += size
+    digest = core.blobs.put_bytes(encode_state(state, {"format": "fedtune-secure-mean/1"}))
+    left_out = {
+        c: accused.get(c, "shared keys but sent no masked input in time (dropped out)")
+        for c in rnd.u1
+        if c not in survivors
+    }
+    one = UpdateInput("secure-aggregate", core.blobs.path(digest), 1, f"secure\0{digest}")
+    return [one], left_out
