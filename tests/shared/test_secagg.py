@@ -156,6 +156,18 @@ def test_spec_refuses_what_secure_aggregation_cannot_do() -> None:
         ({"aggregation": {"strategy": "median"}}, "aggregation.strategy: median must see"),
         ({"aggregation": {"strategy": "trimmed_mean"}}, "trimmed_mean must see single"),
         ({"rounds": {"quorum": 1, "min_updates": 1}}, "min_updates must be at least 2"),
+        (
+            {
+                "privacy": {
+                    "mechanism": "central_gaussian",
+                    "clip_norm": 1.0,
+                    "noise_multiplier": 1.0,
+                    "delta": 1e-5,
+                    "max_epsilon": 10,
+                }
+            },
+            "secure_aggregation hides",
+        ),
     ]
     for extra, message in cases:
         with pytest.raises(SpecError, match=message):
