@@ -64,6 +64,16 @@ log = logging.getLogger("client_sdk")
 
 MASKED_FORMAT = "fedtune-masked/1"
 _POLL_S = 5  # long-poll of the round between phase checks
+# Refusals that say the round moved on while this client acted: it looks again.
+_MOVED_ON = frozenset(
+    {
+        "secagg_wrong_phase",
+        "secagg_attempt_over",
+        "round_closed",
+        "federation_paused",
+        "federation_cancelled",
+    }
+)
 
 
 class SecureAggregationError(FedTuneError):
@@ -330,8 +340,8 @@ class SecureRound:
                 st = self.state(number)
                 outcome = self.step(number, st, delta_path, num_examples)
             except ConflictError as exc:
-                if exc.code in ("secagg_wrong_phase", "secagg_attempt_over", "round_closed"):
-                    outcome = None  # the round moved on meanwhile: look again
+                if exc.code in _MOVED_ON:
+                    outcome = None  # the round (or the federation) moved on meanwhile: look again
                 else:
                     raise
             except PermissionDeniedError as exc:
