@@ -15,6 +15,7 @@ as the round's updates when it starts aggregating.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ from shared.api import (
     SecaggUnmask,
 )
 from shared.secagg.graph import neighbours, threshold_for
+from shared.secagg.protocol import context
 from shared.spec import FederationSpec, SecureAggregationSpec
 
 __all__ = [
@@ -122,8 +124,6 @@ class Round:
 
     @property
     def context(self) -> str:
-        from shared.secagg.protocol import context
-
         return context(self.fid, self.number, self.attempt)
 
     def graph(self) -> dict[str, list[str]]:
@@ -609,14 +609,7 @@ def _move(conn: Connection, rnd: Round, phase: SecaggPhase, deadline: float, **s
         rnd.attempt,
         phase,
     )
-    return Round(
-        **{
-            **rnd.__dict__,
-            "phase": phase,
-            "deadline_at": deadline,
-            **{k: v for k, v in sets.items()},
-        }
-    )
+    return dataclasses.replace(rnd, phase=phase, deadline_at=deadline, **sets)
 
 
 def _bump(conn: Connection, rnd: Round) -> None:
