@@ -11,10 +11,13 @@ import hashlib
 import hmac
 import logging
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
 from aggregator_service.settings import Settings
 
@@ -62,6 +65,8 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
+        self.epsilons = _EpsilonGauge()
+        r.register(self.epsilons)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -71,6 +76,32 @@ class Metrics:
         if self._token_digest is None:
             return False
         return hmac.compare_digest(_digest(token), self._token_digest)
+
+
+class _EpsilonGauge(Collector):
+    """`fedtune_privacy_epsilon{federation}`: read from the database at every scrape (set
+    `source`), so every replica reports every federation's ε, whoever closed its rounds."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, float]] | None = None
+
+    def describe(self) -> list[Metric]:
+        return []  # collected on each scrape, never at registration
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "fedtune_privacy_epsilon",
+            "Federations with central privacy: ε (at privacy.delta) after the latest closed round.",
+            labels=["federation"],
+        )
+        try:
+            values = self.source() if self.source is not None else {}
+        except Exception as exc:  # the database is away: the scrape still answers
+            log.debug("privacy epsilon not read: %s", exc)
+            values = {}
+        for fid, eps in sorted(values.items()):
+            gauge.add_metric([fid], eps)
+        yield gauge
 
 
 def _digest(token: str) -> bytes:
