@@ -1,0 +1,269 @@
+"""Secure aggregation against a real app over HTTP, driven through the SDK's protocol steps
+(client_sdk.secagg.SecureRound) with deltas written here: the aggregate, an inconsistent
+unmasking share named, and every bad input refused with its detail and no trace."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from client_sdk import FedTuneClient
+from client_sdk._exceptions import ConflictError
+from client_sdk.secagg import SecureRound
+from shared.api import SecaggState, SecaggUnmaskShare
+from shared.blobs import atomic_save_state, encode_state
+from shared.secagg.shamir import PRIME, share_to_bytes
+from tests.aggregator_service.conftest import AppPool, Federation, create_federation, tiny_spec
+
+SCALE_BITS = 24
+
+
+def _spec(clients: int, **secure: Any) -> dict[str, Any]:
+    spec = tiny_spec(total=2, quorum=clients, min_updates=2, deadline_s=600)
+    spec["aggregation"] = {"strategy": "fedavg", "weighting": "num_examples", "clip_norm": None}
+    spec["secure_aggregation"] = {"scale_bits": SCALE_BITS, **secure}
+    return spec
+
+
+class Org:
+    def __init__(self, fed: Federation, cid: str, tmp: Path) -> None:
+        self.cid = cid
+        self.client = FedTuneClient(fed.app.url, api_key=fed.keys[cid], allow_http=True)
+        self.round = SecureRound(self.client, fed.info.spec, fed.id, cid, tmp / cid)
+        gen = torch.Generator().manual_seed(len(cid) + sum(map(ord, cid)))
+        self.delta = {
+            n: torch.randn(t.shape, generator=gen) * 1e-2 for n, t in fed.info.manifest.items()
+        }
+        self.num_examples = 10 + sum(map(ord, cid)) % 50
+        self.path = tmp / f"{cid}.safetensors"
+        atomic_save_state(self.path, self.delta, {"metrics": '{"train_loss": 1.0}'})
+
+    def state(self, number: int = 1) -> SecaggState:
+        return self.round.state(number)
+
+
+def _orgs(fed: Federation, tmp: Path) -> list[Org]:
+    return [Org(fed, cid, tmp) for cid in sorted(fed.keys)]
+
+
+def _until(orgs: list[Org], phase: str, number: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while orgs[0].state(number).phase != phase:
+        assert time.monotonic() < deadline, orgs[0].state(number)
+        time.sleep(0.05)
+
+
+def _to_input(orgs: list[Org], number: int = 1) -> None:
+    for o in orgs:
+        o.round.advertise(number, 1)
+    _until(orgs, "share", number)
+    for o in orgs:
+        o.round._post(number, "/shares", o.round.share_body(number, o.state(number)))
+    _until(orgs, "input", number)
+
+
+def _mask(orgs: list[Org], number: int = 1) -> None:
+    for o in orgs:
+        st = o.state(number)
+        o.round.received(number, st)
+        o.round.upload_masked(number, 1, o.round.masked_input(number, st, o.path, o.num_examples))
+
+
+def _mean(orgs: list[Org]) -> dict[str, torch.Tensor]:
+    total = sum(o.num_examples for o in orgs)
+    return {
+        n: sum(o.delta[n].double() * o.num_examples for o in orgs) / total  # type: ignore[misc]
+        for n in orgs[0].delta
+    }
+
+
+def _wait_closed(fed: Federation, number: int = 1) -> dict[str, Any]:
+    fed.wait_round(number + 1)
+    with fed.app.client() as c:
+        record: dict[str, Any] = c.get(f"/v1/federations/{fed.id}/rounds/{number}").json()
+    return record
+
+
+def _assert_fedavg(fed: Federation, orgs: list[Org], record: dict[str, Any]) -> None:
+    before, after = fed.state(0), fed.state(record["result_version"])
+    for name, mean in _mean(orgs).items():
+        want = before[name].double() + mean
+        err = (after[name].double() - want).abs()
+        assert bool((err <= 0.5 / 2**SCALE_BITS + want.abs() * 2**-23 + 1e-12).all()), name
+
+
+def test_the_aggregate_is_fedavg_of_the_survivors_and_a_lying_holder_is_named(
+    start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Six clients (each the others' neighbour, 3 of 5 shares rebuild a secret): one leaves
+    before its masked input, one sends a wrong share when unmasking. The redundant shares
+    name that holder, and the aggregate is FedAvg of the five survivors."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), _spec(6, unmask_s=60, masked_input_s=3), 6)
+    orgs = _orgs(fed, tmp_path)
+    _to_input(orgs)
+    gone, liar, *rest = orgs
+    survivors = [liar, *rest]
+    _mask(survivors)
+    _until(orgs, "unmask")
+    st = liar.state()
+    assert sorted(st.survivors) == sorted(o.cid for o in survivors)
+    body = liar.round.unmask_body(1, st)
+    first = body.shares[0]
+    wrong = int(first.share, 16) + 1
+    bad = SecaggUnmaskShare(
+        owner=first.owner, kind=first.kind, share=share_to_bytes(wrong % PRIME).hex()
+    )
+    liar.round._post(1, "/unmask", body.model_copy(update={"shares": [bad, *body.shares[1:]]}))
+    for o in rest:
+        o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
+
+    record = _wait_closed(fed)
+
+    assert record["participant_count"] == 5
+    assert "dropped out" in record["excluded"][gone.cid]
+    events = liar.state().events
+    secret = "b" if first.kind == "b" else "s_sk"
+    named = f"{liar.cid}'s share of {first.owner}'s {secret} is inconsistent"
+    assert any(named in e for e in events), events
+    _assert_fedavg(fed, survivors, record)
+
+
+def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
+    start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    pool: AppPool = start_app  # type: ignore[assignment]
+    app = pool()
+    fed = create_federation(app, _spec(3), 4)
+    orgs = _orgs(fed, tmp_path)
+    outsider = orgs.pop()
+    base = f"/v1/federations/{fed.id}/rounds/1/secure-aggregation"
+
+    def call(o: Org, method: str, tail: str, **kw: Any) -> httpx.Response:
+        with fed.as_client(o.cid) as c:
+            return c.request(method, base + tail, **kw)
+
+    keys = {"attempt": 1, "c_pk": "ab" * 32, "s_pk": "cd" * 32}
+    assert call(orgs[0], "POST", "/keys", json={**keys, "s_pk": "ab" * 32}).status_code == 422
+    assert call(orgs[0], "POST", "/keys", json={**keys, "attempt": 2}).status_code == 409
+    assert call(orgs[0], "POST", "/shares", json={"attempt": 1, "shares": []}).status_code == 409
+    first = call(orgs[0], "POST", "/keys", json=keys)
+    again = call(orgs[0], "POST", "/keys", json=keys)
+    other = call(orgs[0], "POST", "/keys", json={**keys, "c_pk": "ef" * 32})
+    assert (first.status_code, again.status_code, again.json()["duplicate"]) == (201, 200, True)
+    assert other.status_code == 409 and "different keys" in other.json()["detail"]
+    # the real clients replace the hand-made keys' owner: a fresh attempt is not needed, the
+    # first client simply goes on with these keys (it cannot decrypt, which is not tested here)
+    for o in orgs[1:]:
+        o.round.advertise(1, 1)
+    _until(orgs, "share")
+    late = outsider.round
+    with pytest.raises(ConflictError, match="phase share, not advertise"):
+        late.advertise(1, 1)
+    st = orgs[1].state()
+    body = orgs[1].round.share_body(1, st)
+    short = body.model_copy(update={"shares": body.shares[:1]})
+    r = call(orgs[1], "POST", "/shares", json=short.model_dump(mode="json"))
+    assert r.status_code == 422 and "exactly this client's 2 neighbours" in r.json()["detail"]
+    cut = [s.model_copy(update={"ciphertext": s.ciphertext[:-2]}) for s in body.shares]
+    r = call(
+        orgs[1], "POST", "/shares", json={"attempt": 1, "shares": [c.model_dump() for c in cut]}
+    )
+    assert r.status_code == 422 and "hex digits" in r.json()["detail"]
+    r = call(outsider, "POST", "/shares", json=body.model_dump(mode="json"))
+    assert r.status_code == 403 and r.json()["error"] == "not_in_cohort"
+    assert "shares" not in orgs[1].state().done  # nothing of the refused bodies was kept
+    # a masked input: refused before the protocol reaches it, without a token before its body
+    upload = f"{base}/masked-input?attempt=1"
+    with app.client(None) as anon:
+        assert anon.put(upload, content=b"\0" * 100).status_code == 401
+    junk = call(orgs[1], "PUT", "/masked-input?attempt=1", content=b"not a safetensors file")
+    assert junk.status_code == 400
+    plain = encode_state(orgs[1].delta, {"format": "fedtune-masked/1"})
+    r = call(orgs[1], "PUT", "/masked-input?attempt=1", content=plain)
+    assert r.status_code == 422 and "int64 words" in r.json()["detail"]
+    words = {n: torch.zeros(t.shape, dtype=torch.int64) for n, t in orgs[1].delta.items()}
+    meta = {"format": "fedtune-masked/1", "federation": fed.id, "round": "1", "attempt": "1"}
+    r = call(orgs[1], "PUT", "/masked-input?attempt=1", content=encode_state(words, meta))
+    assert r.status_code == 422 and "num_examples" in r.json()["detail"]
+    ok = encode_state(words, {**meta, "num_examples": "5"})
+    r = call(orgs[1], "PUT", "/masked-input?attempt=1", content=ok + b"\0" * 8)
+    assert r.status_code in (413, 422)
+    r = call(orgs[1], "PUT", "/masked-input?attempt=1", content=ok)
+    assert r.status_code == 409 and "phase share, not input" in r.json()["detail"]
+    assert orgs[1].state().done == ["keys"]
+    with fed.app.client() as c:
+        assert c.get(f"/v1/federations/{fed.id}/rounds/current").json()["received"] == 0
+    # a plain delta is refused for a secure federation
+    r = fed.upload(orgs[1].cid, 1, encode_state(orgs[1].delta))
+    assert r.status_code == 409 and r.json()["error"] == "secure_aggregation_only"
+
+
+def test_a_server_optimiser_runs_on_the_unmasked_mean(
+    start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    pool: AppPool = start_app  # type: ignore[assignment]
+    spec = _spec(3)
+    spec["aggregation"] = {**spec["aggregation"], "strategy": "fedavgm"}
+    fed = create_federation(pool(), spec, 3)
+    orgs = _orgs(fed, tmp_path)
+    _to_input(orgs)
+    _mask(orgs)
+    _until(orgs, "unmask")
+    for o in orgs:
+        o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
+    record = _wait_closed(fed)
+    assert record["participant_count"] == 3 and record["closed_by"] == "quorum"
+    before, after = fed.state(0), fed.state(record["result_version"])
+    lr = fed.info.spec.aggregation.strategy_options().model_dump().get("server_lr", 1.0)
+    for name, mean in _mean(orgs).items():  # the first FedAvgM step is lr x the mean delta
+        want = before[name].double() + lr * mean
+        assert np.allclose(after[name].double().numpy(), want.numpy(), atol=1e-6)
+
+
+def test_too_few_left_restarts_the_protocol_with_fresh_keys(
+    start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Only one of three clients shares its keys before the phase's deadline: the attempt
+    fails (recorded), attempt 2 starts from advertising, and completes the round."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), _spec(3, share_keys_s=3), 3)
+    orgs = _orgs(fed, tmp_path)
+    for o in orgs:
+        o.round.advertise(1, 1)
+    _until(orgs, "share")
+    orgs[0].round._post(1, "/shares", orgs[0].round.share_body(1, orgs[0].state()))
+    deadline = time.monotonic() + 30
+    while orgs[0].state().attempt == 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    st = orgs[0].state()
+    assert (st.attempt, st.phase) == (2, "advertise")
+    assert any(
+        "attempt 1 failed in phase share: only 1 of the cohort shared" in e for e in st.events
+    )
+    with pytest.raises(ConflictError, match="attempt 1 of round 1 is over"):
+        orgs[1].round.advertise(1, 1)
+    for o in orgs:  # attempt 2, run by the SDK's own loop
+        o.round.advertise(1, 2)
+    _until(orgs, "share")
+    for o in orgs:
+        o.round._post(1, "/shares", o.round.share_body(1, o.state()))
+    _until(orgs, "input")
+    for o in orgs:
+        st = o.state()
+        o.round.received(1, st)
+        o.round.upload_masked(1, 2, o.round.masked_input(1, st, o.path, o.num_examples))
+    _until(orgs, "unmask")
+    for o in orgs:
+        o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
+    record = _wait_closed(fed)
+    assert record["participant_count"] == 3
+    _assert_fedavg(fed, orgs, record)
