@@ -436,6 +436,9 @@ class FederationSpec(_Strict):
     @model_validator(mode="after")
     def _method_fits_model(self) -> FederationSpec:
         self.method.method_options(self.model.family)
+        self.aggregation.strategy_options().check_min_updates(
+            self.aggregation.strategy, self.rounds.min_updates
+        )
         if self.model.base_source == "local" and self.model.pretrained is None:
             raise ValueError(
                 "model.base_source: local needs model.pretrained (clients load it themselves)"

@@ -73,3 +73,9 @@ def test_a_minimum_too_low_for_krum_is_said_in_one_line_naming_the_fields():
         "(Krum needs more than 2f + 2 updates); raise rounds.min_updates (and quorum) "
         "or change the options"
     )
+
+
+def test_a_spec_whose_rounds_may_close_too_small_for_krum_is_refused():
+    data = _spec_data("krum", {"num_byzantine": 2}) | {"rounds": {"quorum": 6, "min_updates": 6}}
+    with pytest.raises(SpecError, match=r"rounds.min_updates \(6\) must be at least 7 for krum"):
+        parse_spec(data)
