@@ -62,7 +62,10 @@ BAD = [
     ({"aggregation": {"clip_norm": None}}, r"aggregation\.clip_norm \(null\) contradicts"),
     ({"aggregation": {"strategy": "median"}}, r"privacy: .*aggregation\.strategy median"),
     ({"aggregation": {"strategy": "trimmed_mean"}}, r"aggregation\.strategy trimmed_mean"),
-    ({"aggregation": {"strategy": "krum"}}, r"aggregation\.strategy krum"),
+    (
+        {"aggregation": {"strategy": "krum"}, "rounds": {"quorum": 5, "min_updates": 5}},
+        r"aggregation\.strategy krum",
+    ),
     ({"aggregation": {"weighting": "num_examples"}}, r"^aggregation\.weighting: .*uniform"),
     ({"privacy": {"max_epsilon": 0.5}}, r"privacy\.max_epsilon \(0\.5\) is below the ε of a"),
     ({"privacy": {"noise_multiplier": 0}}, r"^privacy\.noise_multiplier: "),
