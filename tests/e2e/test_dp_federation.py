@@ -1,0 +1,95 @@
+"""A differentially private federation through real processes.
+
+A `fedtune-server serve` process and two `fedtune-client train` subprocesses run a
+federation with central privacy at the service and DP-SGD on both clients. The round
+history shows ε rising round by round, equal to Opacus's accountant called directly; the
+federation completes on its own after 2 of its 5 rounds, before a third would take ε past
+max_epsilon, and says so; every update reports its organisation's `dp_epsilon`; /metrics
+reports the federation's ε; both clients exit 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from opacus.accountants import RDPAccountant
+
+from lab.local_federation import ServerProcess, register, start_client, train_args
+from shared.privacy import CentralPrivacySpec, LocalDPSpec
+from shared.spec import RoundsSpec, load_spec
+from tests.e2e.test_federation_e2e import EXAMPLES
+from tests.images import write_image_folder
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ORGS = ["org-a", "org-b"]
+SIGMA, DELTA = 1.5, 1e-5
+
+
+def _opacus(rounds: int) -> float:
+    acc = RDPAccountant()
+    for _ in range(rounds):
+        acc.step(noise_multiplier=SIGMA, sample_rate=1.0)
+    return float(acc.get_epsilon(delta=DELTA))
+
+
+def test_a_private_federation_stops_at_its_budget_with_epsilon_rising_per_round(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    eps = [_opacus(k) for k in (1, 2, 3)]
+    privacy = CentralPrivacySpec(
+        mechanism="central_gaussian",
+        clip_norm=1.0,
+        noise_multiplier=SIGMA,
+        delta=DELTA,
+        max_epsilon=(eps[1] + eps[2]) / 2,  # round 3 would pass it
+    )
+    spec = load_spec(EXAMPLES / "tiny-clip-bias.yaml")
+    dp = LocalDPSpec(noise_multiplier=1.0, max_grad_norm=1.0, delta=DELTA)
+    lt = spec.local_training.model_copy(
+        update={"epochs": 1, "batch_size": 8, "max_steps": 2, "dp": dp}
+    )
+    spec = spec.model_validate(
+        {
+            **spec.model_dump(mode="json", exclude={"aggregation"}),
+            "rounds": RoundsSpec(total=5, quorum=2, min_updates=2, deadline_s=600).model_dump(),
+            "local_training": lt.model_dump(mode="json"),
+            "privacy": privacy.model_dump(mode="json"),
+        }
+    )
+    admin = server.admin()
+    info = admin.create_federation(spec)
+    assert info.spec.privacy == privacy and info.spec.aggregation.clip_norm == 1.0
+    procs = []
+    for i, org in enumerate(ORGS):
+        creds = tmp_path / org / "credentials.json"
+        register(server, admin.create_enrollment_token(info.id).token, org, creds)
+        data = write_image_folder(tmp_path / org / "data", spec.task.classes, 3, seed=i)
+        args = train_args(server, creds, data, tmp_path / org / "work")
+        procs.append(start_client(org, args, tmp_path / org / "client.log"))
+
+    codes = [p.wait(timeout=600) for p in procs]
+
+    assert codes == [0, 0], "\n".join(p.output()[-3000:] for p in procs)
+    final = admin.get_federation(info.id)
+    assert final.status == "completed" and final.completed_reason == "privacy_budget"
+    assert final.current_round == 2
+    rounds = admin.list_rounds(info.id)
+    assert [r.round for r in rounds] == [1, 2]
+    assert [r.status for r in rounds] == ["closed", "closed"]
+    got = [r.epsilon for r in rounds]
+    assert got == [pytest.approx(eps[0], rel=1e-9), pytest.approx(eps[1], rel=1e-9)]
+    assert 0 < got[0] < got[1] <= privacy.max_epsilon  # type: ignore[operator]
+    for r in rounds:
+        assert sorted(p.name for p in r.participants) == ORGS
+        for p in r.participants:
+            assert p.metrics["dp_epsilon"] >= p.metrics["dp_epsilon_round"] > 0
+        assert r.metrics["dp_epsilon"] > 0
+    # round 2's organisations account for two rounds of local steps: more ε than round 1's
+    assert rounds[1].metrics["dp_epsilon"] > rounds[0].metrics["dp_epsilon"]
+    with server.http() as http:
+        metrics = http.get("/metrics").text
+    line = next(x for x in metrics.splitlines() if f'federation="{info.id}"' in x)
+    assert line.startswith("fedtune_privacy_epsilon{")
+    assert float(line.split()[-1]) == pytest.approx(eps[1], rel=1e-9)
