@@ -17,6 +17,7 @@ from aggregator_service.api.routes import (
     federations,
     health,
     rounds,
+    secagg,
     states,
     viewers,
 )
@@ -66,6 +67,11 @@ _TAGS = [
     {
         "name": "viewers",
         "description": "Viewer tokens (admin): read-only access to the dashboard, never to the API.",
+    },
+    {
+        "name": "secure-aggregation",
+        "description": "SecAgg+ rounds: advertise keys, share keys, masked input, unmasking; "
+        "the service learns only the sum of the clients' deltas.",
     },
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics."},
 ]
@@ -127,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_header_bytes=settings.max_header_bytes,
     )
     app.add_middleware(RejectNul)
-    for module in (federations, clients, rounds, evaluations, states, viewers, health):
+    for module in (federations, clients, rounds, secagg, evaluations, states, viewers, health):
         app.include_router(module.router)
     app.include_router(dashboard_router)
     if app.openapi_url is not None:

@@ -27,6 +27,7 @@ from client_sdk import _constants as C
 from client_sdk._client import FedTuneClient
 from client_sdk._exceptions import ConflictError, FedTuneError
 from client_sdk.data import load_local_data
+from client_sdk.secagg import SecureRound
 from client_sdk.sync import StateStore, prepare_model
 from client_sdk.training import LocalTrainer, resolve_device
 from client_sdk.workdir import JournalEntry, WorkDir
@@ -106,6 +107,11 @@ class Participant:
             world=options.world,
         )
         self.states = StateStore(client, self.info, self.workdir)
+        self.secure = (
+            SecureRound(client, spec, self.info.id, client_id, options.work_dir)
+            if spec.secure_aggregation is not None
+            else None
+        )
         self._noted: set[int] = set()
         self._paused = False
 
@@ -198,6 +204,8 @@ class Participant:
         return entry
 
     def _upload(self, r: int, entry: JournalEntry) -> bool:
+        if self.secure is not None:
+            return self._secure(r, entry)
         try:
             receipt = self.client.upload_update(
                 self.info.id, r, self.workdir.delta_path(r), progress=self.opts.progress
@@ -220,6 +228,20 @@ class Participant:
             receipt.received,
             receipt.quorum,
         )
+        return True
+
+    def _secure(self, r: int, entry: JournalEntry) -> bool:
+        """Secure aggregation: the four steps of client_sdk/secagg.py instead of one upload."""
+        assert self.secure is not None
+        done = self.secure.run(r, self.workdir.delta_path(r), entry.num_examples)
+        if done is None:  # paused or cancelled meanwhile: kept as written
+            return False
+        entry.status = "uploaded" if done else "abandoned"
+        entry.detail = "" if done else "left out of the secure round"
+        self.workdir.record(r, entry)
+        if done:
+            self.workdir.prune_deltas(before=r)
+            log.info("round %d: secure aggregation done", r)
         return True
 
     def finish(self, status: RoundStatus) -> Path:

@@ -35,6 +35,17 @@ __all__ = [
     "RoundState",
     "RoundStatus",
     "SafeId",
+    "SecaggComplaint",
+    "SecaggIncomingShare",
+    "SecaggKeys",
+    "SecaggPeer",
+    "SecaggPhase",
+    "SecaggReceipt",
+    "SecaggShare",
+    "SecaggShares",
+    "SecaggState",
+    "SecaggUnmask",
+    "SecaggUnmaskShare",
     "Sha256Hex",
     "TensorInfo",
     "UpdateReceipt",
@@ -109,6 +120,13 @@ class FederationInfo(_Model):
     trainable_params: int = Field(examples=[102912])
     total_params: int = Field(examples=[86389248])
     created_at: datetime
+    completed_reason: Literal["rounds", "privacy_budget"] | None = Field(
+        default=None,
+        description="Why a completed federation completed: rounds (its last round closed) or "
+        "privacy_budget (the next round would have taken ε past privacy.max_epsilon); null "
+        "until it completes.",
+        examples=[None],
+    )
 
 
 class FederationSummary(_Model):
@@ -307,6 +325,12 @@ class RoundRecord(_Model):
         "made it non-finite. A client sees only its own entry.",
         examples=[{"c_3f9a": "largest update norm (3.4e+38) while the aggregate was non-finite"}],
     )
+    epsilon: float | None = Field(
+        default=None,
+        description="With central privacy: the federation's ε (at privacy.delta) once this "
+        "round closed, from the accountant; null without privacy or while the round is open.",
+        examples=[1.92],
+    )
 
 
 class Health(_Model):
@@ -337,3 +361,128 @@ class Evaluation(EvaluationReport):
     )
     final: bool = Field(description="True when the version is the federation's final one.")
     received_at: datetime
+
+
+# -- secure aggregation (SecAgg+) --------------------------------------------------------------
+
+SecaggPhase = Literal["advertise", "share", "input", "unmask", "done"]
+"""advertise: clients send two X25519 public keys; share: each sends its encrypted Shamir
+shares for its neighbours; input: each sends its masked input; unmask: the survivors send the
+shares that remove the masks; done: the service aggregates the unmasked sum."""
+
+_PK = "5f1c3a2b" * 8
+HexKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""An X25519 public key, 32 bytes in lowercase hex."""
+
+
+class SecaggKeys(_Model):
+    """Step 0, advertise keys: the client's two X25519 public keys for this attempt."""
+
+    attempt: int = Field(ge=1, description="The attempt the keys are for.", examples=[1])
+    c_pk: HexKey = Field(description="Key agreement for the share encryption.", examples=[_PK])
+    s_pk: HexKey = Field(description="Key agreement for the pairwise masks.", examples=[_PK])
+
+
+class SecaggShare(_Model):
+    recipient: SafeId = Field(examples=["cli_9q2w"])
+    ciphertext: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{56,1024}$")] = Field(
+        description="Hex of nonce (12 bytes) || AES-256-GCM ciphertext of the recipient's "
+        "shares of the sender's b and s_sk.",
+        examples=["00" * 160],
+    )
+
+
+class SecaggShares(_Model):
+    """Step 1, share keys: one encrypted share per neighbour, for the service to route."""
+
+    attempt: int = Field(ge=1, examples=[1])
+    shares: list[SecaggShare] = Field(max_length=1024)
+
+
+class SecaggIncomingShare(_Model):
+    sender: SafeId = Field(examples=["cli_7h2k"])
+    ciphertext: str = Field(examples=["00" * 160])
+
+
+class SecaggComplaint(_Model):
+    """A share that failed AES-GCM authentication at its recipient: the sender is named and
+    left out of the round (its masks are removed as a dropped client's)."""
+
+    attempt: int = Field(ge=1, examples=[1])
+    accused: SafeId = Field(description="The sender of the share.", examples=["cli_7h2k"])
+    reason: str = Field(max_length=300, examples=["AES-GCM authentication failed"])
+
+
+class SecaggUnmaskShare(_Model):
+    owner: SafeId = Field(description="Whose secret this is a share of.", examples=["cli_7h2k"])
+    kind: Literal["b", "s"] = Field(
+        description="b: the self-mask seed of a survivor; s: the mask key of a dropped client.",
+        examples=["b"],
+    )
+    share: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{132}$")] = Field(
+        description="The field element, 66 bytes in hex.", examples=["00" * 66]
+    )
+
+
+class SecaggUnmask(_Model):
+    """Step 3, unmasking: for each neighbour that shared keys, its share of b if it sent a
+    masked input, of s_sk if it did not (never both)."""
+
+    attempt: int = Field(ge=1, examples=[1])
+    shares: list[SecaggUnmaskShare] = Field(max_length=2048)
+
+
+class SecaggPeer(_Model):
+    client_id: SafeId = Field(examples=["cli_9q2w"])
+    c_pk: HexKey = Field(examples=[_PK])
+    s_pk: HexKey = Field(examples=[_PK])
+
+
+class SecaggState(_Model):
+    """One secure round as the calling client needs it."""
+
+    federation_id: SafeId = Field(examples=["fed_3k9x2m"])
+    round: int = Field(examples=[3])
+    attempt: int = Field(description="Grows when the protocol restarts.", examples=[1])
+    phase: SecaggPhase = Field(examples=["share"])
+    deadline_at: datetime
+    threshold: int | None = Field(
+        description="Shares needed to rebuild one of the caller's secrets (from phase share).",
+        examples=[3],
+    )
+    neighbours: list[SecaggPeer] = Field(
+        default_factory=list,
+        description="The caller's neighbours and their keys (from phase share; empty when the "
+        "caller is not in the cohort).",
+    )
+    in_cohort: bool = Field(examples=[True])
+    cohort: list[SafeId] = Field(
+        default_factory=list,
+        description="Who advertised keys (from phase share); a client's place in it, from 1, "
+        "is its x coordinate in every Shamir sharing of the attempt.",
+    )
+    shared: list[SafeId] = Field(
+        default_factory=list, description="Who shared keys (U1, from phase input)."
+    )
+    survivors: list[SafeId] = Field(
+        default_factory=list, description="Whose masked input counts (U2, from phase unmask)."
+    )
+    done: list[str] = Field(
+        default_factory=list,
+        description="The caller's steps of this attempt that the service holds.",
+        examples=[["keys", "shares"]],
+    )
+    events: list[str] = Field(
+        default_factory=list,
+        description="What went wrong in this round: tampered shares and who sent them, "
+        "inconsistent shares and who held them, restarts.",
+    )
+
+
+class SecaggReceipt(_Model):
+    step: Literal["keys", "shares", "input", "unmask", "complaint"] = Field(examples=["keys"])
+    attempt: int = Field(examples=[1])
+    duplicate: bool = Field(
+        description="True when this exact body had already been accepted.", examples=[False]
+    )
+    phase: SecaggPhase = Field(description="The round's phase after this step.", examples=["share"])

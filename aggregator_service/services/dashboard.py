@@ -64,6 +64,9 @@ class HistoryRow(BaseModel):
     by_organisation: dict[str, dict[str, float]] = Field(
         description="Each participant's plotted metrics, by organisation name."
     )
+    epsilon: float | None = Field(
+        default=None, description="With central privacy: ε once the round closed."
+    )
 
 
 class OrganisationRow(BaseModel):
@@ -82,6 +85,12 @@ class LiveView(BaseModel):
     round: LiveRound
     history: list[HistoryRow]
     organisations: list[OrganisationRow]
+    epsilon: float | None = Field(
+        default=None, description="With central privacy: ε after the latest closed round."
+    )
+    max_epsilon: float | None = Field(
+        default=None, description="With central privacy: the budget (privacy.max_epsilon)."
+    )
 
 
 def federation_rows(core: Core) -> list[FederationRow]:
@@ -113,6 +122,7 @@ def _history_row(r: RoundRecord) -> HistoryRow:
         by_organisation={
             p.name: {k: v for k, v in p.metrics.items() if k in PLOTTED} for p in r.participants
         },
+        epsilon=r.epsilon,
     )
 
 
@@ -157,4 +167,6 @@ def live_view(core: Core, fid: str) -> LiveView:
             )
             for c in list_clients(core, fid)
         ],
+        epsilon=next((r.epsilon for r in reversed(history) if r.epsilon is not None), None),
+        max_epsilon=info.spec.privacy.max_epsilon if info.spec.privacy is not None else None,
     )

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Row, insert, select
 
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Invalid, NotFound
+from aggregator_service.services.privacy import completed_reason
 from aggregator_service.storage.tables import federations, rounds, state_versions
 from shared.api import FederationInfo, FederationSummary, TensorInfo
 from shared.blobs import write_state
@@ -142,6 +143,7 @@ def federation_info(core: Core, fid: str) -> FederationInfo:
     with core.db.read() as conn:
         fed = federation_row(conn, fid)
         version = global_version(conn, fed)
+        reason = completed_reason(conn, fid, fed.status)
     manifest = {k: TensorInfo.model_validate(v) for k, v in json.loads(fed.manifest).items()}
     return FederationInfo(
         id=fed.id,
@@ -156,6 +158,7 @@ def federation_info(core: Core, fid: str) -> FederationInfo:
         trainable_params=fed.trainable_params,
         total_params=fed.total_params,
         created_at=datetime.fromtimestamp(fed.created_at, UTC),
+        completed_reason=reason,
     )
 
 

@@ -14,6 +14,7 @@ from aggregator_service.services.access import Principal
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import Conflict, Invalid, NotFound
 from aggregator_service.services.federations import federation_row
+from aggregator_service.services.privacy import epsilons
 from aggregator_service.storage.tables import (
     INT_MAX,
     aggregation_attempts,
@@ -179,6 +180,7 @@ def _records(core: Core, fid: str, viewer: Principal, number: int | None) -> lis
             )
             .order_by(aggregation_attempts.c.round, aggregation_attempts.c.number)
         ).all()
+        epsilon = epsilons(conn, fid)
     attempts: dict[int, list[AggregationAttempt]] = defaultdict(list)
     for a in attempt_rows:
         attempts[a.round].append(
@@ -230,6 +232,7 @@ def _records(core: Core, fid: str, viewer: Principal, number: int | None) -> lis
             aggregation_seconds=r.aggregation_seconds,
             excluded=visible(excluded[r.number]),
             attempts=attempts[r.number],
+            epsilon=epsilon.get(r.number),
         )
         for r in round_rows
     ]

@@ -21,6 +21,7 @@ from sqlalchemy import ColumnElement, Connection, false, func, insert, select, u
 from aggregator_service.aggregation import UpdateInput, aggregate
 from aggregator_service.aggregation.base import AggregationResult, delta_norms
 from aggregator_service.aggregation.deltas import BlobDeltas
+from aggregator_service.services import privacy
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.federations import federation_row, store_state
 from aggregator_service.storage.tables import (
@@ -53,6 +54,16 @@ __all__ = [
 log = logging.getLogger("fedtune.server")
 
 Outcome = Literal["closed", "reopened", "superseded"]
+# `aggregate`, or what replaces it (the central DP mechanism: services/privacy.py).
+Aggregate = Callable[
+    [
+        Mapping[str, torch.Tensor],
+        Sequence[UpdateInput],
+        AggregationSpec,
+        Mapping[str, torch.Tensor],
+    ],
+    AggregationResult,
+]
 
 
 def read_status(
@@ -280,7 +291,14 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
         UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples, f"{u.name}\0{u.sha256}")
         for u in ups
     ]
-    result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state)
+    if spec.secure_aggregation is not None:  # one input: the unmasked mean of the masked ones
+        from aggregator_service.services.secagg_unmask import secure_inputs  # imports this
+
+        inputs, left_out = secure_inputs(core, fid, number)
+    run = privacy.PrivateAggregator(spec, number) if spec.privacy is not None else aggregate
+    result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state, run)
+    if spec.secure_aggregation is not None:
+        excluded = {**excluded, **left_out}
     if result is None:
         log.error(
             "federation %s round %d: no subset of its %d updates aggregates to a finite state; "
@@ -310,8 +328,10 @@ def aggregate_finite(
     inputs: Sequence[UpdateInput],
     spec: AggregationSpec,
     server_state: Mapping[str, torch.Tensor],
+    run: Aggregate = aggregate,
 ) -> tuple[AggregationResult | None, dict[str, str]]:
-    """Aggregate, never to a non-finite state: (result or None, excluded client id -> why).
+    """Aggregate (with `run`), never to a non-finite state: (result or None, excluded client
+    id -> why).
 
     When the new state or server state holds NaN/Inf, updates are left out one at a
     time, largest L2 norm first, and the rest aggregated again, until the result is
@@ -321,7 +341,7 @@ def aggregate_finite(
     excluded: dict[str, str] = {}
     norms: dict[str, float] | None = None
     while left:
-        result = aggregate(global_state, left, spec, server_state)
+        result = run(global_state, left, spec, server_state)
         if _finite(result):
             return result, excluded
         if norms is None:  # computed once, and only when a round goes wrong
@@ -407,8 +427,14 @@ def _close(
                 )
             )
         fed = update(federations).where(federations.c.id == fid)
-        if number >= spec.rounds.total:  # a cancelled federation stays cancelled
-            conn.execute(fed.where(federations.c.status != "cancelled").values(status="completed"))
+        # Records the round's ε; True when the next round would exceed the privacy budget.
+        exhausted = privacy.close_round(conn, spec, fid, number, len(excluded or {}))
+        if number >= spec.rounds.total or exhausted:  # a cancelled federation stays cancelled
+            done = conn.execute(
+                fed.where(federations.c.status != "cancelled").values(status="completed")
+            )
+            if exhausted and done.rowcount == 1:
+                privacy.record_budget_completion(conn, fid, number)
             return True
         moved = conn.execute(
             fed.where(federations.c.status != "cancelled").values(current_round=number + 1)

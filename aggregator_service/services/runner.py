@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from aggregator_service.services import secagg
 from aggregator_service.services.context import Core
 from aggregator_service.services.faults import classify
 from aggregator_service.services.leases import (
@@ -37,6 +38,7 @@ from aggregator_service.services.leases import (
     renew,
     retry_delay,
 )
+from aggregator_service.services.privacy import current_epsilons
 from aggregator_service.services.rounds import (
     aggregate_round,
     current_revision,
@@ -89,6 +91,7 @@ class RoundRunner:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.owner = new_owner()
+        core.metrics.epsilons.source = lambda: current_epsilons(core)
         settings = core.settings
         # Per-client limits on the requests held open on this loop (per process: see slots).
         self.polls = ClientSlots(
@@ -232,6 +235,9 @@ class RoundRunner:
             await self.maybe_close(fid, number)
         for fid, number in await asyncio.to_thread(quorum_rounds, core):
             await self.maybe_close(fid, number)
+        for fid, number in await asyncio.to_thread(secagg.due, core):  # secure rounds' phases
+            if await asyncio.to_thread(secagg.advance, core, fid, number):
+                self.spawn(fid, number)
         for fid, number in await asyncio.to_thread(claimable, core, self.owner):
             self.spawn(fid, number)
         core.faults.ok("database_unavailable")

@@ -148,6 +148,27 @@ evaluations = Table(
     Column("received_at", Double, nullable=False),
 )
 
+# Central differential privacy (services/privacy.py): the sample rate each closed round was
+# accounted at and the federation's ε once it closed. Tables of their own, so databases created
+# before them gain them through create_all.
+privacy_ledger = Table(
+    "privacy_ledger",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("sample_rate", Double, nullable=False),
+    Column("epsilon", Double, nullable=False),
+)
+
+# Why a federation completed before its last round (privacy_budget); no row: after its last.
+completions = Table(
+    "completions",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("round", Integer, nullable=False),
+    Column("reason", String(32), nullable=False),
+)
+
 # Global state after each round (0 = initial) and the strategy's server state beside it.
 state_versions = Table(
     "state_versions",
@@ -218,4 +239,50 @@ viewer_tokens = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", Double, nullable=False),
     Column("revoked_at", Double),  # null while valid
+)
+
+# Secure aggregation (services/secagg.py): one row per secure round, the phase it is in and
+# the sets each phase fixed (JSON lists of client ids). `attempt` grows when a phase cannot
+# go on (too few clients left): the protocol restarts with fresh keys.
+secagg_rounds = Table(
+    "secagg_rounds",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("attempt", Integer, nullable=False),
+    Column("phase", String(16), nullable=False),  # advertise | share | input | unmask | done
+    Column("deadline_at", Double, nullable=False),
+    Column("cohort", Text),  # who advertised keys (phase share on)
+    Column("u1", Text),  # who shared keys (phase input on)
+    Column("u2", Text),  # whose masked input counts (phase unmask on)
+    Column("secrets", Text),  # the rebuilt b of the survivors and s_sk of the dropped (done)
+    Column("events", Text, nullable=False),  # JSON list of what went wrong, for the history
+)
+
+# What each client sent in each step of an attempt: its body's sha256 (the same body again is
+# a repeat, a different one a conflict) and what the service keeps of it (JSON).
+secagg_steps = Table(
+    "secagg_steps",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("client_id", String(32), primary_key=True),
+    # keys | shares | input | unmask | complaint:<accused>
+    Column("step", String(48), primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("received_at", Double, nullable=False),
+)
+
+# The encrypted shares routed from one client to another (hex of nonce || AES-GCM ciphertext).
+secagg_shares = Table(
+    "secagg_shares",
+    metadata,
+    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    Column("round", Integer, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("sender", String(32), primary_key=True),
+    Column("recipient", String(32), primary_key=True),
+    Column("ciphertext", Text, nullable=False),
 )

@@ -139,6 +139,11 @@ def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
         "aggregation_attempts": 1,
         "evaluations": 0,
         "viewer_tokens": 0,
+        "privacy_ledger": 0,
+        "completions": 0,
+        "secagg_rounds": 0,
+        "secagg_steps": 0,
+        "secagg_shares": 0,
     }
     assert [(r["number"], r["status"], r["received"]) for r in rows["rounds"]] == [
         (1, "closed", 3),

@@ -96,6 +96,7 @@
     bar.max = r.quorum;
     bar.value = r.received;
     text("deadline-at", fmtUtc(r.deadline_at));
+    text("epsilon", fmtMetric(view.epsilon));
     deadline = { left: r.seconds_left, at: performance.now() };
     tick();
   }
@@ -117,6 +118,7 @@
       cell(tr, fmtBytes(h.bytes_out), "num");
       cell(tr, fmtMetric(h.metrics.val_accuracy), "num");
       cell(tr, fmtMetric(h.metrics.train_loss), "num");
+      if (view.max_epsilon !== null) cell(tr, fmtMetric(h.epsilon), "num");  // private only
     });
     fillTable("organisations", view.organisations, function (tr, o) {
       var name = document.createElement("span");
