@@ -31,6 +31,10 @@ EXPECTED = {
     "evaluations": {"report_evaluation", "list_evaluations"},
     "health": {"check_liveness", "check_readiness", "get_metrics"},
     "viewers": {"create_viewer_token", "list_viewer_tokens", "revoke_viewer_token"},
+    "secure_aggregation": {
+        "get_secure_aggregation", "advertise_keys", "share_keys", "get_shares",
+        "report_bad_share", "upload_masked_input", "send_unmask_shares",
+    },
 }  # fmt: skip
 
 
