@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, MemberDep, RunnerDep
 from aggregator_service.api.errors import close_on_refusal, error_responses
 from aggregator_service.services import secagg
+from aggregator_service.services.access import Principal
+from aggregator_service.services.context import Core
 from aggregator_service.services.runner import RoundRunner
 from aggregator_service.services.secagg_inputs import MASKED_FORMAT, expected_masked, ingest_masked
 from aggregator_service.services.uploads import receive_body
@@ -22,6 +25,8 @@ from shared.api import (
     SecaggState,
     SecaggUnmask,
 )
+
+Body = TypeVar("Body", SecaggKeys, SecaggShares, SecaggComplaint, SecaggUnmask)
 
 router = APIRouter(
     prefix="/v1/federations/{fid}/rounds/{r}/secure-aggregation", tags=["secure-aggregation"]
@@ -43,6 +48,21 @@ def _answer(
     elif receipt.phase == "done":  # this step finished the protocol: aggregate now
         runner.spawn(fid, r)
     return receipt
+
+
+async def _step(
+    step: Callable[[Core, str, int, str, Body], SecaggReceipt],
+    fid: str,
+    r: int,
+    body: Body,
+    response: Response,
+    principal: Principal,
+    runner: RoundRunner,
+) -> SecaggReceipt:
+    """One JSON protocol step: taken off the event loop, then answered as `_answer` says."""
+    assert principal.client_id is not None
+    receipt = await asyncio.to_thread(step, runner.core, fid, r, principal.client_id, body)
+    return _answer(receipt, response, runner, fid, r)
 
 
 @router.get(
@@ -78,11 +98,7 @@ async def advertise_keys(
     principal: ClientOfDep,
     runner: RunnerDep,
 ) -> SecaggReceipt:
-    assert principal.client_id is not None
-    receipt = await asyncio.to_thread(
-        secagg.advertise, runner.core, fid, r, principal.client_id, body
-    )
-    return _answer(receipt, response, runner, fid, r)
+    return await _step(secagg.advertise, fid, r, body, response, principal, runner)
 
 
 @router.post(
@@ -102,11 +118,7 @@ async def share_keys(
     principal: ClientOfDep,
     runner: RunnerDep,
 ) -> SecaggReceipt:
-    assert principal.client_id is not None
-    receipt = await asyncio.to_thread(
-        secagg.send_shares, runner.core, fid, r, principal.client_id, body
-    )
-    return _answer(receipt, response, runner, fid, r)
+    return await _step(secagg.send_shares, fid, r, body, response, principal, runner)
 
 
 @router.get(
@@ -143,11 +155,7 @@ async def report_bad_share(
     principal: ClientOfDep,
     runner: RunnerDep,
 ) -> SecaggReceipt:
-    assert principal.client_id is not None
-    receipt = await asyncio.to_thread(
-        secagg.complain, runner.core, fid, r, principal.client_id, body
-    )
-    return _answer(receipt, response, runner, fid, r)
+    return await _step(secagg.complain, fid, r, body, response, principal, runner)
 
 
 _MASKED_BODY = {
@@ -213,8 +221,4 @@ async def send_unmask_shares(
     principal: ClientOfDep,
     runner: RunnerDep,
 ) -> SecaggReceipt:
-    assert principal.client_id is not None
-    receipt = await asyncio.to_thread(
-        secagg.send_unmask, runner.core, fid, r, principal.client_id, body
-    )
-    return _answer(receipt, response, runner, fid, r)
+    return await _step(secagg.send_unmask, fid, r, body, response, principal, runner)
