@@ -11,8 +11,6 @@ so that names sort like numbers: the server sums in name order) and trains on
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,19 +18,17 @@ from pathlib import Path
 import torch
 
 from client_sdk._client import FedTuneClient
-from client_sdk._exceptions import FedTuneError
 from client_sdk.participate import ParticipateOptions
 from lab.attacks.participant import HarnessParticipant
 from lab.attacks.transforms import Attack
 from lab.datasets import LabeledImages
 from lab.evaluation import round_accuracies
 from lab.local_federation import ServerProcess
+from lab.study.federated import run_threads
 from shared.api import RoundRecord
 from shared.spec import FederationSpec
 
 __all__ = ["PoisonedRun", "PoisonedRunError", "org_name", "run_poisoned"]
-
-POLL_S = 0.5
 
 
 class PoisonedRunError(RuntimeError):
@@ -81,7 +77,7 @@ def run_poisoned(
                     zip(clients, folders, strict=True)
                 )
             ]
-            _run_threads(participants, admin)
+            run_threads(participants, admin, PoisonedRunError)
         finally:
             for _, _, client in clients:
                 client.close()
@@ -115,26 +111,3 @@ def _enroll(
         )
         enrolled.append((name, r.client_id, client))
     return enrolled
-
-
-def _run_threads(participants: list[HarnessParticipant], admin: FedTuneClient) -> None:
-    """Run every participant to completion; on a failure revoke the rest and raise."""
-    errors: list[tuple[int, BaseException]] = []
-
-    def target(p: HarnessParticipant) -> None:
-        try:
-            p.run()
-        except BaseException as exc:
-            errors.append((p.org, exc))
-
-    threads = [threading.Thread(target=target, args=(p,), daemon=True) for p in participants]
-    for t in threads:
-        t.start()
-    while not errors and any(t.is_alive() for t in threads):
-        next(t for t in threads if t.is_alive()).join(POLL_S)
-    if errors:
-        for p in participants:
-            with contextlib.suppress(FedTuneError):  # already gone: its thread ends anyway
-                admin.revoke_client(p.workdir.client_id)
-        org, exc = errors[0]
-        raise PoisonedRunError(f"organisation {org + 1} failed: {type(exc).__name__}: {exc}")

@@ -21,6 +21,7 @@ import contextlib
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from lab.study.results import curve_columns
 from lab.study.shares import StudyData
 from shared.api import RoundRecord, RoundStatus
 
-__all__ = ["CellError", "run_federated"]
+__all__ = ["CellError", "StudyParticipant", "run_federated", "run_threads"]
 
 POLL_S = 0.5
 
@@ -48,7 +49,7 @@ class CellError(RuntimeError):
     """A cell that could not finish; the message says which organisation and why."""
 
 
-class _StudyParticipant(Participant):
+class StudyParticipant(Participant):
     """`Participant` whose training takes its turn with a seeded RNG (see `determinism`).
 
     Everything else (polling, downloads, training, uploads) is the SDK's own code;
@@ -81,11 +82,15 @@ def _client(server: ServerProcess, api_key: str) -> FedTuneClient:
     return FedTuneClient(server.url, api_key=api_key, ca_cert=server.ca_cert, allow_http=plain)
 
 
-def _run_threads(participants: list[_StudyParticipant], admin: FedTuneClient) -> None:
-    """Run every participant to completion; on a failure revoke the rest and raise."""
+def run_threads(
+    participants: Sequence[StudyParticipant],
+    admin: FedTuneClient,
+    error: type[Exception] = CellError,
+) -> None:
+    """Run every participant to completion; on a failure revoke the rest and raise `error`."""
     errors: list[tuple[int, BaseException]] = []
 
-    def target(p: _StudyParticipant) -> None:
+    def target(p: StudyParticipant) -> None:
         try:
             p.run()
         except BaseException as exc:
@@ -104,7 +109,7 @@ def _run_threads(participants: list[_StudyParticipant], admin: FedTuneClient) ->
             with contextlib.suppress(FedTuneError):  # already gone: its thread ends anyway
                 admin.revoke_client(p.workdir.client_id)
         org, exc = errors[0]
-        raise CellError(f"organisation {org + 1} failed: {type(exc).__name__}: {exc}")
+        raise error(f"organisation {org + 1} failed: {type(exc).__name__}: {exc}")
 
 
 def _bytes(history: list[RoundRecord]) -> dict[str, Any]:
@@ -137,8 +142,8 @@ def run_federated(
                 opts = ParticipateOptions(
                     info.id, folder, cell_dir / f"org-{k + 1}", device, organisation=f"org-{k + 1}"
                 )
-                participants.append(_StudyParticipant(client, client_id, opts, k))
-            _run_threads(participants, admin)
+                participants.append(StudyParticipant(client, client_id, opts, k))
+            run_threads(participants, admin)
         finally:
             for _, client in clients:
                 client.close()
