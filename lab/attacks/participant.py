@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from client_sdk._client import FedTuneClient
-from client_sdk.participate import Participant, ParticipateOptions
+from client_sdk.participate import ParticipateOptions
 from client_sdk.workdir import JournalEntry
 from lab.attacks.transforms import Attack, l2_norm
-from lab.study.determinism import training_turn
+from lab.study.federated import StudyParticipant
 from shared.api import RoundStatus
 from shared.blobs import Blob, atomic_save_state, read_state, sha256_file
 
@@ -37,7 +37,7 @@ def poison_file(path: Path, attack: Attack, generator: torch.Generator) -> str:
     return sha256_file(path)
 
 
-class HarnessParticipant(Participant):
+class HarnessParticipant(StudyParticipant):
     """One organisation; `attack` None trains honestly. `org` is its index in the federation."""
 
     def __init__(
@@ -48,14 +48,13 @@ class HarnessParticipant(Participant):
         org: int,
         attack: Attack | None = None,
     ) -> None:
-        super().__init__(client, client_id, replace(options, progress=False))
-        self.org, self.attack = org, attack
+        super().__init__(client, client_id, options, org)
+        self.attack = attack
         self.sent_norms: dict[int, float] = {}
         """Round -> L2 norm of the delta this organisation wrote to send (poisoned or not)."""
 
     def _train(self, status: RoundStatus) -> JournalEntry:
-        with training_turn(self.info.spec.seed, self.org, status.round):
-            entry = super()._train(status)
+        entry = super()._train(status)  # in its seeded training turn
         path = self.workdir.delta_path(status.round)
         if self.attack is None:
             self.sent_norms[status.round] = l2_norm(read_state(path))
