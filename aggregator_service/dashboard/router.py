@@ -31,7 +31,6 @@ from aggregator_service.dashboard.session import (
 from aggregator_service.services.context import Core
 from aggregator_service.services.dashboard import federation_rows, live_view
 from aggregator_service.services.errors import NotFound, Unauthorized
-from aggregator_service.services.federations import federation_info
 from aggregator_service.services.viewers import Viewer, authenticate_viewer
 from shared.api import ErrorBody
 
@@ -147,15 +146,15 @@ def federation(request: Request, fid: str) -> Response:
         return _to_login(request)
     core = _core(request)
     try:
-        info = federation_info(core, fid)
         view = live_view(core, fid)
     except NotFound:
         return _page("missing.html", 404, viewer=viewer, fid=fid)
-    spec_yaml = yaml.safe_dump(info.spec.model_dump(mode="json"), sort_keys=False)
+    spec = core.spec(fid)
+    spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     return _page(
         "federation.html",
         viewer=viewer,
-        info=info,
+        spec=spec,
         view=view,
         spec_yaml=spec_yaml,
         live_url=f"/dashboard/federations/{fid}/live",

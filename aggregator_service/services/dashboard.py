@@ -12,9 +12,9 @@ from pydantic import BaseModel, Field
 
 from aggregator_service.services.access import Principal, list_clients
 from aggregator_service.services.context import Core
-from aggregator_service.services.federations import federation_info, list_federations
+from aggregator_service.services.federations import federation_row, list_federations
 from aggregator_service.services.history import list_rounds
-from aggregator_service.services.rounds import round_status
+from aggregator_service.services.rounds import read_status
 from shared.api import FederationSummary, RoundRecord
 
 __all__ = [
@@ -128,8 +128,10 @@ def _history_row(r: RoundRecord) -> HistoryRow:
 
 def live_view(core: Core, fid: str) -> LiveView:
     """The federation as the dashboard shows it now; `NotFound` when there is none."""
-    info = federation_info(core, fid)
-    status = round_status(core, fid)
+    spec = core.spec(fid)
+    with core.db.read() as conn:
+        fed = federation_row(conn, fid)
+        status = read_status(conn, spec, fid, None)
     history = list_rounds(core, fid, _READER)
     t = datetime.now(UTC)
     last_seen: dict[str, datetime] = {}
@@ -139,13 +141,13 @@ def live_view(core: Core, fid: str) -> LiveView:
             last_seen[p.client_id] = p.received_at if seen is None else max(seen, p.received_at)
     deadline = status.deadline_at
     left = None
-    if status.status == "open" and info.status == "running" and deadline is not None:
+    if status.status == "open" and fed.status == "running" and deadline is not None:
         left = max(0.0, (deadline - t).total_seconds())
     return LiveView(
         server_time=t,
         federation_id=fid,
-        name=info.name,
-        status=info.status,
+        name=fed.name,
+        status=fed.status,
         round=LiveRound(
             number=status.round,
             total=status.total_rounds,
@@ -168,5 +170,5 @@ def live_view(core: Core, fid: str) -> LiveView:
             for c in list_clients(core, fid)
         ],
         epsilon=next((r.epsilon for r in reversed(history) if r.epsilon is not None), None),
-        max_epsilon=info.spec.privacy.max_epsilon if info.spec.privacy is not None else None,
+        max_epsilon=spec.privacy.max_epsilon if spec.privacy is not None else None,
     )
