@@ -291,14 +291,14 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
         UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples, f"{u.name}\0{u.sha256}")
         for u in ups
     ]
+    left_out: dict[str, str] = {}
     if spec.secure_aggregation is not None:  # one input: the unmasked mean of the masked ones
         from aggregator_service.services.secagg_unmask import secure_inputs  # imports this
 
         inputs, left_out = secure_inputs(core, fid, number)
     run = privacy.PrivateAggregator(spec, number) if spec.privacy is not None else aggregate
     result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state, run)
-    if spec.secure_aggregation is not None:
-        excluded = {**excluded, **left_out}
+    excluded = {**excluded, **left_out}
     if result is None:
         log.error(
             "federation %s round %d: no subset of its %d updates aggregates to a finite state; "
