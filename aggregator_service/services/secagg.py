@@ -563,7 +563,7 @@ def _advance(conn: Connection, core: Core, rnd: Round) -> bool:
         shared = sorted(set(_steps(conn, rnd, "shares")) & set(rnd.cohort))
         if len(shared) == len(rnd.cohort) or t >= rnd.deadline_at:
             if len(shared) < least:
-                _restart(conn, core, rnd, f"only {len(shared)} of the cohort shared keys")
+                restart(conn, rnd, f"only {len(shared)} of the cohort shared keys")
                 return False
             rnd = _move(conn, rnd, "input", t + sa.masked_input_s, u1=shared)
         else:
@@ -574,16 +574,16 @@ def _advance(conn: Connection, core: Core, rnd: Round) -> bool:
         sent = set(_steps(conn, rnd, "input")) & expected
         if sent == expected or t >= rnd.deadline_at:
             if len(sent) < least:
-                _restart(conn, core, rnd, f"only {len(sent)} masked inputs arrived")
+                restart(conn, rnd, f"only {len(sent)} masked inputs arrived")
                 return False
             rnd = _move(conn, rnd, "unmask", t + sa.unmask_s, u2=sorted(sent))
         else:
             return False
     if rnd.phase == "unmask":
-        answered = set(_steps(conn, rnd, "unmask")) & set(rnd.u2)
-        if answered != set(rnd.u2) and t < rnd.deadline_at:
+        unmask = _steps(conn, rnd, "unmask")
+        if not set(unmask) >= set(rnd.u2) and t < rnd.deadline_at:
             return False
-        return finish(conn, core, rnd, _steps(conn, rnd, "unmask"), _accused(conn, rnd), t)
+        return finish(conn, rnd, unmask, _accused(conn, rnd), t)
     return False
 
 
@@ -635,7 +635,7 @@ def _add_event(conn: Connection, rnd: Round, event: str) -> None:
     )
 
 
-def _restart(conn: Connection, core: Core, rnd: Round, why: str) -> None:
+def restart(conn: Connection, rnd: Round, why: str) -> None:
     """The protocol cannot go on: start again with fresh keys (attempt + 1)."""
     event = f"attempt {rnd.attempt} failed in phase {rnd.phase}: {why}; restarting"
     log.warning("federation %s round %d: %s", rnd.fid, rnd.number, event)
@@ -654,10 +654,6 @@ def _restart(conn: Connection, core: Core, rnd: Round, why: str) -> None:
         )
     )
     _bump(conn, rnd)
-
-
-def restart(conn: Connection, core: Core, rnd: Round, why: str) -> None:
-    _restart(conn, core, rnd, why)
 
 
 def list_updates(conn: Connection, rnd: Round) -> dict[str, Any]:

@@ -30,11 +30,12 @@ from aggregator_service.services.secagg import (
     _bump,
     _steps,
     insert_updates,
+    list_updates,
     load_round,
     restart,
 )
+from aggregator_service.services.uploads import _manifest
 from aggregator_service.storage.tables import federations, rounds, secagg_rounds
-from shared.api import TensorInfo
 from shared.blobs import Blob, encode_state
 from shared.secagg.keys import mask_seed, public_from_hex
 from shared.secagg.masking import FixedPoint, prg, sign
@@ -48,7 +49,6 @@ log = logging.getLogger("fedtune.server")
 
 def finish(
     conn: Connection,
-    core: Core,
     rnd: Round,
     unmask: dict[str, Any],
     accused: dict[str, str],
@@ -82,7 +82,7 @@ def finish(
                 )
             secrets[kind][owner] = secret.hex()
     except ShamirError as exc:
-        restart(conn, core, rnd, f"the secrets could not be rebuilt: {exc}")
+        restart(conn, rnd, f"the secrets could not be rebuilt: {exc}")
         return False
     for event in events:
         log.warning("federation %s round %d: %s", rnd.fid, rnd.number, event)
@@ -128,13 +128,6 @@ def finish(
     return moved.rowcount == 1 and fed_status == "running"
 
 
-def _manifest(conn: Connection, fid: str) -> dict[str, TensorInfo]:
-    text: str = conn.execute(
-        select(federations.c.manifest).where(federations.c.id == fid)
-    ).scalar_one()
-    return {k: TensorInfo.model_validate(v) for k, v in json.loads(text).items()}
-
-
 def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput], dict[str, str]]:
     """The unmasked average delta of a secure round as the one input of its strategy, and the
     clients left out (client id -> why) for the round's history.
@@ -148,7 +141,7 @@ def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput],
         rnd = load_round(conn, spec, fid, number)
         if rnd is None or rnd.phase != "done":
             raise RuntimeError(f"round {number} of {fid} has no finished secure aggregation")
-        inputs = {c: p for c, p in _steps(conn, rnd, "input").items() if c in rnd.u2}
+        inputs = list_updates(conn, rnd)
         keys = _steps(conn, rnd, "keys")
         manifest = _manifest(conn, fid)
         accused = _accused(conn, rnd)
