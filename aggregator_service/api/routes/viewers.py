@@ -25,14 +25,13 @@ ViewerTokenId = Annotated[
 @router.post(
     "",
     status_code=201,
-    operation_id="create_viewer_token",
     summary="Issue a viewer token",
     description="A token that opens the dashboard (`/dashboard`) read-only, and no API route. "
     "It is shown once; only its hash is stored. Its `id` names it in the list and to revoke it.",
     response_model=ViewerToken,
     responses=error_responses(401, 403, 409, 422),
 )
-async def create(
+async def create_viewer_token(
     req: ViewerTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
 ) -> Response:
     return await once.run(lambda mint: viewers.create_viewer_token(core, req, mint), req)
@@ -40,25 +39,25 @@ async def create(
 
 @router.get(
     "",
-    operation_id="list_viewer_tokens",
     summary="List viewer tokens",
     description="Every viewer token issued, oldest first: id, name, revocation. The tokens "
     "themselves are not stored and never shown again.",
     response_model=list[ViewerTokenInfo],
     responses=error_responses(401, 403),
 )
-def list_all(core: CoreDep, _admin: AdminDep) -> list[ViewerTokenInfo]:
+def list_viewer_tokens(core: CoreDep, _admin: AdminDep) -> list[ViewerTokenInfo]:
     return viewers.list_viewer_tokens(core)
 
 
 @router.delete(
     "/{token_id}",
-    operation_id="revoke_viewer_token",
     summary="Revoke a viewer token",
     description="The dashboard refuses it from its next request on (a signed-in page goes "
     "back to the sign-in page). Revoking again changes nothing.",
     response_model=ViewerTokenInfo,
     responses=error_responses(401, 403, 404, 422),
 )
-def revoke(token_id: ViewerTokenId, core: CoreDep, _admin: AdminDep) -> ViewerTokenInfo:
+def revoke_viewer_token(
+    token_id: ViewerTokenId, core: CoreDep, _admin: AdminDep
+) -> ViewerTokenInfo:
     return viewers.revoke_viewer_token(core, token_id)
