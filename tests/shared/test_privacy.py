@@ -100,11 +100,8 @@ BAD = [
 def test_bad_privacy_settings_are_refused_in_one_line_naming_the_field(
     changes: dict[str, Any], message: str
 ) -> None:
-    data = _spec()
-    for key, value in changes.items():
-        data[key] = {**data.get(key, {}), **value}
     with pytest.raises(SpecError) as err:
-        parse_spec(data)
+        parse_spec(_spec(**changes))
     text = str(err.value)
     assert "\n" not in text
     assert re.search(message, text), text
