@@ -10,6 +10,8 @@ longer than it declares; nothing is parsed with pickle and nothing is kept when 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import Invalid
 from aggregator_service.services.secagg import (
@@ -38,10 +40,11 @@ def _invalid(detail: str) -> Invalid:
     return Invalid(detail, error="invalid_masked_input")
 
 
+@dataclass(frozen=True)
 class MaskedExpected(Expected):
     """What a masked input to one secure round must look like."""
 
-    attempt: int = 0
+    attempt: int
 
     def size_of(self, head: bytes, declared: int | None) -> int:
         try:
@@ -92,9 +95,7 @@ def expected_masked(core: Core, fid: str, number: int, attempt: int) -> MaskedEx
     secure_spec(core, fid)
     with core.db.read() as conn:
         manifest = _manifest(conn, fid)
-    exp = MaskedExpected(core, fid, number, core.spec(fid), manifest)
-    object.__setattr__(exp, "attempt", attempt)
-    return exp
+    return MaskedExpected(core, fid, number, core.spec(fid), manifest, attempt)
 
 
 def _check_words(blob: Blob, names: list[str], bits: int) -> None:
