@@ -124,17 +124,18 @@ def evaluate_model(
     recorder = _Recorder(model.built.model)
     top1 = accuracy(recorder.to(device) if device else recorder, batches(), device)
     n = len(classes)
-    confusion = torch.zeros(n, n, dtype=torch.long)
+    confusion = torch.zeros(n * n, dtype=torch.long)
     if labels:
-        pairs = torch.stack([torch.cat(labels), torch.cat(recorder.predicted)], dim=1)
-        for true, predicted in pairs.tolist():
-            confusion[true, predicted] += 1
+        cells = torch.cat(labels).long() * n + torch.cat(recorder.predicted).long()
+        confusion = torch.bincount(cells, minlength=n * n)
+    confusion = confusion.view(n, n)
+    correct, totals = confusion.diagonal().tolist(), confusion.sum(dim=1).tolist()
     per_class = [
         ClassAccuracy(
             name=name,
-            correct=int(confusion[i, i]),
-            total=int(confusion[i].sum()),
-            accuracy=float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None,
+            correct=correct[i],
+            total=totals[i],
+            accuracy=correct[i] / totals[i] if totals[i] else None,
         )
         for i, name in enumerate(classes)
     ]
