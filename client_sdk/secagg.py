@@ -47,6 +47,7 @@ from shared.secagg.keys import (
 )
 from shared.secagg.masking import FixedPoint
 from shared.secagg.protocol import (
+    MASKED_FORMAT,
     add_masks,
     context,
     holder_index,
@@ -62,7 +63,6 @@ __all__ = ["SecureAggregationError", "SecureRound", "masked_words", "plain_vecto
 
 log = logging.getLogger("client_sdk")
 
-MASKED_FORMAT = "fedtune-masked/1"
 _POLL_S = 5  # long-poll of the round between phase checks
 # Refusals that say the round moved on while this client acted: it looks again.
 _MOVED_ON = frozenset(

@@ -29,10 +29,10 @@ from aggregator_service.services.uploads import Expected, Received, _manifest
 from aggregator_service.services.validation import not_safetensors
 from shared.api import SecaggReceipt
 from shared.blobs import Blob, BlobError, SafetensorsHeader, _metrics, parse_header
+from shared.secagg.protocol import MASKED_FORMAT
 
 __all__ = ["MASKED_FORMAT", "MaskedExpected", "expected_masked", "ingest_masked"]
 
-MASKED_FORMAT = "fedtune-masked/1"
 _WORD = "int64"
 
 

@@ -12,6 +12,7 @@ from shared.secagg.masking import FixedPoint, prg, sign
 from shared.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes
 
 __all__ = [
+    "MASKED_FORMAT",
     "SECRET_BYTES",
     "add_masks",
     "context",
@@ -21,6 +22,7 @@ __all__ = [
     "unpack_shares",
 ]
 
+MASKED_FORMAT = "fedtune-masked/1"  # `__metadata__['format']` of a masked input
 SECRET_BYTES = 32  # b (the self-mask seed) and s_sk (the mask key) are both 32 bytes
 
 
