@@ -114,6 +114,16 @@ def masked_words(
     return fp.encode(x * weight)
 
 
+def _share_key(sec: dict[str, str], c_pk: str, ctx: str, sender: str, recipient: str) -> bytes:
+    """The AES-GCM key of the shares `sender` sends `recipient` (the same from either end)."""
+    return agree(
+        bytes.fromhex(sec["c_sk"]),
+        public_from_hex(c_pk),
+        "share-key",
+        pair_context(ctx, sender, recipient),
+    )
+
+
 class SecureRound:
     """One client's part in the secure rounds of one federation."""
 
@@ -199,12 +209,7 @@ class SecureRound:
         shares = []
         for peer in st.neighbours:
             j = peer.client_id
-            key = agree(
-                bytes.fromhex(sec["c_sk"]),
-                public_from_hex(peer.c_pk),
-                "share-key",
-                pair_context(ctx, self.me, j),
-            )
+            key = _share_key(sec, peer.c_pk, ctx, self.me, j)
             plain = pack_shares(b_sh[xs[j]], s_sh[xs[j]])
             ct = encrypt_share(key, plain, share_aad(ctx, self.me, j))
             shares.append(SecaggShare(recipient=j, ciphertext=ct.hex()))
@@ -230,12 +235,7 @@ class SecureRound:
             peer = keys.get(item.sender)
             if peer is None:
                 continue
-            key = agree(
-                bytes.fromhex(sec["c_sk"]),
-                public_from_hex(peer.c_pk),
-                "share-key",
-                pair_context(ctx, item.sender, self.me),
-            )
+            key = _share_key(sec, peer.c_pk, ctx, item.sender, self.me)
             try:
                 plain = decrypt_share(
                     key, bytes.fromhex(item.ciphertext), share_aad(ctx, item.sender, self.me)
