@@ -40,6 +40,7 @@ ENV_ENROLLMENT_TOKEN = "FEDTUNE_ENROLLMENT_TOKEN"
 ENV_RETRY_FOR = "FEDTUNE_RETRY_FOR"
 # `client_sdk.export.EXPORT_FORMATS`, spelled out: that module imports every model library
 EXPORT_CHOICES = ("open_clip", "hf", "safetensors")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # `--device` of train, evaluate and predict
 log = logging.getLogger("client_sdk")
 
 
@@ -123,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train in the federation until it completes")
     common(train, server_required=False)
     train.add_argument("--data", type=Path, required=True, help="ImageFolder dir or path,label CSV")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    train.add_argument("--device", choices=DEVICES, default="auto")
     train.add_argument("--work-dir", type=Path, default=None, help="default: ./.fedtune/<client>")
     train.add_argument("--val-fraction", type=float, default=0.1, help="local validation split")
     train.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
@@ -194,14 +195,14 @@ def _model_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, bool], N
         default=Path("evaluation"),
         help="where evaluation.json and confusion_matrix.png go (default: ./evaluation)",
     )
-    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    evaluate.add_argument("--device", choices=DEVICES, default="auto")
 
     predict = sub.add_parser("predict", help="each image's most probable classes")
     model_options(predict)
     predict.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     predict.add_argument("--top", type=_positive, default=5, help="classes per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    predict.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    predict.add_argument("--device", choices=DEVICES, default="auto")
 
 
 def _positive(raw: str) -> int:
