@@ -130,48 +130,38 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
     spec = core.spec(fid)
     t = now()
     base = (
-        (rounds.c.federation_id == fid) & (rounds.c.number == number) & (rounds.c.status == "open")
+        (rounds.c.federation_id == fid)
+        & (rounds.c.number == number)
+        & (rounds.c.status == "open")
+        & rounds.c.federation_id.in_(_RUNNING)  # a paused or cancelled federation's stay open
     )
     change = {
         "status": "aggregating",
         "aggregation_started_at": t,
         "revision": rounds.c.revision + 1,
     }
-    try:
-        with core.db.write() as conn:
-            for reason, cond in (
-                ("quorum", _received_at_least(spec.rounds.quorum)),
-                (
-                    "deadline",
-                    _received_at_least(spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
-                ),
-            ):
-                done = conn.execute(
-                    update(rounds).where(base & cond).values(closed_by=reason, **change)
-                )
-                if done.rowcount == 1:
-                    break
-            else:
-                return None
-            # Read once the round's row is ours: a pause or cancel committed before is seen.
-            if _federation_status(conn, fid) != "running":
-                raise _NotRunning
-    except _NotRunning:  # rolled back: a paused or cancelled federation's rounds stay open
-        return None
+    with core.db.write() as conn:
+        for reason, cond in (
+            ("quorum", _received_at_least(spec.rounds.quorum)),
+            (
+                "deadline",
+                _received_at_least(spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
+            ),
+        ):
+            done = conn.execute(
+                update(rounds).where(base & cond).values(closed_by=reason, **change)
+            )
+            if done.rowcount == 1:
+                break
+        else:
+            return None
     log.info("federation %s round %d: aggregating (%s)", fid, number, reason)
     core.notifier.notify(fid)
     return reason
 
 
-class _NotRunning(Exception):
-    """The federation was paused or cancelled: its rounds do not close."""
-
-
-def _federation_status(conn: Connection, fid: str) -> str:
-    status: str = conn.execute(
-        select(federations.c.status).where(federations.c.id == fid)
-    ).scalar_one()
-    return status
+# The federations whose rounds may close.
+_RUNNING = select(federations.c.id).where(federations.c.status == "running")
 
 
 def quorum_transition(conn: Connection, spec: FederationSpec, fid: str, number: int) -> bool:
@@ -220,8 +210,7 @@ def _ready(
     those reopened (no subset of their updates aggregated to a finite state) that have not
     received an update since: only a new update can change that, and it closes the round by
     itself when it is accepted; the sweepers would aggregate the same updates again and again."""
-    running = select(federations.c.id).where(federations.c.status == "running")
-    cond = (rounds.c.status == "open") & rounds.c.federation_id.in_(running)
+    cond = (rounds.c.status == "open") & rounds.c.federation_id.in_(_RUNNING)
     if deadline:
         cond = cond & (rounds.c.deadline_at <= now())
     reopened = (
