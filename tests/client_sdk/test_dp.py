@@ -15,21 +15,22 @@ from typing import Any
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
-from PIL import Image
 
 from client_sdk.data import load_local_data
 from client_sdk.dp import DPSGD, DPSGDError
 from client_sdk.training import LocalTrainer
 from shared.blobs import read_state
+from shared.privacy import LocalDPSpec
 from shared.spec import parse_spec
 from shared.tuning import build, train_mode
+from tests.images import write_image_folder
 
 CLASSES = ["cat", "dog", "fish"]
 DP = {"noise_multiplier": 1.1, "max_grad_norm": 1.0, "delta": 1e-5}
 ARCH = {"open_clip": "fedtune-tiny-clip", "hf_vit": "fedtune-tiny-vit"}
 
 
-def _spec(family: str, method: str, dp: dict[str, Any] | None = None, **training: Any):
+def _spec(family: str, method: str, dp: dict[str, Any] | None = DP, **training: Any):
     return parse_spec(
         {
             "name": "dp",
@@ -40,26 +41,15 @@ def _spec(family: str, method: str, dp: dict[str, Any] | None = None, **training
                 "epochs": 1,
                 "batch_size": 4,
                 "lr": 1e-2,
-                "dp": dp if dp is not None else DP,
+                "dp": dp,
                 **training,
             },
         }
     )
 
 
-def _folder(root: Path, per_class: int = 5) -> Path:
-    g = torch.Generator().manual_seed(0)
-    for c, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = torch.randint(0, 256, (40, 40, 3), generator=g, dtype=torch.uint8)
-            pixels[..., c] = 255 - pixels[..., c] // 4  # a little signal per class
-            Image.fromarray(pixels.numpy()).save(root / name / f"{i}.png")
-    return root
-
-
 def _trainer(tmp_path: Path, spec, **kw: Any) -> LocalTrainer:
-    data = load_local_data(_folder(tmp_path / "data"), CLASSES)
+    data = load_local_data(write_image_folder(tmp_path / "data", CLASSES, 5), CLASSES)
     return LocalTrainer(
         spec,
         build(spec),
@@ -120,7 +110,7 @@ def test_per_example_gradients_are_each_examples_own(family, method):
     spec = _spec(family, method)
     bm = build(spec)
     model = bm.model.eval()  # no dropout: vmap and autograd see the same function
-    dp = DPSGD(model, _dp_spec(), batch_size=3, num_examples=30)
+    dp = DPSGD(model, LocalDPSpec(**DP), batch_size=3, num_examples=30)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(3, 3, 32, 32, generator=g)
     labels = torch.tensor([0, 2, 1])
@@ -140,10 +130,6 @@ def test_per_example_gradients_are_each_examples_own(family, method):
     assert all(getattr(p, "grad_sample", None) is None for p in frozen)
 
 
-def _dp_spec():
-    return _spec("hf_vit", "bias").local_training.dp
-
-
 def test_every_examples_gradient_is_clipped_before_the_step(tmp_path):
     """SGD, lr 1, one step: the update is (Σ clip(g_i) + noise) / B; with a tiny bound and
     tiny noise its norm is at most the bound, while the plain gradient's is far larger."""
@@ -157,9 +143,6 @@ def test_every_examples_gradient_is_clipped_before_the_step(tmp_path):
     assert 0 < step <= 1e-3 * 1.01
 
     plain = _spec("hf_vit", "bias", None, optimizer="sgd", momentum=0.0, lr=1.0, max_steps=1)
-    plain = plain.model_copy(
-        update={"local_training": plain.local_training.model_copy(update={"dp": None})}
-    )
     trainer = _trainer(tmp_path / "plain", plain)
     before = {k: v.clone() for k, v in trainer.bm.trainable_state().items()}
     trainer.train(1)
@@ -193,7 +176,7 @@ def test_train_mode_keeps_the_frozen_base_without_gradients():
     spec = _spec("open_clip", "lora")
     bm = build(spec)
     train_mode(bm.model)
-    dp = DPSGD(bm.model, _dp_spec(), batch_size=2, num_examples=10)
+    dp = DPSGD(bm.model, LocalDPSpec(**DP), batch_size=2, num_examples=10)
     names = set(dp.trainable)
     assert names == set(bm.trainable_state())
     assert len(names) < sum(1 for _ in bm.model.parameters())
