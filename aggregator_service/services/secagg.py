@@ -283,15 +283,18 @@ def _accused(conn: Connection, rnd: Round) -> dict[str, str]:
     return out
 
 
-def _receipt(rnd: Round, step: str, duplicate: bool, core: Core) -> SecaggReceipt:
-    with core.db.read() as conn:
-        fresh = load_round(conn, core.spec(rnd.fid), rnd.fid, rnd.number)
-    phase = fresh.phase if fresh is not None and fresh.attempt == rnd.attempt else rnd.phase
+def _receipt(conn: Connection, rnd: Round, step: str, duplicate: bool) -> SecaggReceipt:
+    """What a step answers, in the step's transaction: the phase it left the attempt in."""
+    now_at = conn.execute(
+        select(secagg_rounds.c.attempt, secagg_rounds.c.phase).where(
+            secagg_rounds.c.federation_id == rnd.fid, secagg_rounds.c.round == rnd.number
+        )
+    ).one()
     return SecaggReceipt(
         step=step.split(":")[0],
         attempt=rnd.attempt,
         duplicate=duplicate,
-        phase=phase,
+        phase=now_at.phase if now_at.attempt == rnd.attempt else rnd.phase,
     )
 
 
@@ -309,8 +312,9 @@ def advertise(core: Core, fid: str, number: int, client_id: str, body: SecaggKey
             conn, rnd, client_id, "keys", body.model_dump_json(), body.model_dump(mode="json")
         )
         _advance(conn, core, rnd)
+        receipt = _receipt(conn, rnd, "keys", dup)
     core.notifier.notify(fid)
-    return _receipt(rnd, "keys", dup, core)
+    return receipt
 
 
 def send_shares(
@@ -350,8 +354,9 @@ def send_shares(
                     )
                 )
         _advance(conn, core, rnd)
+        receipt = _receipt(conn, rnd, "shares", dup)
     core.notifier.notify(fid)
-    return _receipt(rnd, "shares", dup, core)
+    return receipt
 
 
 def incoming_shares(
@@ -409,8 +414,9 @@ def complain(
             log.warning("federation %s round %d: %s", fid, number, event)
             _add_event(conn, rnd, event)
         _advance(conn, core, rnd)
+        receipt = _receipt(conn, rnd, step, dup)
     core.notifier.notify(fid)
-    return _receipt(rnd, step, dup, core)
+    return receipt
 
 
 def send_unmask(
@@ -441,10 +447,10 @@ def send_unmask(
             seen.add(s.owner)
         payload = [s.model_dump(mode="json") for s in body.shares]
         dup = record_step(conn, rnd, client_id, "unmask", body.model_dump_json(), payload)
-        ready = _advance(conn, core, rnd)
+        _advance(conn, core, rnd)
+        receipt = _receipt(conn, rnd, "unmask", dup)
     core.notifier.notify(fid)
-    receipt = _receipt(rnd, "unmask", dup, core)
-    return receipt if not ready else receipt.model_copy(update={"phase": "done"})
+    return receipt
 
 
 def state(core: Core, fid: str, number: int, client_id: str | None) -> SecaggState:

@@ -146,6 +146,7 @@ def ingest_masked(
                 if not dup:
                     created = core.blobs.commit_temp(body.path, body.sha256)
                 _advance(conn, core, rnd)
+                receipt = _receipt(conn, rnd, "input", dup)
         except BaseException:
             if created:
                 core.blobs.remove(body.sha256)
@@ -154,4 +155,4 @@ def ingest_masked(
         body.path.unlink(missing_ok=True)
     core.metrics.bytes_in.inc(body.size)
     core.notifier.notify(fid)
-    return _receipt(rnd, "input", dup, core)
+    return receipt
