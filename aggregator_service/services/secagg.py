@@ -16,6 +16,7 @@ as the round's updates when it starts aggregating.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -126,12 +127,14 @@ class Round:
     def context(self) -> str:
         return context(self.fid, self.number, self.attempt)
 
+    @functools.cached_property
     def graph(self) -> dict[str, list[str]]:
-        """The cohort's neighbour graph: public, drawn from the spec's seed and the attempt."""
+        """The cohort's neighbour graph: public, drawn from the spec's seed and the attempt
+        (drawn once per `Round`; a phase change makes a new one)."""
         return neighbours(self.cohort, self.sa.neighbours, f"{self.seed}/{self.context}")
 
     def threshold(self, client_id: str) -> int:
-        return threshold_for(len(self.graph()[client_id]), self.sa.threshold)
+        return threshold_for(len(self.graph[client_id]), self.sa.threshold)
 
     def reached(self, phase: SecaggPhase) -> bool:
         return _ORDER.index(self.phase) >= _ORDER.index(phase)
@@ -325,7 +328,7 @@ def send_shares(
         rnd = _open_round(conn, core, fid, number, create=False)
         _check_attempt(rnd, body.attempt, "share")
         _member(rnd, client_id, rnd.cohort, "the clients that advertised keys")
-        want = set(rnd.graph()[client_id])
+        want = set(rnd.graph[client_id])
         got = [s.recipient for s in body.shares]
         if len(set(got)) != len(got) or set(got) != want:
             raise Invalid(
@@ -397,7 +400,7 @@ def complain(
         rnd = _open_round(conn, core, fid, number, create=False)
         _check_attempt(rnd, body.attempt, "input")
         _member(rnd, client_id, rnd.u1, "the clients that shared keys")
-        if body.accused not in rnd.graph()[client_id] or body.accused not in rnd.u1:
+        if body.accused not in rnd.graph[client_id] or body.accused not in rnd.u1:
             raise Invalid(
                 f"{body.accused} sent this client no share in round {number}",
                 error="invalid_complaint",
@@ -427,7 +430,7 @@ def send_unmask(
         rnd = _open_round(conn, core, fid, number, create=False)
         _check_attempt(rnd, body.attempt, "unmask")
         _member(rnd, client_id, rnd.u2, "the clients whose masked input counts")
-        mine = set(rnd.graph()[client_id]) & set(rnd.u1)
+        mine = set(rnd.graph[client_id]) & set(rnd.u1)
         survivors = set(rnd.u2)
         seen: set[str] = set()
         for s in body.shares:
@@ -480,7 +483,7 @@ def state(core: Core, fid: str, number: int, client_id: str | None) -> SecaggSta
     if in_cohort and client_id is not None:
         peers = [
             SecaggPeer(client_id=p, c_pk=keys[p]["c_pk"], s_pk=keys[p]["s_pk"])
-            for p in rnd.graph()[client_id]
+            for p in rnd.graph[client_id]
         ]
         threshold = rnd.threshold(client_id)
     return SecaggState(

@@ -56,7 +56,7 @@ def finish(
 ) -> bool:
     """Rebuild the secrets from the unmasking shares (in the caller's transaction) and start
     the aggregation; on failure restart the protocol. True when the round is aggregating."""
-    graph = rnd.graph()
+    graph = rnd.graph
     survivors = set(rnd.u2)
     secrets: dict[str, dict[str, str]] = {"b": {}, "s": {}}
     events: list[str] = []
@@ -158,7 +158,7 @@ def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput],
         total = fp.add(total, flat.view(np.uint64))
     for _owner, b_hex in sorted(rnd.secrets["b"].items()):
         total = fp.add(total, prg(bytes.fromhex(b_hex), total.size), -1)
-    graph = rnd.graph()
+    graph = rnd.graph
     survivors = set(rnd.u2)
     for dropped, s_hex in sorted(rnd.secrets["s"].items()):
         s_sk = bytes.fromhex(s_hex)
