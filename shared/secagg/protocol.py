@@ -18,6 +18,7 @@ __all__ = [
     "context",
     "holder_index",
     "pack_shares",
+    "pair_context",
     "share_aad",
     "unpack_shares",
 ]
