@@ -10,16 +10,18 @@ reports the federation's ε; both clients exit 0.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from opacus.accountants import RDPAccountant
 
-from lab.local_federation import ServerProcess, register, start_client, train_args
+from lab.local_federation import ServerProcess
 from shared.privacy import CentralPrivacySpec, LocalDPSpec
 from shared.spec import RoundsSpec, load_spec
 from tests.e2e.test_federation_e2e import EXAMPLES
-from tests.images import write_image_folder
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import TrainOrgs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -35,7 +37,7 @@ def _opacus(rounds: int) -> float:
 
 
 def test_a_private_federation_stops_at_its_budget_with_epsilon_rising_per_round(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, train_orgs: TrainOrgs
 ) -> None:
     eps = [_opacus(k) for k in (1, 2, 3)]
     privacy = CentralPrivacySpec(
@@ -61,17 +63,9 @@ def test_a_private_federation_stops_at_its_budget_with_epsilon_rising_per_round(
     admin = server.admin()
     info = admin.create_federation(spec)
     assert info.spec.privacy == privacy and info.spec.aggregation.clip_norm == 1.0
-    procs = []
-    for i, org in enumerate(ORGS):
-        creds = tmp_path / org / "credentials.json"
-        register(server, admin.create_enrollment_token(info.id).token, org, creds)
-        data = write_image_folder(tmp_path / org / "data", spec.task.classes, 3, seed=i)
-        args = train_args(server, creds, data, tmp_path / org / "work")
-        procs.append(start_client(org, args, tmp_path / org / "client.log"))
 
-    codes = [p.wait(timeout=600) for p in procs]
+    train_orgs(admin, info.id, ORGS, spec.task.classes)
 
-    assert codes == [0, 0], "\n".join(p.output()[-3000:] for p in procs)
     final = admin.get_federation(info.id)
     assert final.status == "completed" and final.completed_reason == "privacy_budget"
     assert final.current_round == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,12 +21,12 @@ from lab.local_federation import (
     client_command,
     quiet_env,
     register,
-    start_client,
-    train_args,
 )
 from shared.spec import RoundsSpec, load_spec
 from tests.e2e.test_federation_e2e import EXAMPLES
-from tests.images import write_image_folder
+
+if TYPE_CHECKING:
+    from tests.e2e.conftest import TrainOrgs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,24 +38,16 @@ def _as_client(server: ServerProcess, credentials: Path) -> FedTuneClient:
 
 
 def test_each_client_reports_its_accuracy_of_the_final_version(
-    server: ServerProcess, tmp_path: Path
+    server: ServerProcess, tmp_path: Path, train_orgs: TrainOrgs
 ) -> None:
     spec = load_spec(EXAMPLES / "tiny-clip-bias.yaml")
     lt = spec.local_training.model_copy(update={"epochs": 1, "batch_size": 8, "max_steps": 2})
     rounds = RoundsSpec(total=1, quorum=2, min_updates=2, deadline_s=600)
     admin = server.admin()
     info = admin.create_federation(spec.model_copy(update={"rounds": rounds, "local_training": lt}))
-    procs = []
-    for i, org in enumerate(ORGS):
-        creds = tmp_path / org / "credentials.json"
-        register(server, admin.create_enrollment_token(info.id).token, org, creds)
-        data = write_image_folder(tmp_path / org / "data", spec.task.classes, 3, seed=i)
-        args = train_args(server, creds, data, tmp_path / org / "work")
-        procs.append(start_client(org, args, tmp_path / org / "client.log"))
 
-    codes = [p.wait(timeout=600) for p in procs]
+    train_orgs(admin, info.id, ORGS, spec.task.classes)
 
-    assert codes == [0, 0], "\n".join(p.output()[-3000:] for p in procs)
     final_version = admin.list_rounds(info.id)[-1].result_version
     assert final_version is not None
     evaluations = admin.list_evaluations(info.id)
