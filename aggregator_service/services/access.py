@@ -253,20 +253,18 @@ def register_client(
 
 
 def _client_infos(core: Core, fid: str | None = None, cid: str | None = None) -> list[ClientInfo]:
-    counts = (
-        select(updates.c.client_id, func.count().label("n"))
-        .group_by(updates.c.client_id)
-        .subquery()
-    )
-    query = (
-        select(clients, func.coalesce(counts.c.n, 0).label("n"))
-        .select_from(clients.outerjoin(counts, counts.c.client_id == clients.c.id))
-        .order_by(clients.c.created_at, clients.c.id)
-    )
-    if fid is not None:
+    counted = select(updates.c.client_id, func.count().label("n")).group_by(updates.c.client_id)
+    query = select(clients).order_by(clients.c.created_at, clients.c.id)
+    if fid is not None:  # count only the updates of the clients listed
+        counted = counted.where(updates.c.federation_id == fid)
         query = query.where(clients.c.federation_id == fid)
     if cid is not None:
+        counted = counted.where(updates.c.client_id == cid)
         query = query.where(clients.c.id == cid)
+    counts = counted.subquery()
+    query = query.add_columns(func.coalesce(counts.c.n, 0).label("n")).select_from(
+        clients.outerjoin(counts, counts.c.client_id == clients.c.id)
+    )
     with core.db.read() as conn:
         rows = conn.execute(query).all()
     return [
