@@ -24,6 +24,7 @@ from aggregator_service.api.routes import (
 from aggregator_service.dashboard import router as dashboard_router
 from aggregator_service.metrics import Metrics, resolve_metrics_token
 from aggregator_service.services.context import Core, hash_token
+from aggregator_service.services.privacy import current_epsilons
 from aggregator_service.services.runner import RoundRunner
 from aggregator_service.settings import Settings, resolve_admin_token
 from aggregator_service.storage import Database, open_blob_store
@@ -88,13 +89,15 @@ def build_core(settings: Settings) -> Core:
     private_dir(settings.data_dir)
     db = Database(settings.sqlalchemy_url())
     db.create_schema()
-    return Core(
+    core = Core(
         settings=settings,
         db=db,
         blobs=open_blob_store(settings.data_dir, settings.blob_url),
         metrics=Metrics(token=resolve_metrics_token(settings)),
         admin_token_hash=hash_token(resolve_admin_token(settings)),
     )
+    core.metrics.epsilons.source = lambda: current_epsilons(core)  # read at each scrape
+    return core
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -38,7 +38,6 @@ from aggregator_service.services.leases import (
     renew,
     retry_delay,
 )
-from aggregator_service.services.privacy import current_epsilons
 from aggregator_service.services.rounds import (
     aggregate_round,
     current_revision,
@@ -91,7 +90,6 @@ class RoundRunner:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.owner = new_owner()
-        core.metrics.epsilons.source = lambda: current_epsilons(core)
         settings = core.settings
         # Per-client limits on the requests held open on this loop (per process: see slots).
         self.polls = ClientSlots(
