@@ -113,10 +113,13 @@ def krum_select(
     global_state: Mapping[str, torch.Tensor],
     deltas: Deltas,
     spec: AggregationSpec,
-    num_byzantine: int,
     m: int | None,
 ) -> AggregationResult:
-    """Aggregate the m best-scored updates (m None: n - f), or the median when n <= 2f + 2."""
+    """Aggregate the m best-scored updates (m None: n - f), or the median when n <= 2f + 2.
+
+    f is the options' `num_byzantine`, which Krum and Multi-Krum both declare.
+    """
+    num_byzantine = cast(KrumOptions, spec.strategy_options()).num_byzantine
     n = len(deltas)
     if n <= 2 * num_byzantine + 2:
         log.warning(
@@ -142,5 +145,4 @@ def krum(
     server_state: Mapping[str, torch.Tensor],
 ) -> AggregationResult:
     """new = old + the delta with the lowest Krum score."""
-    f = cast(KrumOptions, spec.strategy_options()).num_byzantine
-    return krum_select(global_state, deltas, spec, f, 1)
+    return krum_select(global_state, deltas, spec, 1)

@@ -32,4 +32,4 @@ def multi_krum(
 ) -> AggregationResult:
     """new = old + the mean of the m best-scored deltas."""
     opts = cast(MultiKrumOptions, spec.strategy_options())
-    return krum_select(global_state, deltas, spec, opts.num_byzantine, opts.num_selected)
+    return krum_select(global_state, deltas, spec, opts.num_selected)
