@@ -24,9 +24,18 @@ __all__ = [
 
 
 class DomainError(Exception):
-    """A refusal the caller can act on; nothing was changed by the request that raised it."""
+    """A refusal the caller can act on; nothing was changed by the request that raised it.
+
+    A subclass names its default code as a class keyword: `class NotFound(DomainError,
+    error="not_found")`.
+    """
 
     default_error = "error"
+
+    def __init_subclass__(cls, *, error: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if error is not None:
+            cls.default_error = error
 
     def __init__(
         self, detail: str, *, error: str | None = None, round: RoundStatus | None = None
@@ -37,56 +46,40 @@ class DomainError(Exception):
         self.round = round
 
 
-class Unauthorized(DomainError):
+class Unauthorized(DomainError, error="unauthorized"):
     """The caller is unknown: no credential, or one that is wrong, spent or revoked."""
 
-    default_error = "unauthorized"
 
-
-class Forbidden(DomainError):
+class Forbidden(DomainError, error="forbidden"):
     """The caller is known but may not do this here."""
 
-    default_error = "forbidden"
 
-
-class NotFound(DomainError):
+class NotFound(DomainError, error="not_found"):
     """No such federation, client, state or base."""
 
-    default_error = "not_found"
 
-
-class Conflict(DomainError):
+class Conflict(DomainError, error="conflict"):
     """The request contradicts the current state (a closed round, a different update, ...)."""
 
-    default_error = "conflict"
 
-
-class TooLarge(DomainError):
+class TooLarge(DomainError, error="payload_too_large"):
     """The body is larger than this server accepts."""
 
-    default_error = "payload_too_large"
 
-
-class TimedOut(DomainError):
+class TimedOut(DomainError, error="request_timeout"):
     """The body arrived too slowly (an idle gap, or a rate below the floor); nothing was kept."""
 
-    default_error = "request_timeout"
 
-
-class Busy(DomainError):
+class Busy(DomainError, error="too_many_requests"):
     """The caller already runs as many requests of this kind as it may; retry after a pause."""
-
-    default_error = "too_many_requests"
 
     def __init__(self, detail: str, *, retry_after_s: int, error: str | None = None) -> None:
         super().__init__(detail, error=error)
         self.retry_after_s = retry_after_s
 
 
-class Invalid(DomainError):
+class Invalid(DomainError, error="validation_error"):
     """The input is readable but wrong: a field, a spec, an update's content."""
-
-    default_error = "validation_error"
 
 
 class Malformed(Invalid):
