@@ -22,6 +22,7 @@ from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from aggregator_service.services.context import Core, now
+from aggregator_service.services.rounds import the_round
 from aggregator_service.storage.tables import aggregation_attempts, round_leases, rounds
 
 __all__ = [
@@ -121,11 +122,7 @@ def claim(core: Core, fid: str, number: int, owner: str) -> Attempt | None:
     this = (round_leases.c.federation_id == fid) & (round_leases.c.round == number)
     try:
         with core.db.write() as conn:
-            status = conn.execute(
-                select(rounds.c.status).where(
-                    rounds.c.federation_id == fid, rounds.c.number == number
-                )
-            ).scalar()
+            status = conn.execute(select(rounds.c.status).where(the_round(fid, number))).scalar()
             if status != "aggregating":
                 return None
             held = conn.execute(select(round_leases).where(this)).first()

@@ -49,6 +49,7 @@ __all__ = [
     "read_status",
     "round_status",
     "start_aggregation",
+    "the_round",
 ]
 
 log = logging.getLogger("fedtune.server")
@@ -71,9 +72,7 @@ def read_status(
 ) -> RoundStatus:
     """The federation's current round as the API shows it (within the caller's transaction)."""
     fed = federation_row(conn, fid)
-    rnd = conn.execute(
-        select(rounds).where(rounds.c.federation_id == fid, rounds.c.number == fed.current_round)
-    ).one()
+    rnd = conn.execute(select(rounds).where(the_round(fid, fed.current_round))).one()
     submitted = client_id is not None and (
         conn.execute(
             select(updates.c.id).where(
@@ -129,12 +128,8 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
     """
     spec = core.spec(fid)
     t = now()
-    base = (
-        (rounds.c.federation_id == fid)
-        & (rounds.c.number == number)
-        & (rounds.c.status == "open")
-        & rounds.c.federation_id.in_(_RUNNING)  # a paused or cancelled federation's stay open
-    )
+    # A paused or cancelled federation's rounds stay open.
+    base = the_round(fid, number, "open") & rounds.c.federation_id.in_(_RUNNING)
     change = {
         "status": "aggregating",
         "aggregation_started_at": t,
@@ -160,6 +155,12 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
     return reason
 
 
+def the_round(fid: str, number: int, status: str | None = None) -> ColumnElement[bool]:
+    """Round `number` of federation `fid` (only while it is in `status`, when given)."""
+    this = (rounds.c.federation_id == fid) & (rounds.c.number == number)
+    return this if status is None else this & (rounds.c.status == status)
+
+
 # The federations whose rounds may close.
 _RUNNING = select(federations.c.id).where(federations.c.status == "running")
 
@@ -170,12 +171,7 @@ def quorum_transition(conn: Connection, spec: FederationSpec, fid: str, number: 
     and starting the aggregation can leave the round open."""
     done = conn.execute(
         update(rounds)
-        .where(
-            rounds.c.federation_id == fid,
-            rounds.c.number == number,
-            rounds.c.status == "open",
-            _received_at_least(spec.rounds.quorum),
-        )
+        .where(the_round(fid, number, "open"), _received_at_least(spec.rounds.quorum))
         .values(
             status="aggregating",
             closed_by="quorum",
@@ -257,9 +253,7 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
     """
     spec = core.spec(fid)
     with core.db.read() as conn:
-        rnd = conn.execute(
-            select(rounds).where(rounds.c.federation_id == fid, rounds.c.number == number)
-        ).first()
+        rnd = conn.execute(select(rounds).where(the_round(fid, number))).first()
         if rnd is None or rnd.status != "aggregating":
             return "superseded"
         ups = conn.execute(
@@ -354,11 +348,7 @@ def _reopen(core: Core, fid: str, number: int) -> None:
     with core.db.write() as conn:
         conn.execute(
             update(rounds)
-            .where(
-                rounds.c.federation_id == fid,
-                rounds.c.number == number,
-                rounds.c.status == "aggregating",
-            )
+            .where(the_round(fid, number, "aggregating"))
             .values(status="open", aggregation_started_at=None, revision=rounds.c.revision + 1)
         )
     core.notifier.notify(fid)
@@ -378,7 +368,7 @@ def _close(
     """One transaction: check the lease is `owner`'s, close the round, record the version,
     open the next or complete."""
     t = now()
-    this = (rounds.c.federation_id == fid) & (rounds.c.number == number)
+    this = the_round(fid, number)
     with core.db.write() as conn:
         held = conn.execute(
             update(round_leases)
@@ -393,7 +383,7 @@ def _close(
             return False
         done = conn.execute(
             update(rounds)
-            .where(this & (rounds.c.status == "aggregating"))
+            .where(the_round(fid, number, "aggregating"))
             .values(
                 status="closed",
                 result_version=digest,

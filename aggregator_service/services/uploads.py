@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, TimedOut, TooLarge
 from aggregator_service.services.lifecycle import refuse_unless_running
-from aggregator_service.services.rounds import quorum_transition, read_status
+from aggregator_service.services.rounds import quorum_transition, read_status, the_round
 from aggregator_service.services.validation import check_header, not_safetensors, validate_delta
 from aggregator_service.storage.tables import (
     INT_MAX,
@@ -320,9 +320,7 @@ def _existing(conn: Connection, fid: str, number: int, client_id: str) -> Row | 
 def _progress(conn: Connection, fid: str, number: int) -> Row:
     """The round's `received` count and `status`."""
     return conn.execute(
-        select(rounds.c.received, rounds.c.status).where(
-            rounds.c.federation_id == fid, rounds.c.number == number
-        )
+        select(rounds.c.received, rounds.c.status).where(the_round(fid, number))
     ).one()
 
 
@@ -359,11 +357,7 @@ def _commit(
         with core.db.write() as conn:
             bumped = conn.execute(
                 update(rounds)
-                .where(
-                    rounds.c.federation_id == fid,
-                    rounds.c.number == number,
-                    rounds.c.status == "open",
-                )
+                .where(the_round(fid, number, "open"))
                 .values(
                     received=rounds.c.received + 1,
                     revision=rounds.c.revision + 1,
