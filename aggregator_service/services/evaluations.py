@@ -37,11 +37,9 @@ def record_evaluation(
                     insert(evaluations).values(
                         federation_id=fid,
                         client_id=client_id,
-                        version=report.version,
                         round=version_round,
-                        val_accuracy=report.val_accuracy,
-                        val_examples=report.val_examples,
                         received_at=now(),
+                        **report.model_dump(),
                     )
                 )
             final = fed.status == "completed" and global_version(conn, fed) == report.version
@@ -102,13 +100,10 @@ def _row(conn: Connection, fid: str, client_id: str, version: str) -> Row | None
 
 
 def _evaluation(row: Row, final: bool) -> Evaluation:
-    return Evaluation(
-        client_id=row.client_id,
-        name=row.name,
-        version=row.version,
-        round=row.round,
-        val_accuracy=row.val_accuracy,
-        val_examples=row.val_examples,
-        final=final,
-        received_at=datetime.fromtimestamp(row.received_at, UTC),
+    return Evaluation.model_validate(
+        {
+            **row._mapping,
+            "final": final,
+            "received_at": datetime.fromtimestamp(row.received_at, UTC),
+        }
     )
