@@ -73,10 +73,7 @@ class FedTuneClient(BaseClient):
     # -- federations (admin creates; its clients read) --------------------------
 
     def create_federation(self, spec: FederationSpec) -> FederationInfo:
-        data = self._request_json(
-            "POST", f"{API_PREFIX}/federations", json_body=spec.model_dump(mode="json")
-        )
-        return _parse(FederationInfo, data, "create federation")
+        return self._post(f"{API_PREFIX}/federations", spec, FederationInfo, "create federation")
 
     def get_federation(self, federation_id: str) -> FederationInfo:
         data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}")
@@ -108,12 +105,12 @@ class FedTuneClient(BaseClient):
     ) -> EnrollmentToken:
         extra = {} if expires_in_s is None else {"expires_in_s": expires_in_s}
         body = EnrollmentTokenRequest(uses=uses, **extra)
-        data = self._request_json(
-            "POST",
+        return self._post(
             f"{API_PREFIX}/federations/{federation_id}/enrollment-tokens",
-            json_body=body.model_dump(mode="json"),
+            body,
+            EnrollmentToken,
+            "create enrollment token",
         )
-        return _parse(EnrollmentToken, data, "create enrollment token")
 
     def list_enrollment_tokens(self, federation_id: str) -> list[EnrollmentTokenInfo]:
         """The federation's enrollment tokens (admin), without the secrets."""
@@ -133,10 +130,7 @@ class FedTuneClient(BaseClient):
 
     def register_client(self, enrollment_token: str, name: str) -> ClientRegistered:
         body = ClientRegistration(enrollment_token=enrollment_token, name=name)
-        data = self._request_json(
-            "POST", f"{API_PREFIX}/clients", json_body=body.model_dump(mode="json")
-        )
-        return _parse(ClientRegistered, data, "register client")
+        return self._post(f"{API_PREFIX}/clients", body, ClientRegistered, "register client")
 
     def list_clients(self, federation_id: str | None = None) -> list[ClientInfo]:
         params = {"federation_id": federation_id} if federation_id else None
@@ -211,12 +205,12 @@ class FedTuneClient(BaseClient):
         body = EvaluationReport(
             version=version, val_accuracy=val_accuracy, val_examples=val_examples
         )
-        data = self._request_json(
-            "POST",
+        return self._post(
             f"{API_PREFIX}/federations/{federation_id}/evaluations",
-            json_body=body.model_dump(mode="json"),
+            body,
+            Evaluation,
+            "report evaluation",
         )
-        return _parse(Evaluation, data, "report evaluation")
 
     def list_evaluations(self, federation_id: str) -> list[Evaluation]:
         data = self._request_json("GET", f"{API_PREFIX}/federations/{federation_id}/evaluations")
@@ -290,3 +284,8 @@ class FedTuneClient(BaseClient):
 
     def ready(self) -> Health:
         return _parse(Health, self._request_json("GET", "/readyz"), "ready")
+
+    def _post(self, path: str, body: BaseModel, model: type[M], what: str) -> M:
+        """POST `body` as JSON and parse the answer as `model`."""
+        data = self._request_json("POST", path, json_body=body.model_dump(mode="json"))
+        return _parse(model, data, what)
