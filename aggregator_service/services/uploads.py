@@ -29,7 +29,12 @@ from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, TimedOut, TooLarge
 from aggregator_service.services.lifecycle import refuse_unless_running
 from aggregator_service.services.rounds import quorum_transition, read_status, the_round
-from aggregator_service.services.validation import check_header, not_safetensors, validate_delta
+from aggregator_service.services.validation import (
+    DeltaTarget,
+    check_header,
+    not_safetensors,
+    validate_delta,
+)
 from aggregator_service.storage.tables import (
     INT_MAX,
     federations,
@@ -129,7 +134,7 @@ class Expected:
         except BlobError as exc:
             raise not_safetensors(exc) from None
         most = self.core.settings.max_num_examples
-        check_header(header, self.spec, self.manifest, self.fid, self.number, most)
+        check_header(header, DeltaTarget(self.spec, self.manifest, self.fid, self.number, most))
         if declared is not None and declared > header.total_size:
             raise _past_header(header.total_size)
         if header.total_size > self.core.settings.max_upload_bytes:
@@ -337,7 +342,8 @@ def _ingest_once(
     refuse_unless_running(fid, status.federation_status, status)
     if number != status.round or status.status != "open":
         raise Conflict(_closed_detail(number, status), error="round_closed", round=status)
-    meta = validate_delta(body.path, spec, manifest, fid, number, core.settings.max_num_examples)
+    target = DeltaTarget(spec, manifest, fid, number, core.settings.max_num_examples)
+    meta = validate_delta(body.path, target)
     if meta.base_version != status.global_version:
         _refuse_base(core, fid, meta.base_version, status)
     received, state = _commit(core, client_id, fid, number, body, meta)

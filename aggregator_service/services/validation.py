@@ -11,6 +11,7 @@ checking one). Nothing is ever unpickled.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,7 +28,7 @@ from shared.blobs import (
 )
 from shared.spec import FederationSpec
 
-__all__ = ["check_header", "not_safetensors", "validate_delta"]
+__all__ = ["DeltaTarget", "check_header", "not_safetensors", "validate_delta"]
 
 _SHOW = 5
 _CHECK_CHUNK_BYTES = 1 << 18  # small: 6 threads checking at once hold 3 MiB
@@ -117,14 +118,18 @@ def not_safetensors(exc: BlobError, received: int | None = None) -> Malformed:
     return _malformed(f"update is not a valid safetensors file{size}: {exc}")
 
 
-def check_header(
-    header: SafetensorsHeader,
-    spec: FederationSpec,
-    manifest: Mapping[str, TensorInfo],
-    fid: str,
-    number: int,
-    max_num_examples: int,
-) -> DeltaMetadata:
+@dataclass(frozen=True)
+class DeltaTarget:
+    """What a delta is checked against: its federation and round, and the server's bound."""
+
+    spec: FederationSpec
+    manifest: Mapping[str, TensorInfo]
+    federation_id: str
+    round: int
+    max_num_examples: int
+
+
+def check_header(header: SafetensorsHeader, target: DeltaTarget) -> DeltaMetadata:
     """Everything about a delta its header alone tells: metadata, keys, shapes and dtypes.
 
     Runs as soon as an upload's header has arrived (so a wrong one is refused before the
@@ -134,32 +139,26 @@ def check_header(
         meta = DeltaMetadata.from_safetensors(header.metadata)
     except BlobError as exc:
         raise _invalid(f"bad update metadata: {exc}") from None
-    if meta.num_examples > max_num_examples:
+    if meta.num_examples > target.max_num_examples:
         raise _invalid(
             f"metadata 'num_examples' is {meta.num_examples}; the server accepts at most "
-            f"{max_num_examples}",
+            f"{target.max_num_examples}",
         )
+    fid, number = target.federation_id, target.round
     if meta.federation != fid:
         raise _invalid(f"metadata 'federation' is {meta.federation!r} but the URL names {fid!r}")
     if meta.round != number:
         raise _invalid(f"metadata 'round' is {meta.round} but the URL names round {number}")
-    _check_tensors(header, manifest, spec.transport.dtype)
+    _check_tensors(header, target.manifest, target.spec.transport.dtype)
     return meta
 
 
-def validate_delta(
-    path: Path,
-    spec: FederationSpec,
-    manifest: Mapping[str, TensorInfo],
-    fid: str,
-    number: int,
-    max_num_examples: int,
-) -> DeltaMetadata:
+def validate_delta(path: Path, target: DeltaTarget) -> DeltaMetadata:
     """Return the delta's metadata, or raise `Malformed` (unreadable) or `Invalid`."""
     try:
         blob = Blob.open(path)
     except BlobError as exc:
         raise not_safetensors(exc, path.stat().st_size) from None
-    meta = check_header(blob.header, spec, manifest, fid, number, max_num_examples)
-    _check_finite(blob, sorted(manifest), spec.aggregation.max_abs_value)
+    meta = check_header(blob.header, target)
+    _check_finite(blob, sorted(target.manifest), target.spec.aggregation.max_abs_value)
     return meta
