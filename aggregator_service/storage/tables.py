@@ -27,6 +27,40 @@ metadata = MetaData()
 # a larger round number or threshold matches no row, so it is never sent to the database.
 INT_MAX = 2**31 - 1
 
+
+def _federation_id(*, primary_key: bool = False) -> Column[str]:
+    """The federation a row belongs to."""
+    return Column(
+        "federation_id",
+        String(32),
+        ForeignKey("federations.id"),
+        primary_key=primary_key,
+        nullable=False,
+    )
+
+
+def _client_id(*, primary_key: bool = False) -> Column[str]:
+    """The client a row belongs to."""
+    return Column(
+        "client_id", String(32), ForeignKey("clients.id"), primary_key=primary_key, nullable=False
+    )
+
+
+def _round(*, primary_key: bool = False) -> Column[int]:
+    """A round's number within its federation."""
+    return Column("round", Integer, primary_key=primary_key, nullable=False)
+
+
+def _round_key() -> tuple[Column[str], Column[int]]:
+    """The primary key of a table with one row per federation and round."""
+    return _federation_id(primary_key=True), _round(primary_key=True)
+
+
+def _time(name: str, *, nullable: bool = False) -> Column[float]:
+    """A time in UNIX seconds, required unless `nullable`."""
+    return Column(name, Double, nullable=nullable)
+
+
 federations = Table(
     "federations",
     metadata,
@@ -41,13 +75,13 @@ federations = Table(
     Column("initial_version", String(64), nullable=False),
     Column("trainable_params", BigInteger, nullable=False),
     Column("total_params", BigInteger, nullable=False),
-    Column("created_at", Double, nullable=False),
+    _time("created_at"),
 )
 
 rounds = Table(
     "rounds",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
+    _federation_id(primary_key=True),
     Column("number", Integer, primary_key=True),
     Column("status", String(16), nullable=False),  # open | aggregating | closed
     Column("base_version", String(64), nullable=False),
@@ -56,10 +90,10 @@ rounds = Table(
     Column("revision", BigInteger, nullable=False),
     Column("bytes_in", BigInteger, nullable=False, default=0),
     Column("bytes_out", BigInteger, nullable=False, default=0),
-    Column("opened_at", Double, nullable=False),
-    Column("deadline_at", Double, nullable=False),
-    Column("aggregation_started_at", Double),
-    Column("closed_at", Double),
+    _time("opened_at"),
+    _time("deadline_at"),
+    _time("aggregation_started_at", nullable=True),
+    _time("closed_at", nullable=True),
     Column("aggregation_seconds", Double),
     Column("closed_by", String(16)),  # quorum | deadline
 )
@@ -70,21 +104,21 @@ clients = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(128), nullable=False),
-    Column("federation_id", String(32), ForeignKey("federations.id"), nullable=False),
+    _federation_id(),
     Column("key_hash", String(64), nullable=False, unique=True),
-    Column("created_at", Double, nullable=False),
+    _time("created_at"),
     Column("revoked", Boolean, nullable=False, default=False),
-    Column("revoked_at", Double),
+    _time("revoked_at", nullable=True),
 )
 
 enrollment_tokens = Table(
     "enrollment_tokens",
     metadata,
     Column("token_hash", String(64), primary_key=True),
-    Column("federation_id", String(32), ForeignKey("federations.id"), nullable=False),
+    _federation_id(),
     Column("uses_left", Integer, nullable=False),
-    Column("expires_at", Double, nullable=False),
-    Column("created_at", Double, nullable=False),
+    _time("expires_at"),
+    _time("created_at"),
 )
 
 # Tables of their own (not columns), so databases created before them gain them through
@@ -94,7 +128,7 @@ enrollment_token_revocations = Table(
     "enrollment_token_revocations",
     metadata,
     Column("token_hash", String(64), ForeignKey("enrollment_tokens.token_hash"), primary_key=True),
-    Column("revoked_at", Double, nullable=False),
+    _time("revoked_at"),
 )
 
 # A client's API key before it rotated its own (services/access.py): still valid until the new
@@ -102,23 +136,23 @@ enrollment_token_revocations = Table(
 previous_keys = Table(
     "previous_keys",
     metadata,
-    Column("client_id", String(32), ForeignKey("clients.id"), primary_key=True),
+    _client_id(primary_key=True),
     Column("key_hash", String(64), nullable=False, unique=True),
-    Column("expires_at", Double, nullable=False),
+    _time("expires_at"),
 )
 
 updates = Table(
     "updates",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("federation_id", String(32), ForeignKey("federations.id"), nullable=False),
-    Column("round", Integer, nullable=False),
-    Column("client_id", String(32), ForeignKey("clients.id"), nullable=False),
+    _federation_id(),
+    _round(),
+    _client_id(),
     Column("sha256", String(64), nullable=False),
     Column("bytes", BigInteger, nullable=False),
     Column("num_examples", BigInteger, nullable=False),
     Column("metrics", Text, nullable=False),
-    Column("received_at", Double, nullable=False),
+    _time("received_at"),
     UniqueConstraint("federation_id", "round", "client_id", name="uq_update_per_client_round"),
 )
 
@@ -127,9 +161,8 @@ updates = Table(
 exclusions = Table(
     "exclusions",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("round", Integer, primary_key=True),
-    Column("client_id", String(32), ForeignKey("clients.id"), primary_key=True),
+    *_round_key(),
+    _client_id(primary_key=True),
     Column("reason", Text, nullable=False),
 )
 
@@ -139,13 +172,13 @@ exclusions = Table(
 evaluations = Table(
     "evaluations",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("client_id", String(32), ForeignKey("clients.id"), primary_key=True),
+    _federation_id(primary_key=True),
+    _client_id(primary_key=True),
     Column("version", String(64), primary_key=True),
-    Column("round", Integer, nullable=False),
+    _round(),
     Column("val_accuracy", Double, nullable=False),
     Column("val_examples", BigInteger, nullable=False),
-    Column("received_at", Double, nullable=False),
+    _time("received_at"),
 )
 
 # Central differential privacy (services/privacy.py): the sample rate each closed round was
@@ -154,8 +187,7 @@ evaluations = Table(
 privacy_ledger = Table(
     "privacy_ledger",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("round", Integer, primary_key=True),
+    *_round_key(),
     Column("sample_rate", Double, nullable=False),
     Column("epsilon", Double, nullable=False),
 )
@@ -164,8 +196,8 @@ privacy_ledger = Table(
 completions = Table(
     "completions",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("round", Integer, nullable=False),
+    _federation_id(primary_key=True),
+    _round(),
     Column("reason", String(32), nullable=False),
 )
 
@@ -173,8 +205,7 @@ completions = Table(
 state_versions = Table(
     "state_versions",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("round", Integer, primary_key=True),
+    *_round_key(),
     Column("digest", String(64), nullable=False),
     Column("server_state_digest", String(64)),
 )
@@ -189,8 +220,8 @@ idempotency_keys = Table(
     Column("request_sha256", String(64), nullable=False),
     Column("salt", String(32), nullable=False),  # with the credential, derives the secrets
     Column("answer", Text),  # null while the first request runs
-    Column("created_at", Double, nullable=False),
-    Column("expires_at", Double, nullable=False),
+    _time("created_at"),
+    _time("expires_at"),
 )
 Index("ix_idempotency_keys_expires_at", idempotency_keys.c.expires_at)
 
@@ -200,11 +231,10 @@ Index("ix_idempotency_keys_expires_at", idempotency_keys.c.expires_at)
 round_leases = Table(
     "round_leases",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("round", Integer, primary_key=True),
+    *_round_key(),
     Column("owner", String(128), nullable=False),
-    Column("expires_at", Double, nullable=False),
-    Column("retry_at", Double, nullable=False),
+    _time("expires_at"),
+    _time("retry_at"),
     Column("attempts", Integer, nullable=False),
 )
 
@@ -213,12 +243,12 @@ aggregation_attempts = Table(
     "aggregation_attempts",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("federation_id", String(32), ForeignKey("federations.id"), nullable=False),
-    Column("round", Integer, nullable=False),
+    _federation_id(),
+    _round(),
     Column("number", Integer, nullable=False),
     Column("owner", String(128), nullable=False),
-    Column("started_at", Double, nullable=False),
-    Column("ended_at", Double),
+    _time("started_at"),
+    _time("ended_at", nullable=True),
     Column("outcome", String(16)),  # closed | failed | reopened | superseded; null while running
     Column("error", Text),
 )
@@ -237,8 +267,8 @@ viewer_tokens = Table(
     Column("id", String(32), primary_key=True),
     Column("name", String(128), nullable=False),
     Column("token_hash", String(64), nullable=False, unique=True),
-    Column("created_at", Double, nullable=False),
-    Column("revoked_at", Double),  # null while valid
+    _time("created_at"),
+    _time("revoked_at", nullable=True),  # null while valid
 )
 
 # Secure aggregation (services/secagg.py): one row per secure round, the phase it is in and
@@ -247,11 +277,10 @@ viewer_tokens = Table(
 secagg_rounds = Table(
     "secagg_rounds",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("round", Integer, primary_key=True),
+    *_round_key(),
     Column("attempt", Integer, nullable=False),
     Column("phase", String(16), nullable=False),  # advertise | share | input | unmask | done
-    Column("deadline_at", Double, nullable=False),
+    _time("deadline_at"),
     Column("cohort", Text),  # who advertised keys (phase share on)
     Column("u1", Text),  # who shared keys (phase input on)
     Column("u2", Text),  # whose masked input counts (phase unmask on)
@@ -264,23 +293,21 @@ secagg_rounds = Table(
 secagg_steps = Table(
     "secagg_steps",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("round", Integer, primary_key=True),
+    *_round_key(),
     Column("attempt", Integer, primary_key=True),
     Column("client_id", String(32), primary_key=True),
     # keys | shares | input | unmask | complaint:<accused>
     Column("step", String(48), primary_key=True),
     Column("digest", String(64), nullable=False),
     Column("payload", Text, nullable=False),
-    Column("received_at", Double, nullable=False),
+    _time("received_at"),
 )
 
 # The encrypted shares routed from one client to another (hex of nonce || AES-GCM ciphertext).
 secagg_shares = Table(
     "secagg_shares",
     metadata,
-    Column("federation_id", String(32), ForeignKey("federations.id"), primary_key=True),
-    Column("round", Integer, primary_key=True),
+    *_round_key(),
     Column("attempt", Integer, primary_key=True),
     Column("sender", String(32), primary_key=True),
     Column("recipient", String(32), primary_key=True),
