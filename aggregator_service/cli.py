@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from aggregator_service.admin import AdminError, add_admin_parser
 from aggregator_service.services.errors import DomainError
 from aggregator_service.settings import Settings
-from shared.spec import SpecError, load_spec
+from shared.spec import load_spec
 from shared.validation import format_validation_error
 
 __all__ = ["main", "openapi_document"]
@@ -255,13 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except (CliError, AdminError, SpecError) as exc:
-        print(f"fedtune-server: {exc}", file=sys.stderr)
-        return 2
-    except DomainError as exc:
-        print(f"fedtune-server: {exc.detail}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
+    except (CliError, AdminError, DomainError, ValueError, OSError) as exc:
         print(f"fedtune-server: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
