@@ -15,7 +15,7 @@ from aggregator_service.services.context import Core
 from aggregator_service.services.federations import federation_row, list_federations
 from aggregator_service.services.history import list_rounds
 from aggregator_service.services.rounds import read_status
-from shared.api import FederationSummary, RoundRecord
+from shared.api import FederationSummary, RoundRecord, RoundStatus
 
 __all__ = [
     "FederationRow",
@@ -31,6 +31,16 @@ __all__ = [
 _READER = Principal(is_admin=True)
 # The metrics plotted per round, as the clients report them.
 PLOTTED = ("val_accuracy", "train_loss")
+# What a history row shows of a round's record as recorded.
+_AS_RECORDED = {
+    "round",
+    "status",
+    "closed_by",
+    "aggregation_seconds",
+    "bytes_in",
+    "bytes_out",
+    "epsilon",
+}
 
 
 class FederationRow(FederationSummary):
@@ -109,20 +119,29 @@ def federation_rows(core: Core) -> list[FederationRow]:
     return rows
 
 
+def _plotted(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k in PLOTTED}
+
+
 def _history_row(r: RoundRecord) -> HistoryRow:
     return HistoryRow(
-        round=r.round,
-        status=r.status,
+        **r.model_dump(include=_AS_RECORDED),
         participants=r.participant_count,
-        closed_by=r.closed_by,
-        aggregation_seconds=r.aggregation_seconds,
-        bytes_in=r.bytes_in,
-        bytes_out=r.bytes_out,
-        metrics={k: v for k, v in r.metrics.items() if k in PLOTTED},
-        by_organisation={
-            p.name: {k: v for k, v in p.metrics.items() if k in PLOTTED} for p in r.participants
-        },
-        epsilon=r.epsilon,
+        metrics=_plotted(r.metrics),
+        by_organisation={p.name: _plotted(p.metrics) for p in r.participants},
+    )
+
+
+def _live_round(status: RoundStatus, t: datetime) -> LiveRound:
+    left = None
+    running = status.status == "open" and status.federation_status == "running"
+    if running and status.deadline_at is not None:
+        left = max(0.0, (status.deadline_at - t).total_seconds())
+    return LiveRound(
+        **status.model_dump(include={"status", "received", "quorum", "min_updates", "deadline_at"}),
+        number=status.round,
+        total=status.total_rounds,
+        seconds_left=left,
     )
 
 
@@ -139,33 +158,17 @@ def live_view(core: Core, fid: str) -> LiveView:
         for p in r.participants:
             seen = last_seen.get(p.client_id)
             last_seen[p.client_id] = p.received_at if seen is None else max(seen, p.received_at)
-    deadline = status.deadline_at
-    left = None
-    if status.status == "open" and fed.status == "running" and deadline is not None:
-        left = max(0.0, (deadline - t).total_seconds())
     return LiveView(
         server_time=t,
         federation_id=fid,
         name=fed.name,
         status=fed.status,
-        round=LiveRound(
-            number=status.round,
-            total=status.total_rounds,
-            status=status.status,
-            received=status.received,
-            quorum=status.quorum,
-            min_updates=status.min_updates,
-            deadline_at=deadline,
-            seconds_left=left,
-        ),
+        round=_live_round(status, t),
         history=[_history_row(r) for r in history],
         organisations=[
             OrganisationRow(
-                name=c.name,
-                client_id=c.client_id,
-                updates=c.updates,
+                **c.model_dump(include={"name", "client_id", "updates", "revoked"}),
                 last_seen=last_seen.get(c.client_id),
-                revoked=c.revoked,
             )
             for c in list_clients(core, fid)
         ],

@@ -37,9 +37,11 @@ def record_evaluation(
                     insert(evaluations).values(
                         federation_id=fid,
                         client_id=client_id,
+                        version=report.version,
                         round=version_round,
+                        val_accuracy=report.val_accuracy,
+                        val_examples=report.val_examples,
                         received_at=now(),
-                        **report.model_dump(),
                     )
                 )
             final = fed.status == "completed" and global_version(conn, fed) == report.version
