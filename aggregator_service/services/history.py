@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, Row, select, update
 
 from aggregator_service.services.access import Principal
 from aggregator_service.services.context import Core
@@ -183,56 +183,79 @@ def _records(core: Core, fid: str, viewer: Principal, number: int | None) -> lis
         epsilon = epsilons(conn, fid)
     attempts: dict[int, list[AggregationAttempt]] = defaultdict(list)
     for a in attempt_rows:
-        attempts[a.round].append(
-            AggregationAttempt(
-                number=a.number,
-                started_at=datetime.fromtimestamp(a.started_at, UTC),
-                ended_at=_ts(a.ended_at),
-                outcome=a.outcome,
-                error=a.error if viewer.is_admin else None,
-            )
-        )
+        attempts[a.round].append(_attempt(a, viewer))
     excluded: dict[int, dict[str, str]] = defaultdict(dict)
     for e in sorted(excluded_rows, key=lambda e: (e.round, e.client_id)):
         excluded[e.round][e.client_id] = e.reason
     by_round: dict[int, list[ParticipantRecord]] = defaultdict(list)
     for u in update_rows:
-        by_round[u.round].append(
-            ParticipantRecord(
-                client_id=u.client_id,
-                name=u.name,
-                num_examples=u.num_examples,
-                bytes=u.bytes,
-                sha256=u.sha256,
-                metrics=json.loads(u.metrics),
-                received_at=datetime.fromtimestamp(u.received_at, UTC),
-            )
-        )
-
-    def visible(entries: dict[str, str]) -> dict[str, str]:
-        return {k: v for k, v in entries.items() if viewer.is_admin or k == viewer.client_id}
-
+        by_round[u.round].append(_participant(u))
     return [
-        RoundRecord(
-            round=r.number,
-            status=r.status,
-            base_version=r.base_version,
-            result_version=r.result_version,
-            participants=[
-                p for p in by_round[r.number] if viewer.is_admin or p.client_id == viewer.client_id
-            ],
-            participant_count=len(by_round[r.number]),
-            bytes_in=r.bytes_in,
-            bytes_out=r.bytes_out,
-            metrics=_weighted_means(by_round[r.number]),
-            closed_by=r.closed_by,
-            opened_at=datetime.fromtimestamp(r.opened_at, UTC),
-            aggregation_started_at=_ts(r.aggregation_started_at),
-            closed_at=_ts(r.closed_at),
-            aggregation_seconds=r.aggregation_seconds,
-            excluded=visible(excluded[r.number]),
-            attempts=attempts[r.number],
-            epsilon=epsilon.get(r.number),
+        _record(
+            r,
+            viewer,
+            by_round[r.number],
+            excluded[r.number],
+            attempts[r.number],
+            epsilon.get(r.number),
         )
         for r in round_rows
     ]
+
+
+def _attempt(a: Row, viewer: Principal) -> AggregationAttempt:
+    """An aggregation attempt; its error is the admin's to read."""
+    return AggregationAttempt(
+        number=a.number,
+        started_at=datetime.fromtimestamp(a.started_at, UTC),
+        ended_at=_ts(a.ended_at),
+        outcome=a.outcome,
+        error=a.error if viewer.is_admin else None,
+    )
+
+
+def _participant(u: Row) -> ParticipantRecord:
+    return ParticipantRecord(
+        client_id=u.client_id,
+        name=u.name,
+        num_examples=u.num_examples,
+        bytes=u.bytes,
+        sha256=u.sha256,
+        metrics=json.loads(u.metrics),
+        received_at=datetime.fromtimestamp(u.received_at, UTC),
+    )
+
+
+def _record(
+    r: Row,
+    viewer: Principal,
+    parts: list[ParticipantRecord],
+    excluded: dict[str, str],
+    attempts: list[AggregationAttempt],
+    epsilon: float | None,
+) -> RoundRecord:
+    """Round `r` as `viewer` sees it: a client sees the aggregates, and of the participants
+    and exclusions only its own."""
+
+    def shown(client_id: str) -> bool:
+        return viewer.is_admin or client_id == viewer.client_id
+
+    return RoundRecord(
+        round=r.number,
+        status=r.status,
+        base_version=r.base_version,
+        result_version=r.result_version,
+        participants=[p for p in parts if shown(p.client_id)],
+        participant_count=len(parts),
+        bytes_in=r.bytes_in,
+        bytes_out=r.bytes_out,
+        metrics=_weighted_means(parts),
+        closed_by=r.closed_by,
+        opened_at=datetime.fromtimestamp(r.opened_at, UTC),
+        aggregation_started_at=_ts(r.aggregation_started_at),
+        closed_at=_ts(r.closed_at),
+        aggregation_seconds=r.aggregation_seconds,
+        excluded={cid: why for cid, why in excluded.items() if shown(cid)},
+        attempts=attempts,
+        epsilon=epsilon,
+    )
