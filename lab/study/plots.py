@@ -54,6 +54,13 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize=7)
 
 
+def _accuracy_panel(ax: Any, title: str, xlabel: str, grid: str = "major") -> None:
+    """Title and labels of a panel of held-out accuracy curves, a light grid, the legend."""
+    ax.set(title=title, xlabel=xlabel, ylabel="held-out accuracy")
+    ax.grid(alpha=0.3, which=grid)
+    _legend(ax)
+
+
 def _curves(results: Sequence[Result], alpha: str, shots: str) -> dict[str, list[Result]]:
     fed = pick(results, base="pretrained", mode="federated", alpha=alpha, shots=shots)
     return {f: pick(fed, family=f) for f in values(fed, "family")}
@@ -65,13 +72,7 @@ def plot_rounds(results: Sequence[Result], alpha: str, shots: str, path: Path) -
     for ax, (family, rows) in zip(axes, curves.items(), strict=False):
         for r in sorted(rows, key=lambda r: (r.method, r.seed)):
             ax.plot(range(len(r.curve)), r.curve, marker=".", label=f"{r.method} (seed {r.seed})")
-        ax.set(
-            title=f"{family}: pre-trained, federated, α={alpha}",
-            xlabel="round",
-            ylabel="held-out accuracy",
-        )
-        ax.grid(alpha=0.3)
-        _legend(ax)
+        _accuracy_panel(ax, f"{family}: pre-trained, federated, α={alpha}", "round")
     return _save(fig, path)
 
 
@@ -85,13 +86,12 @@ def plot_bytes(results: Sequence[Result], alpha: str, shots: str, path: Path) ->
             if xs and per_round > 0:
                 ax.plot(xs, r.curve[1:], marker=".", label=f"{r.method} (seed {r.seed})")
         ax.set_xscale("log")
-        ax.set(
-            title=f"{family}: pre-trained, federated, α={alpha}",
-            xlabel="bytes communicated (up + down, base excluded)",
-            ylabel="held-out accuracy",
+        _accuracy_panel(
+            ax,
+            f"{family}: pre-trained, federated, α={alpha}",
+            "bytes communicated (up + down, base excluded)",
+            grid="both",
         )
-        ax.grid(alpha=0.3, which="both")
-        _legend(ax)
     return _save(fig, path)
 
 
@@ -140,13 +140,7 @@ def plot_shots(results: Sequence[Result], path: Path) -> Path:
                     style = "-" if mode == "federated" else "--"
                     ax.plot(*zip(*points, strict=True), style, marker="o", label=f"{m} {mode}")
         ax.set_xticks(range(len(levels)), levels)
-        ax.set(
-            title=f"{family}: pre-trained, α={alpha}",
-            xlabel="shots per class",
-            ylabel="held-out accuracy",
-        )
-        ax.grid(alpha=0.3)
-        _legend(ax)
+        _accuracy_panel(ax, f"{family}: pre-trained, α={alpha}", "shots per class")
     return _save(fig, path)
 
 
