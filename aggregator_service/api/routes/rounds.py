@@ -3,16 +3,17 @@ client's delta."""
 
 from __future__ import annotations
 
-import asyncio
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, CoreDep, MemberDep, RunnerDep
-from aggregator_service.api.errors import close_on_refusal, error_responses
+from aggregator_service.api.errors import error_responses
+from aggregator_service.api.uploads import receive_upload
 from aggregator_service.services import history
 from aggregator_service.services.errors import DomainError
-from aggregator_service.services.uploads import expected_upload, ingest, receive_body
+from aggregator_service.services.uploads import expected_upload, ingest
 from shared.api import RoundRecord, RoundStatus, UpdateReceipt
 
 router = APIRouter(prefix="/v1/federations/{fid}/rounds", tags=["rounds"])
@@ -130,13 +131,14 @@ async def upload_update(
     core = runner.core
     await core.spec_async(fid)
     assert principal.client_id is not None
-    length = request.headers.get("content-length")
-    close_on_refusal(request)
     try:
-        with runner.uploads.hold(principal.client_id):
-            expected = await asyncio.to_thread(expected_upload, core, fid, r)
-            body = await receive_body(core, request.stream(), length, expected)
-            receipt = await asyncio.to_thread(ingest, core, principal.client_id, fid, r, body)
+        receipt = await receive_upload(
+            runner,
+            request,
+            principal.client_id,
+            partial(expected_upload, core, fid, r),
+            partial(ingest, core, principal.client_id, fid, r),
+        )
     except DomainError as exc:
         core.metrics.updates_refused.labels(exc.error).inc()
         raise

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, MemberDep, RunnerDep
-from aggregator_service.api.errors import close_on_refusal, error_responses
+from aggregator_service.api.errors import error_responses
+from aggregator_service.api.uploads import receive_upload
 from aggregator_service.services import secagg
-from aggregator_service.services.access import Principal
 from aggregator_service.services.context import Core
 from aggregator_service.services.runner import RoundRunner
 from aggregator_service.services.secagg_inputs import MASKED_FORMAT, expected_masked, ingest_masked
-from aggregator_service.services.uploads import receive_body
 from shared.api import (
     SecaggComplaint,
     SecaggIncomingShare,
@@ -40,29 +41,41 @@ _STEP = {
 }
 
 
-def _answer(
-    receipt: SecaggReceipt, response: Response, runner: RoundRunner, fid: str, r: int
-) -> SecaggReceipt:
-    if receipt.duplicate:
-        response.status_code = 200
-    elif receipt.phase == "done":  # this step finished the protocol: aggregate now
-        runner.spawn(fid, r)
-    return receipt
+@dataclass(frozen=True)
+class _Step:
+    """A client's call to one step of round `r`'s protocol, and how it is answered."""
+
+    fid: str
+    r: int
+    client_id: str
+    response: Response
+    runner: RoundRunner
+
+    async def take(
+        self, call: Callable[[Core, str, int, str, Body], SecaggReceipt], body: Body
+    ) -> SecaggReceipt:
+        """One JSON protocol step, taken off the event loop."""
+        core = self.runner.core
+        receipt = await asyncio.to_thread(call, core, self.fid, self.r, self.client_id, body)
+        return self.answer(receipt)
+
+    def answer(self, receipt: SecaggReceipt) -> SecaggReceipt:
+        """200 for a repeat; when this step finished the protocol, aggregate now."""
+        if receipt.duplicate:
+            self.response.status_code = 200
+        elif receipt.phase == "done":
+            self.runner.spawn(self.fid, self.r)
+        return receipt
 
 
-async def _step(
-    step: Callable[[Core, str, int, str, Body], SecaggReceipt],
-    fid: str,
-    r: int,
-    body: Body,
-    response: Response,
-    principal: Principal,
-    runner: RoundRunner,
-) -> SecaggReceipt:
-    """One JSON protocol step: taken off the event loop, then answered as `_answer` says."""
+def _client_step(
+    fid: str, r: RoundNumber, response: Response, principal: ClientOfDep, runner: RunnerDep
+) -> _Step:
     assert principal.client_id is not None
-    receipt = await asyncio.to_thread(step, runner.core, fid, r, principal.client_id, body)
-    return _answer(receipt, response, runner, fid, r)
+    return _Step(fid, r, principal.client_id, response, runner)
+
+
+StepDep = Annotated[_Step, Depends(_client_step)]
 
 
 @router.get(
@@ -90,15 +103,8 @@ async def get_secure_aggregation(
     response_model=SecaggReceipt,
     responses=_STEP,
 )
-async def advertise_keys(
-    fid: str,
-    r: RoundNumber,
-    body: SecaggKeys,
-    response: Response,
-    principal: ClientOfDep,
-    runner: RunnerDep,
-) -> SecaggReceipt:
-    return await _step(secagg.advertise, fid, r, body, response, principal, runner)
+async def advertise_keys(body: SecaggKeys, step: StepDep) -> SecaggReceipt:
+    return await step.take(secagg.advertise, body)
 
 
 @router.post(
@@ -110,15 +116,8 @@ async def advertise_keys(
     response_model=SecaggReceipt,
     responses=_STEP,
 )
-async def share_keys(
-    fid: str,
-    r: RoundNumber,
-    body: SecaggShares,
-    response: Response,
-    principal: ClientOfDep,
-    runner: RunnerDep,
-) -> SecaggReceipt:
-    return await _step(secagg.send_shares, fid, r, body, response, principal, runner)
+async def share_keys(body: SecaggShares, step: StepDep) -> SecaggReceipt:
+    return await step.take(secagg.send_shares, body)
 
 
 @router.get(
@@ -147,15 +146,8 @@ async def get_shares(
     response_model=SecaggReceipt,
     responses=_STEP,
 )
-async def report_bad_share(
-    fid: str,
-    r: RoundNumber,
-    body: SecaggComplaint,
-    response: Response,
-    principal: ClientOfDep,
-    runner: RunnerDep,
-) -> SecaggReceipt:
-    return await _step(secagg.complain, fid, r, body, response, principal, runner)
+async def report_bad_share(body: SecaggComplaint, step: StepDep) -> SecaggReceipt:
+    return await step.take(secagg.complain, body)
 
 
 _MASKED_BODY = {
@@ -180,27 +172,17 @@ _MASKED_BODY = {
     responses={**_STEP, **error_responses(400, 408, 413, 429, 507)},
     openapi_extra=_MASKED_BODY,
 )
-async def upload_masked_input(
-    fid: str,
-    r: RoundNumber,
-    attempt: Attempt,
-    request: Request,
-    response: Response,
-    principal: ClientOfDep,
-    runner: RunnerDep,
-) -> SecaggReceipt:
-    core = runner.core
-    await core.spec_async(fid)
-    assert principal.client_id is not None
-    length = request.headers.get("content-length")
-    close_on_refusal(request)
-    with runner.uploads.hold(principal.client_id):
-        expected = await asyncio.to_thread(expected_masked, core, fid, r, attempt)
-        body = await receive_body(core, request.stream(), length, expected)
-        receipt = await asyncio.to_thread(
-            ingest_masked, core, principal.client_id, fid, r, attempt, body
-        )
-    return _answer(receipt, response, runner, fid, r)
+async def upload_masked_input(attempt: Attempt, request: Request, step: StepDep) -> SecaggReceipt:
+    core = step.runner.core
+    await core.spec_async(step.fid)
+    receipt = await receive_upload(
+        step.runner,
+        request,
+        step.client_id,
+        partial(expected_masked, core, step.fid, step.r, attempt),
+        partial(ingest_masked, core, step.client_id, step.fid, step.r, attempt),
+    )
+    return step.answer(receipt)
 
 
 @router.post(
@@ -213,12 +195,5 @@ async def upload_masked_input(
     response_model=SecaggReceipt,
     responses=_STEP,
 )
-async def send_unmask_shares(
-    fid: str,
-    r: RoundNumber,
-    body: SecaggUnmask,
-    response: Response,
-    principal: ClientOfDep,
-    runner: RunnerDep,
-) -> SecaggReceipt:
-    return await _step(secagg.send_unmask, fid, r, body, response, principal, runner)
+async def send_unmask_shares(body: SecaggUnmask, step: StepDep) -> SecaggReceipt:
+    return await step.take(secagg.send_unmask, body)
