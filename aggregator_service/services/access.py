@@ -86,20 +86,7 @@ def authenticate(core: Core, token: str | None) -> Principal:
     if core.is_admin_token(digest):
         return Principal(is_admin=True)
     with core.db.read() as conn:
-        row = conn.execute(
-            select(
-                clients.c.id,
-                clients.c.federation_id,
-                clients.c.revoked,
-                previous_keys.c.client_id.label("rotating"),
-            )
-            .select_from(
-                clients.outerjoin(previous_keys, previous_keys.c.client_id == clients.c.id)
-            )
-            .where(clients.c.key_hash == digest)
-        ).first()
-        if row is None:
-            row = _previous_key_owner(conn, digest)
+        row = _key_owner(conn, digest)
     if row is None:
         raise Unauthorized("unknown token; register with an enrollment token")
     if row.revoked:
@@ -112,15 +99,21 @@ def authenticate(core: Core, token: str | None) -> Principal:
     )
 
 
-def _previous_key_owner(conn: Connection, digest: str) -> Row | None:
-    """The client whose still-valid previous key this is (`rotating` null: nothing to retire)."""
+def _key_owner(conn: Connection, digest: str) -> Row | None:
+    """The client whose current key this is, else whose still-valid previous key this is.
+
+    `rotating` is set when a current key's owner has a previous key to retire.
+    """
+    owner = (clients.c.id, clients.c.federation_id, clients.c.revoked)
+    current = conn.execute(
+        select(*owner, previous_keys.c.client_id.label("rotating"))
+        .select_from(clients.outerjoin(previous_keys, previous_keys.c.client_id == clients.c.id))
+        .where(clients.c.key_hash == digest)
+    ).first()
+    if current is not None:
+        return current
     return conn.execute(
-        select(
-            clients.c.id,
-            clients.c.federation_id,
-            clients.c.revoked,
-            null().label("rotating"),
-        )
+        select(*owner, null().label("rotating"))
         .select_from(clients.join(previous_keys, previous_keys.c.client_id == clients.c.id))
         .where(previous_keys.c.key_hash == digest, previous_keys.c.expires_at > now())
     ).first()
