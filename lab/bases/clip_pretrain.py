@@ -11,9 +11,6 @@ the model's input size, so the product's resize is the identity on them.
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ from lab.bases.glyphs import CLASSES, GlyphBatch, GlyphData, caption_texts
 from lab.bases.training import Log, Recipe, adamw, generator, run_steps
 from shared.models.base import seeded
 from shared.models.configs import register_open_clip_configs
+from shared.models.open_clip_family import quiet_random_init
 from shared.models.synthetic import OPEN_CLIP_WEIGHTS, SyntheticBase
 
 __all__ = ["pretrain_clip"]
@@ -37,7 +35,7 @@ MAX_LOGIT_SCALE = 4.6052  # ln(100), as in open_clip's training loop
 def pretrain_clip(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> dict[str, Any]:
     """Train, write `dest/open_clip_model.safetensors`, return the held-out metrics."""
     register_open_clip_configs()
-    with seeded(recipe.seed, "init"), _quiet_random_init():
+    with seeded(recipe.seed, "init"), quiet_random_init():
         model = open_clip.create_model(base.arch, pretrained=None)
     normalize = _normalizer(model, recipe.data.image_size)
     tokens = _caption_tokens(base.arch)
@@ -65,21 +63,6 @@ def pretrain_clip(base: SyntheticBase, recipe: Recipe, dest: Path, log: Log) -> 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(dest / OPEN_CLIP_WEIGHTS))
     return metrics
-
-
-@contextlib.contextmanager
-def _quiet_random_init() -> Iterator[None]:
-    """Drop open_clip's "initialized randomly" warning: random init is the point here."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return "initialized randomly" not in record.getMessage()
-
-    root = logging.getLogger()
-    root.addFilter(keep)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
 
 
 def contrastive_loss(
