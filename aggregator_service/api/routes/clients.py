@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import Query, Response
 from pydantic import BaseModel
 
 from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep, PrincipalDep
 from aggregator_service.api.errors import error_responses
+from aggregator_service.api.routes import resource_router
 from aggregator_service.services import access
 from shared.api import ClientInfo, ClientKeyRotated, ClientRegistered, ClientRegistration
 
-router = APIRouter(prefix="/v1/clients", tags=["clients"])
+router = resource_router("/v1/clients", "clients")
 
 
 @router.post(
@@ -22,7 +23,7 @@ router = APIRouter(prefix="/v1/clients", tags=["clients"])
     description="Spends one use of an enrollment token. The API key is returned only here "
     "(and to a retry with the same `Idempotency-Key`).",
     response_model=ClientRegistered,
-    responses=error_responses(401, 403, 409, 422),
+    responses=error_responses(409, 422),
 )
 async def register_client(reg: ClientRegistration, core: CoreDep, once: IdempotentDep) -> Response:
     return await once.run(
@@ -35,8 +36,7 @@ async def register_client(reg: ClientRegistration, core: CoreDep, once: Idempote
 @router.get(
     "",
     summary="List clients",
-    response_model=list[ClientInfo],
-    responses=error_responses(401, 403, 422),
+    responses=error_responses(422),
 )
 def list_clients(
     core: CoreDep,
@@ -50,8 +50,7 @@ def list_clients(
     "/{cid}",
     summary="Revoke a client",
     description="Its API key stops working at once; its accepted updates stay.",
-    response_model=ClientInfo,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def revoke_client(cid: str, core: CoreDep, _admin: AdminDep) -> ClientInfo:
     return access.revoke_client(core, cid)
@@ -74,7 +73,7 @@ class _KeyRotation(BaseModel):
     "when the answer is lost, retry with the old key and the same Idempotency-Key: the same "
     "new key comes back.",
     response_model=ClientKeyRotated,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 async def rotate_client_key(
     cid: str, core: CoreDep, principal: PrincipalDep, once: IdempotentDep

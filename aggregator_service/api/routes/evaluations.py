@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import Response
 
 from aggregator_service.api.deps import ClientOfDep, CoreDep, MemberDep
 from aggregator_service.api.errors import error_responses
+from aggregator_service.api.routes import resource_router
 from aggregator_service.services import evaluations
 from shared.api import Evaluation, EvaluationReport
 
-router = APIRouter(prefix="/v1/federations/{fid}/evaluations", tags=["evaluations"])
+router = resource_router("/v1/federations/{fid}/evaluations", "evaluations")
 
 
 @router.post(
@@ -22,10 +23,9 @@ router = APIRouter(prefix="/v1/federations/{fid}/evaluations", tags=["evaluation
     "federation, usually the final one) on its local validation split. One report per client "
     "and version: the same figures again answer 200 with the stored report, different figures "
     "answer 409.",
-    response_model=Evaluation,
     responses={
         200: {"model": Evaluation, "description": "These figures were already reported."},
-        **error_responses(401, 403, 404, 409, 422),
+        **error_responses(404, 409, 422),
     },
 )
 async def report_evaluation(
@@ -46,8 +46,7 @@ async def report_evaluation(
     description="Per client and version, oldest version first; `final` marks the evaluations "
     "of the completed federation's final version. The admin sees every client; a client sees "
     "its own.",
-    response_model=list[Evaluation],
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def list_evaluations(fid: str, core: CoreDep, member: MemberDep) -> list[Evaluation]:
     return evaluations.list_evaluations(core, fid, member)

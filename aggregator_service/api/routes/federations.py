@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import Path, Request, Response
 
 from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep, MemberDep
 from aggregator_service.api.errors import error_responses
+from aggregator_service.api.routes import resource_router
 from aggregator_service.services import access, federations, lifecycle
 from aggregator_service.services.errors import Invalid
 from shared.api import (
@@ -21,7 +22,7 @@ from shared.api import (
 )
 from shared.spec import SpecError, parse_spec
 
-router = APIRouter(prefix="/v1/federations", tags=["federations"])
+router = resource_router("/v1/federations", "federations")
 
 _SPEC_EXAMPLE = {
     "name": "cifar10-clip-bias",
@@ -39,7 +40,7 @@ _SPEC_EXAMPLE = {
     description="Builds the model, stores the initial trainable state (and the frozen base when "
     "`model.base_source` is `server`) and opens round 1.",
     response_model=FederationInfo,
-    responses=error_responses(401, 403, 409, 422),
+    responses=error_responses(409, 422),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -70,8 +71,6 @@ async def create_federation(
     "",
     summary="List federations",
     description="Every federation, oldest first: id, name, status, current round, creation time.",
-    response_model=list[FederationSummary],
-    responses=error_responses(401, 403),
 )
 def list_federations(core: CoreDep, _admin: AdminDep) -> list[FederationSummary]:
     return federations.list_federations(core)
@@ -81,8 +80,7 @@ def list_federations(core: CoreDep, _admin: AdminDep) -> list[FederationSummary]
     "/{fid}",
     summary="Describe a federation",
     description="Spec, status, manifest of trainable tensors and the base fingerprint.",
-    response_model=FederationInfo,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def get_federation(fid: str, core: CoreDep, _member: MemberDep) -> FederationInfo:
     return federations.federation_info(core, fid)
@@ -95,8 +93,7 @@ def get_federation(fid: str, core: CoreDep, _member: MemberDep) -> FederationInf
     "and no round closes by its deadline; a round already aggregating still finishes. "
     "Clients wait. Pausing a paused federation changes nothing; a completed or cancelled one "
     "answers 409.",
-    response_model=FederationInfo,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 def pause_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInfo:
     return lifecycle.pause_federation(core, fid)
@@ -108,8 +105,7 @@ def pause_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInf
     description="Uploads are accepted again and the open round's deadline restarts: the "
     "spec's whole `deadline_s` from now. Resuming a running federation changes nothing; a "
     "completed or cancelled one answers 409.",
-    response_model=FederationInfo,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 def resume_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInfo:
     return lifecycle.resume_federation(core, fid)
@@ -121,8 +117,7 @@ def resume_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationIn
     description="Final: uploads are refused (409 `federation_cancelled`), no further round "
     "opens, and clients stop. Its history and global states stay readable. Cancelling a "
     "cancelled federation changes nothing; a completed one answers 409.",
-    response_model=FederationInfo,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 def cancel_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInfo:
     return lifecycle.cancel_federation(core, fid)
@@ -135,7 +130,7 @@ def cancel_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationIn
     description="A token lets organisations register as clients of this federation; "
     "it is shown once. Its `id` names it in the list and to revoke it.",
     response_model=EnrollmentToken,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 async def create_enrollment_token(
     fid: str, req: EnrollmentTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
@@ -157,8 +152,7 @@ TokenId = Annotated[
     summary="List enrollment tokens",
     description="Every token issued for this federation, oldest first: id, uses left, expiry, "
     "revocation. The tokens themselves are not stored and never shown again.",
-    response_model=list[EnrollmentTokenInfo],
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def list_enrollment_tokens(fid: str, core: CoreDep, _admin: AdminDep) -> list[EnrollmentTokenInfo]:
     return access.list_enrollment_tokens(core, fid)
@@ -169,8 +163,7 @@ def list_enrollment_tokens(fid: str, core: CoreDep, _admin: AdminDep) -> list[En
     summary="Revoke an enrollment token",
     description="Registration with it is refused from now on (403 `enrollment_invalid`); "
     "clients that already registered with it stay. Revoking again changes nothing.",
-    response_model=EnrollmentTokenInfo,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def revoke_enrollment_token(
     fid: str, token_id: TokenId, core: CoreDep, _admin: AdminDep

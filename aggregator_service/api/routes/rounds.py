@@ -6,17 +6,18 @@ from __future__ import annotations
 from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import Path, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, CoreDep, MemberDep, RunnerDep
 from aggregator_service.api.errors import error_responses
+from aggregator_service.api.routes import resource_router
 from aggregator_service.api.uploads import receive_upload
 from aggregator_service.services import history
 from aggregator_service.services.errors import DomainError
 from aggregator_service.services.uploads import expected_upload, ingest
 from shared.api import RoundRecord, RoundStatus, UpdateReceipt
 
-router = APIRouter(prefix="/v1/federations/{fid}/rounds", tags=["rounds"])
+router = resource_router("/v1/federations/{fid}/rounds", "rounds")
 
 _UPLOAD_BODY = {
     "requestBody": {
@@ -36,8 +37,7 @@ _UPLOAD_BODY = {
     "the one passed (or from the current one), or with `after_round` until a later round "
     "opens or the federation completes, or until `wait_s` passes. One API key may hold "
     "`max_polls_per_client` such waits at once per server process (429 past it).",
-    response_model=RoundStatus,
-    responses=error_responses(401, 403, 404, 422, 429, 503),
+    responses=error_responses(404, 422, 429, 503),
 )
 async def get_current_round(
     fid: str,
@@ -82,8 +82,7 @@ async def _gone(request: Request) -> None:
     summary="Round history",
     description="Participants, bytes in and out, example-weighted metrics and timings per round. "
     "A client sees the aggregates and its own participation; the admin sees every participant.",
-    response_model=list[RoundRecord],
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def list_rounds(fid: str, core: CoreDep, member: MemberDep) -> list[RoundRecord]:
     return history.list_rounds(core, fid, member)
@@ -97,8 +96,7 @@ RoundNumber = Annotated[int, Path(ge=1, description="Round number (1-based).")]
     summary="One round's record",
     description="The record of round r as in the history: a client sees the aggregates and its "
     "own participation, the admin every participant. 404 for a round that has not opened.",
-    response_model=RoundRecord,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def get_round(fid: str, r: RoundNumber, core: CoreDep, member: MemberDep) -> RoundRecord:
     return history.get_round(core, fid, r, member)
@@ -113,10 +111,9 @@ def get_round(fid: str, r: RoundNumber, core: CoreDep, member: MemberDep) -> Rou
     "The safetensors header is checked against the manifest as soon as it arrives, and the "
     "body may be no longer than that header declares. One API key may send "
     "`max_uploads_per_client` uploads at once per server process (429 past it).",
-    response_model=UpdateReceipt,
     responses={
         200: {"model": UpdateReceipt, "description": "These exact bytes were already accepted."},
-        **error_responses(400, 401, 403, 404, 408, 409, 413, 422, 429, 503, 507),
+        **error_responses(400, 404, 408, 409, 413, 422, 429, 503, 507),
     },
     openapi_extra=_UPLOAD_BODY,
 )

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import Depends, Path, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, MemberDep, RunnerDep
 from aggregator_service.api.errors import error_responses
+from aggregator_service.api.routes import resource_router
 from aggregator_service.api.uploads import receive_upload
 from aggregator_service.services import secagg
 from aggregator_service.services.context import Core
@@ -29,15 +30,15 @@ from shared.api import (
 
 Body = TypeVar("Body", SecaggKeys, SecaggShares, SecaggComplaint, SecaggUnmask)
 
-router = APIRouter(
-    prefix="/v1/federations/{fid}/rounds/{r}/secure-aggregation", tags=["secure-aggregation"]
+router = resource_router(
+    "/v1/federations/{fid}/rounds/{r}/secure-aggregation", "secure-aggregation"
 )
 
 RoundNumber = Annotated[int, Path(ge=1, description="Round number (1-based).")]
 Attempt = Annotated[int, Query(ge=1, description="The protocol attempt of the round.")]
 _STEP = {
     200: {"model": SecaggReceipt, "description": "This exact body was already accepted."},
-    **error_responses(401, 403, 404, 409, 422, 503),
+    **error_responses(404, 409, 422, 503),
 }
 
 
@@ -84,8 +85,7 @@ StepDep = Annotated[_Step, Depends(_client_step)]
     description="Phase, attempt and its deadline; from phase `share` the caller's neighbours "
     "with their public keys and its threshold; who shared keys (from `input`) and whose "
     "masked input counts (from `unmask`); the caller's steps already taken; what went wrong.",
-    response_model=SecaggState,
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 async def get_secure_aggregation(
     fid: str, r: RoundNumber, member: MemberDep, runner: RunnerDep
@@ -100,7 +100,6 @@ async def get_secure_aggregation(
     summary="Step 0: advertise this client's two public keys",
     description="Two X25519 public keys for this attempt. The cohort is fixed once `quorum` "
     "clients have advertised, or at the phase's deadline with `min_updates`.",
-    response_model=SecaggReceipt,
     responses=_STEP,
 )
 async def advertise_keys(body: SecaggKeys, step: StepDep) -> SecaggReceipt:
@@ -113,7 +112,6 @@ async def advertise_keys(body: SecaggKeys, step: StepDep) -> SecaggReceipt:
     summary="Step 1: the encrypted Shamir shares for this client's neighbours",
     description="One AES-GCM ciphertext per neighbour (exactly), holding the neighbour's "
     "shares of this client's self-mask seed and mask key; the service routes them unread.",
-    response_model=SecaggReceipt,
     responses=_STEP,
 )
 async def share_keys(body: SecaggShares, step: StepDep) -> SecaggReceipt:
@@ -125,8 +123,7 @@ async def share_keys(body: SecaggShares, step: StepDep) -> SecaggReceipt:
     summary="The shares this client's neighbours sent it",
     description="From phase `input`: the ciphertexts addressed to the caller by neighbours "
     "that shared keys.",
-    response_model=list[SecaggIncomingShare],
-    responses=error_responses(401, 403, 404, 409, 422),
+    responses=error_responses(404, 409, 422),
 )
 async def get_shares(
     fid: str, r: RoundNumber, attempt: Attempt, principal: ClientOfDep, runner: RunnerDep
@@ -143,7 +140,6 @@ async def get_shares(
     summary="Name the sender of a share that failed authentication",
     description="The sender is left out of the round (its masks are removed as a dropped "
     "client's) and the round's events and history name it.",
-    response_model=SecaggReceipt,
     responses=_STEP,
 )
 async def report_bad_share(body: SecaggComplaint, step: StepDep) -> SecaggReceipt:
@@ -168,7 +164,6 @@ _MASKED_BODY = {
     description="encode(weight x clipped delta) + PRG(b) + the pairwise masks, mod "
     "2^modulus_bits. Streamed to disk; the header is checked as it arrives and the body may "
     "be no longer than it declares. The same bytes again answer 200.",
-    response_model=SecaggReceipt,
     responses={**_STEP, **error_responses(400, 408, 413, 429, 507)},
     openapi_extra=_MASKED_BODY,
 )
@@ -192,7 +187,6 @@ async def upload_masked_input(attempt: Attempt, request: Request, step: StepDep)
     description="For each neighbour that shared keys: its share of b when it sent a masked "
     "input, of s_sk when it did not, never both. Once the survivors have answered (or at the "
     "deadline) the service rebuilds the secrets and aggregates the unmasked sum.",
-    response_model=SecaggReceipt,
     responses=_STEP,
 )
 async def send_unmask_shares(body: SecaggUnmask, step: StepDep) -> SecaggReceipt:

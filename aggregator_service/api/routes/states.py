@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import Header, Query, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from aggregator_service.api.deps import CoreDep, MemberDep
 from aggregator_service.api.errors import error_responses
+from aggregator_service.api.routes import resource_router
 from aggregator_service.services.context import Core
 from aggregator_service.services.history import (
     StateRef,
@@ -25,7 +26,7 @@ from aggregator_service.services.history import (
     resolve_state,
 )
 
-router = APIRouter(prefix="/v1/federations/{fid}", tags=["states"])
+router = resource_router("/v1/federations/{fid}", "states")
 
 _SAFETENSORS: dict[int | str, dict[str, Any]] = {
     200: {
@@ -76,7 +77,7 @@ IfNoneMatch = Annotated[str | None, Header(description="ETag(s) the caller alrea
     "number (0 = initial). `ETag` is the sha256; `X-FedTune-Round` the round after which it "
     "holds.",
     response_class=Response,
-    responses={**_SAFETENSORS, **error_responses(401, 403, 404, 422)},
+    responses={**_SAFETENSORS, **error_responses(404, 422)},
 )
 async def download_state(
     fid: str,
@@ -97,7 +98,7 @@ async def download_state(
     description="Served when the spec's `model.base_source` is `server`; 404 otherwise. "
     "`X-FedTune-Base-Fingerprint` is the sha256 over the frozen tensors.",
     response_class=Response,
-    responses={**_SAFETENSORS, **error_responses(401, 403, 404, 422)},
+    responses={**_SAFETENSORS, **error_responses(404, 422)},
 )
 async def download_base(
     fid: str, core: CoreDep, _member: MemberDep, if_none_match: IfNoneMatch = None
@@ -115,7 +116,7 @@ async def download_base(
     "as `/state` of its last version); 409 `not_completed` before. `ETag` is the sha256; "
     "`X-FedTune-Round` the last round.",
     response_class=Response,
-    responses={**_SAFETENSORS, **error_responses(401, 403, 404, 409, 422)},
+    responses={**_SAFETENSORS, **error_responses(404, 409, 422)},
 )
 async def download_model(
     fid: str, core: CoreDep, _member: MemberDep, if_none_match: IfNoneMatch = None

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import Path, Response
 
 from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep
 from aggregator_service.api.errors import error_responses
+from aggregator_service.api.routes import resource_router
 from aggregator_service.services import viewers
 from aggregator_service.services.viewers import ViewerToken, ViewerTokenInfo, ViewerTokenRequest
 
-router = APIRouter(prefix="/v1/viewer-tokens", tags=["viewers"])
+router = resource_router("/v1/viewer-tokens", "viewers")
 
 ViewerTokenId = Annotated[
     str,
@@ -29,7 +30,7 @@ ViewerTokenId = Annotated[
     description="A token that opens the dashboard (`/dashboard`) read-only, and no API route. "
     "It is shown once; only its hash is stored. Its `id` names it in the list and to revoke it.",
     response_model=ViewerToken,
-    responses=error_responses(401, 403, 409, 422),
+    responses=error_responses(409, 422),
 )
 async def create_viewer_token(
     req: ViewerTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
@@ -42,8 +43,6 @@ async def create_viewer_token(
     summary="List viewer tokens",
     description="Every viewer token issued, oldest first: id, name, revocation. The tokens "
     "themselves are not stored and never shown again.",
-    response_model=list[ViewerTokenInfo],
-    responses=error_responses(401, 403),
 )
 def list_viewer_tokens(core: CoreDep, _admin: AdminDep) -> list[ViewerTokenInfo]:
     return viewers.list_viewer_tokens(core)
@@ -54,8 +53,7 @@ def list_viewer_tokens(core: CoreDep, _admin: AdminDep) -> list[ViewerTokenInfo]
     summary="Revoke a viewer token",
     description="The dashboard refuses it from its next request on (a signed-in page goes "
     "back to the sign-in page). Revoking again changes nothing.",
-    response_model=ViewerTokenInfo,
-    responses=error_responses(401, 403, 404, 422),
+    responses=error_responses(404, 422),
 )
 def revoke_viewer_token(
     token_id: ViewerTokenId, core: CoreDep, _admin: AdminDep
