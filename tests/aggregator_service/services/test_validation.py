@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from aggregator_service.services.errors import Invalid
-from aggregator_service.services.validation import _CHECK_CHUNK_BYTES, validate_delta
+from aggregator_service.services.validation import _CHECK_CHUNK_BYTES, DeltaTarget, validate_delta
 from shared.api import TensorInfo
 from shared.blobs import DeltaMetadata, encode_state
 from shared.spec import FederationSpec, parse_spec
@@ -55,7 +55,7 @@ def _tensors(dtype: torch.dtype) -> dict[str, torch.Tensor]:
 
 def _check(path: Path, tensors: dict[str, torch.Tensor], dtype: str) -> DeltaMetadata:
     manifest = {k: TensorInfo(shape=list(t.shape), dtype=dtype) for k, t in tensors.items()}
-    return validate_delta(path, _spec(dtype), manifest, "fed_v", 1, 10**6)
+    return validate_delta(path, DeltaTarget(_spec(dtype), manifest, "fed_v", 1, 10**6))
 
 
 @pytest.mark.parametrize("bad", BAD)
@@ -94,11 +94,13 @@ def test_a_value_beyond_max_abs_value_is_refused_naming_the_tensor(tmp_path, val
     with pytest.raises(Invalid) as refused:
         validate_delta(
             _delta(tmp_path, tensors),
-            _spec("float32", max_abs_value=1e4),
-            {k: TensorInfo(shape=list(t.shape), dtype="float32") for k, t in tensors.items()},
-            "fed_v",
-            1,
-            10**6,
+            DeltaTarget(
+                _spec("float32", max_abs_value=1e4),
+                {k: TensorInfo(shape=list(t.shape), dtype="float32") for k, t in tensors.items()},
+                "fed_v",
+                1,
+                10**6,
+            ),
         )
 
     assert refused.value.error == "invalid_update"
@@ -110,8 +112,8 @@ def test_values_within_max_abs_value_pass(tmp_path):
     tensors = _tensors(torch.float32)
     tensors["b"][3] = -1e4
     manifest = {k: TensorInfo(shape=list(t.shape), dtype="float32") for k, t in tensors.items()}
-    spec = _spec("float32", max_abs_value=1e4)
-    assert validate_delta(_delta(tmp_path, tensors), spec, manifest, "fed_v", 1, 10**6).round == 1
+    target = DeltaTarget(_spec("float32", max_abs_value=1e4), manifest, "fed_v", 1, 10**6)
+    assert validate_delta(_delta(tmp_path, tensors), target).round == 1
 
 
 def test_the_default_spec_bounds_magnitudes():
