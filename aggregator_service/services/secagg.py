@@ -20,7 +20,8 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -56,9 +57,11 @@ from shared.spec import FederationSpec, SecureAggregationSpec
 
 __all__ = [
     "SHARE_CIPHERTEXT_HEX",
+    "ClientStep",
     "Round",
     "advance",
     "advertise",
+    "client_step",
     "complain",
     "due",
     "incoming_shares",
@@ -200,7 +203,13 @@ def _check_attempt(rnd: Round, attempt: int, phase: SecaggPhase) -> None:
         )
 
 
-def _member(rnd: Round, client_id: str, of: Sequence[str], what: str) -> None:
+def _member(rnd: Round, client_id: str, phase: SecaggPhase) -> None:
+    """Refuse a client that takes no part in `phase` (after advertise, which any may join)."""
+    of, what = {
+        "share": (rnd.cohort, "the clients that advertised keys"),
+        "input": (rnd.u1, "the clients that shared keys"),
+        "unmask": (rnd.u2, "the clients whose masked input counts"),
+    }[phase]
     if client_id not in of:
         raise Forbidden(
             f"this client is not among {what} of round {rnd.number} (attempt {rnd.attempt}); "
@@ -304,31 +313,59 @@ def _receipt(conn: Connection, rnd: Round, step: str, duplicate: bool) -> Secagg
 # -- the steps ----------------------------------------------------------------------------
 
 
+@dataclass
+class ClientStep:
+    """A client's step, in its write transaction."""
+
+    conn: Connection
+    rnd: Round
+    client_id: str
+    name: str = ""
+    duplicate: bool = False
+    receipt: SecaggReceipt = dataclasses.field(init=False)
+
+    def record(self, name: str, body: bytes | str, payload: Any) -> bool:
+        """`record_step` for this client; True when the same body was stored before."""
+        self.name = name
+        self.duplicate = record_step(self.conn, self.rnd, self.client_id, name, body, payload)
+        return self.duplicate
+
+
+@contextmanager
+def client_step(
+    core: Core, fid: str, number: int, client_id: str, attempt: int, phase: SecaggPhase
+) -> Iterator[ClientStep]:
+    """One write transaction for a client's step in `phase` of the open round `number` (the
+    first advertisement creates it): the attempt and phase must be current and the client
+    among those who take part. Once the step is recorded the round moves on as far as it can,
+    the receipt is read and, after the commit, long-polls wake."""
+    with core.db.write() as conn:
+        rnd = _open_round(conn, core, fid, number, create=phase == "advertise")
+        _check_attempt(rnd, attempt, phase)
+        if phase != "advertise":
+            _member(rnd, client_id, phase)
+        step = ClientStep(conn, rnd, client_id)
+        yield step
+        _advance(conn, core, rnd)
+        step.receipt = _receipt(conn, rnd, step.name, step.duplicate)
+    core.notifier.notify(fid)
+
+
 def advertise(core: Core, fid: str, number: int, client_id: str, body: SecaggKeys) -> SecaggReceipt:
     """Step 0: a client's two public keys (the first creates the secure round)."""
     if body.c_pk == body.s_pk:
         raise Invalid("c_pk and s_pk must be two different keys", error="invalid_keys")
-    with core.db.write() as conn:
-        rnd = _open_round(conn, core, fid, number, create=True)
-        _check_attempt(rnd, body.attempt, "advertise")
-        dup = record_step(
-            conn, rnd, client_id, "keys", body.model_dump_json(), body.model_dump(mode="json")
-        )
-        _advance(conn, core, rnd)
-        receipt = _receipt(conn, rnd, "keys", dup)
-    core.notifier.notify(fid)
-    return receipt
+    with client_step(core, fid, number, client_id, body.attempt, "advertise") as step:
+        step.record("keys", body.model_dump_json(), body.model_dump(mode="json"))
+    return step.receipt
 
 
 def send_shares(
     core: Core, fid: str, number: int, client_id: str, body: SecaggShares
 ) -> SecaggReceipt:
     """Step 1: one encrypted share per neighbour, exactly, for the service to route."""
-    with core.db.write() as conn:
-        rnd = _open_round(conn, core, fid, number, create=False)
-        _check_attempt(rnd, body.attempt, "share")
-        _member(rnd, client_id, rnd.cohort, "the clients that advertised keys")
-        want = set(rnd.graph[client_id])
+    with client_step(core, fid, number, client_id, body.attempt, "share") as step:
+        want = set(step.rnd.graph[client_id])
         got = [s.recipient for s in body.shares]
         if len(set(got)) != len(got) or set(got) != want:
             raise Invalid(
@@ -343,23 +380,13 @@ def send_shares(
                 "(nonce, two AES-GCM-encrypted field elements and the tag)",
                 error="invalid_shares",
             )
-        dup = record_step(conn, rnd, client_id, "shares", body.model_dump_json(), len(got))
-        if not dup:
+        if not step.record("shares", body.model_dump_json(), len(got)):
+            this_attempt = {"federation_id": fid, "round": number, "attempt": step.rnd.attempt}
             for s in body.shares:
-                conn.execute(
-                    insert(secagg_shares).values(
-                        federation_id=fid,
-                        round=number,
-                        attempt=rnd.attempt,
-                        sender=client_id,
-                        recipient=s.recipient,
-                        ciphertext=s.ciphertext,
-                    )
+                step.conn.execute(
+                    insert(secagg_shares).values(**this_attempt, sender=client_id, **s.model_dump())
                 )
-        _advance(conn, core, rnd)
-        receipt = _receipt(conn, rnd, "shares", dup)
-    core.notifier.notify(fid)
-    return receipt
+    return step.receipt
 
 
 def incoming_shares(
@@ -374,7 +401,7 @@ def incoming_shares(
                 f"round {number} attempt {attempt} has no shares to hand out now",
                 error="secagg_wrong_phase",
             )
-        _member(rnd, client_id, rnd.u1, "the clients that shared keys")
+        _member(rnd, client_id, "input")
         rows = conn.execute(
             select(secagg_shares.c.sender, secagg_shares.c.ciphertext).where(
                 secagg_shares.c.federation_id == fid,
@@ -396,42 +423,32 @@ def complain(
 ) -> SecaggReceipt:
     """A recipient names the sender of a share that failed authentication: the sender is left
     out of the round (its masks are removed as a dropped client's) and the history says why."""
-    with core.db.write() as conn:
-        rnd = _open_round(conn, core, fid, number, create=False)
-        _check_attempt(rnd, body.attempt, "input")
-        _member(rnd, client_id, rnd.u1, "the clients that shared keys")
+    with client_step(core, fid, number, client_id, body.attempt, "input") as step:
+        rnd = step.rnd
         if body.accused not in rnd.graph[client_id] or body.accused not in rnd.u1:
             raise Invalid(
                 f"{body.accused} sent this client no share in round {number}",
                 error="invalid_complaint",
             )
-        step = f"complaint:{body.accused}"
         payload = body.model_dump(mode="json")
-        dup = record_step(conn, rnd, client_id, step, body.model_dump_json(), payload)
-        if not dup:
+        if not step.record(f"complaint:{body.accused}", body.model_dump_json(), payload):
             event = (
                 f"attempt {rnd.attempt}: the share {body.accused} sent to {client_id} failed "
                 f"AES-GCM authentication at its recipient ({body.reason}); {body.accused} is "
                 "left out of the round"
             )
             log.warning("federation %s round %d: %s", fid, number, event)
-            _add_event(conn, rnd, event)
-        _advance(conn, core, rnd)
-        receipt = _receipt(conn, rnd, step, dup)
-    core.notifier.notify(fid)
-    return receipt
+            _add_event(step.conn, rnd, event)
+    return step.receipt
 
 
 def send_unmask(
     core: Core, fid: str, number: int, client_id: str, body: SecaggUnmask
 ) -> SecaggReceipt:
     """Step 3: a survivor's shares of its neighbours' b (survivors) or s_sk (dropped)."""
-    with core.db.write() as conn:
-        rnd = _open_round(conn, core, fid, number, create=False)
-        _check_attempt(rnd, body.attempt, "unmask")
-        _member(rnd, client_id, rnd.u2, "the clients whose masked input counts")
-        mine = set(rnd.graph[client_id]) & set(rnd.u1)
-        survivors = set(rnd.u2)
+    with client_step(core, fid, number, client_id, body.attempt, "unmask") as step:
+        mine = set(step.rnd.graph[client_id]) & set(step.rnd.u1)
+        survivors = set(step.rnd.u2)
         seen: set[str] = set()
         for s in body.shares:
             if s.owner not in mine or s.owner in seen:
@@ -449,11 +466,8 @@ def send_unmask(
                 )
             seen.add(s.owner)
         payload = [s.model_dump(mode="json") for s in body.shares]
-        dup = record_step(conn, rnd, client_id, "unmask", body.model_dump_json(), payload)
-        _advance(conn, core, rnd)
-        receipt = _receipt(conn, rnd, "unmask", dup)
-    core.notifier.notify(fid)
-    return receipt
+        step.record("unmask", body.model_dump_json(), payload)
+    return step.receipt
 
 
 def state(core: Core, fid: str, number: int, client_id: str | None) -> SecaggState:
@@ -477,30 +491,29 @@ def state(core: Core, fid: str, number: int, client_id: str | None) -> SecaggSta
             )
         done = _done_steps(conn, rnd, client_id) if client_id is not None else []
         keys = _steps(conn, rnd, "keys") if rnd.reached("share") else {}
-    in_cohort = client_id is not None and client_id in rnd.cohort
-    peers: list[SecaggPeer] = []
-    threshold = None
-    if in_cohort and client_id is not None:
-        peers = [
-            SecaggPeer(client_id=p, c_pk=keys[p]["c_pk"], s_pk=keys[p]["s_pk"])
-            for p in rnd.graph[client_id]
-        ]
-        threshold = rnd.threshold(client_id)
+    member = client_id if client_id in rnd.cohort else None
     return SecaggState(
         federation_id=fid,
         round=number,
         attempt=rnd.attempt,
         phase=rnd.phase,
         deadline_at=datetime.fromtimestamp(rnd.deadline_at, UTC),
-        threshold=threshold,
-        neighbours=peers,
-        in_cohort=in_cohort,
+        threshold=None if member is None else rnd.threshold(member),
+        neighbours=[] if member is None else _peers(rnd, member, keys),
+        in_cohort=member is not None,
         cohort=rnd.cohort,
         shared=rnd.u1,
         survivors=rnd.u2,
         done=done,
         events=rnd.events,
     )
+
+
+def _peers(rnd: Round, client_id: str, keys: dict[str, Any]) -> list[SecaggPeer]:
+    return [
+        SecaggPeer(client_id=p, c_pk=keys[p]["c_pk"], s_pk=keys[p]["s_pk"])
+        for p in rnd.graph[client_id]
+    ]
 
 
 def _done_steps(conn: Connection, rnd: Round, client_id: str) -> list[str]:

@@ -14,17 +14,7 @@ from dataclasses import dataclass
 
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import Invalid
-from aggregator_service.services.secagg import (
-    Round,
-    _accused,
-    _advance,
-    _check_attempt,
-    _member,
-    _open_round,
-    _receipt,
-    record_step,
-    secure_spec,
-)
+from aggregator_service.services.secagg import _accused, client_step, secure_spec
 from aggregator_service.services.uploads import Expected, Received, _manifest
 from aggregator_service.services.validation import not_safetensors
 from shared.api import SecaggReceipt
@@ -132,21 +122,15 @@ def ingest_masked(
         }
         created = False
         try:
-            with core.db.write() as conn:
-                rnd: Round = _open_round(conn, core, fid, number, create=False)
-                _check_attempt(rnd, attempt, "input")
-                _member(rnd, client_id, rnd.u1, "the clients that shared keys")
-                if client_id in _accused(conn, rnd):
+            with client_step(core, fid, number, client_id, attempt, "input") as step:
+                if client_id in _accused(step.conn, step.rnd):
                     raise Invalid(
                         f"a share this client sent in round {number} failed authentication at "
                         "its recipient; its masked input is not taken",
                         error="secagg_accused",
                     )
-                dup = record_step(conn, rnd, client_id, "input", body.sha256, payload)
-                if not dup:
+                if not step.record("input", body.sha256, payload):
                     created = core.blobs.commit_temp(body.path, body.sha256)
-                _advance(conn, core, rnd)
-                receipt = _receipt(conn, rnd, "input", dup)
         except BaseException:
             if created:
                 core.blobs.remove(body.sha256)
@@ -154,5 +138,4 @@ def ingest_masked(
     finally:
         body.path.unlink(missing_ok=True)
     core.metrics.bytes_in.inc(body.size)
-    core.notifier.notify(fid)
-    return receipt
+    return step.receipt
