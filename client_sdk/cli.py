@@ -303,14 +303,7 @@ def _register(args: argparse.Namespace) -> int:
     with _client(args, args.server, None, None) as client:
         reg = client.register_client(token, args.name)
     ca = str(args.ca_cert.resolve()) if args.ca_cert else None
-    creds = Credentials(
-        server=client.base_url,
-        client_id=reg.client_id,
-        api_key=reg.api_key,
-        federation_id=reg.federation_id,
-        name=reg.name,
-        ca_cert=ca,
-    )
+    creds = Credentials(server=client.base_url, ca_cert=ca, **reg.model_dump())
     creds_mod.save(creds, path)
     print(
         f"registered {reg.name} as {reg.client_id} in federation {reg.federation_id}; "
