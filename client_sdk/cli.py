@@ -79,10 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--credentials",
             type=Path,
-            default=None,
             help="credentials file (default: the user config dir, or $FEDTUNE_CREDENTIALS)",
         )
-        p.add_argument("--ca-cert", type=Path, default=None, help="PEM of a private CA to trust")
+        p.add_argument("--ca-cert", type=Path, help="PEM of a private CA to trust")
         p.add_argument(
             "--insecure-http",
             action="store_true",
@@ -91,7 +90,6 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--retry-for",
             type=_seconds,
-            default=None,
             metavar="SECONDS",
             help="keep retrying a failed request (connection errors, timeouts, 408, 429, 5xx) "
             f"this long from its first failure (default: ${ENV_RETRY_FOR}, "
@@ -109,13 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     token = reg.add_mutually_exclusive_group()
     token.add_argument(
         "--enrollment-token-file",
-        default=None,
         metavar="PATH",
         help=f"read the fte_… token from PATH, or from stdin with `-` (or set ${ENV_ENROLLMENT_TOKEN})",
     )
     token.add_argument(
         "--enrollment-token",
-        default=None,
         help="the token itself (visible in `ps` and shell history; prefer --enrollment-token-file)",
     )
     reg.add_argument("--name", required=True, help="this organisation's name")
@@ -125,13 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     common(train, server_required=False)
     train.add_argument("--data", type=Path, required=True, help="ImageFolder dir or path,label CSV")
     train.add_argument("--device", choices=DEVICES, default="auto")
-    train.add_argument("--work-dir", type=Path, default=None, help="default: ./.fedtune/<client>")
+    train.add_argument("--work-dir", type=Path, help="default: ./.fedtune/<client>")
     train.add_argument("--val-fraction", type=float, default=0.1, help="local validation split")
     train.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
     train.add_argument(
         "--num-workers",
         type=int,
-        default=None,
         help="image-decoding worker processes per device (default: the cores less one, at most 8)",
     )
     train.add_argument(
@@ -159,7 +154,6 @@ def _model_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, bool], N
         common(p, False)
         p.add_argument(
             "--version",
-            default=None,
             metavar="N",
             help="the global state after round N (0 = initial) or its sha256 "
             "(default: the final version, once the federation completed)",
@@ -167,7 +161,6 @@ def _model_parsers(sub: Any, common: Callable[[argparse.ArgumentParser, bool], N
         p.add_argument(
             "--work-dir",
             type=Path,
-            default=None,
             help="where the base is cached (default: ./.fedtune/<client>, as for train)",
         )
 
