@@ -63,14 +63,14 @@ def finish(
     try:
         for owner in rnd.u1:
             kind = "b" if owner in survivors else "s"
+            if kind == "s" and not set(graph[owner]) & survivors:
+                continue  # no survivor masked with it: nothing to remove
             shares = {
                 holder_index(rnd.cohort, holder): share_from_bytes(bytes.fromhex(s["share"]))
                 for holder, sent in unmask.items()
                 for s in sent
                 if s["owner"] == owner and s["kind"] == kind
             }
-            if kind == "s" and not set(graph[owner]) & survivors:
-                continue  # no survivor masked with it: nothing to remove
             need = rnd.threshold(owner)
             secret, off = reconstruct(shares, need, SECRET_BYTES)
             for x in off:
