@@ -132,7 +132,7 @@ def fetch_federated_model(
     got = client.download_state(info.id, partial, version=ref, progress=progress)
     path = workdir.state_path(got.sha256)
     partial.replace(path)
-    state = StateStore(client, info, workdir).get(got.sha256, progress=progress)
+    state = StateStore(client, info, workdir).hold(got.sha256)  # hashed as it downloaded
     built.load_trainable_state(state)
     built.model.eval()
     round_header = {k.lower(): v for k, v in got.headers.items()}.get("x-fedtune-round", "")

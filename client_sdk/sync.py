@@ -99,7 +99,11 @@ class StateStore:
                 raise FedTuneError(
                     f"server sent global state {result.sha256[:12]}… for version {version[:12]}…"
                 )
-        state = _load_checked(path, "global state")
+        return self.hold(version)
+
+    def hold(self, version: str) -> dict[str, torch.Tensor]:
+        """Load and hold `version` from its file in the work dir (its sha256 already checked)."""
+        state = _load_checked(self.workdir.state_path(version), "global state")
         self._check_manifest(state)
         if self.version is not None and self.version != version:
             self.workdir.state_path(self.version).unlink(missing_ok=True)
