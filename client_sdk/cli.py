@@ -459,14 +459,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from client_sdk.evaluate import predict_images, read_image
+    from client_sdk.evaluate import classify_images, read_image
     from client_sdk.training import resolve_device
 
-    for image in args.images:
-        read_image(image)  # an unreadable one fails before anything is downloaded
+    # Read first: an unreadable image fails before anything is downloaded.
+    images = [(str(path), read_image(path)) for path in args.images]
     device = resolve_device(args.device)
     model = _model(args)
-    predictions = predict_images(model, args.images, top=args.top, device=device)
+    predictions = classify_images(model, images, top=args.top, device=device)
     if args.json:
         body = [p.model_dump() for p in predictions]
         print(json.dumps(body, indent=2))

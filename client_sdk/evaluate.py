@@ -37,6 +37,7 @@ __all__ = [
     "ImagePrediction",
     "PlotsUnavailableError",
     "SavedEvaluation",
+    "classify_images",
     "evaluate_model",
     "predict_images",
     "read_image",
@@ -210,7 +211,6 @@ def read_image(path: Path) -> Image.Image:
         raise UsageError(f"cannot read image {path}: {reason}") from None
 
 
-@torch.no_grad()
 def predict_images(
     model: FederatedModel,
     images: Sequence[str | Path],
@@ -225,10 +225,25 @@ def predict_images(
     """
     if top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")
+    decoded = [(str(p), read_image(Path(p))) for p in images]
+    return classify_images(model, decoded, top=top, device=device)
+
+
+@torch.no_grad()
+def classify_images(
+    model: FederatedModel,
+    images: Sequence[tuple[str, Image.Image]],
+    *,
+    top: int = 5,
+    device: torch.device | None = None,
+) -> list[ImagePrediction]:
+    """`predict_images` for images already read, each with the name its prediction carries."""
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
     if not images:
         raise UsageError("no images to classify")
     transform = model.built.transform(train=False)
-    pixels = [transform(read_image(Path(p))) for p in images]
+    pixels = [transform(image) for _, image in images]
     net = model.built.model.eval()
     if device is not None:
         net = net.to(device)
@@ -246,5 +261,5 @@ def predict_images(
                 ClassProbability(label=model.classes[i], probability=p)
                 for p, i in zip(row_p, row_i, strict=True)
             ]
-            results.append(ImagePrediction(image=str(images[start + offset]), top=ranked))
+            results.append(ImagePrediction(image=images[start + offset][0], top=ranked))
     return results
