@@ -13,6 +13,7 @@ from safetensors.torch import load
 
 from shared.blobs import (
     DELTA_FORMAT,
+    Blob,
     BlobError,
     DeltaMetadata,
     atomic_save_state,
@@ -162,3 +163,16 @@ def test_same_state_and_metadata_always_encode_to_the_same_bytes(tmp_path: Path)
     assert encodings == {(tmp_path / "d.safetensors").read_bytes()}
     loaded = load(encodings.pop())
     assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_a_blob_in_memory_reads_like_the_same_file(tmp_path: Path) -> None:
+    state = {"a": torch.arange(6, dtype=torch.float32).view(2, 3), "b": torch.ones(5)}
+    path = tmp_path / "state.safetensors"
+    atomic_save_state(path, state)
+    on_disk, in_memory = Blob.open(path), Blob.from_buffer(path.read_bytes())
+    assert in_memory.names() == on_disk.names() == ["a", "b"]
+    for name, tensor in state.items():
+        assert torch.equal(in_memory.tensor(name), tensor)
+        sliced = torch.cat([s.clone() for s in in_memory.slices(name, bytearray(8))])
+        assert torch.equal(sliced, tensor.flatten())
+    assert all(torch.equal(in_memory.load()[k], v) for k, v in state.items())
