@@ -27,7 +27,7 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def classify(exc: BaseException) -> FaultKind | None:
-    """The fault `exc` stands for, or None when it is not one (a bug: let it be a 500)."""
+    """The fault `exc` stands for, or None when it is not one (a bug: let it propagate)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:

@@ -1,11 +1,11 @@
 """Pausing, resuming and cancelling a federation (admin).
 
-- `paused`: no update is accepted (409 `federation_paused`, nothing stored) and no deadline
+- `paused`: no update is accepted (`Conflict` `federation_paused`, nothing stored) and no deadline
   closes a round. A round already `aggregating` still finishes (its inputs are durable), and
   the next round opens. On resume the open round's deadline restarts: it gets the spec's whole
   `deadline_s` from the moment of resuming, as clients that waited out the pause need the time
   to train.
-- `cancelled`: final. No update is accepted (409 `federation_cancelled`), no round closes by
+- `cancelled`: final. No update is accepted (`Conflict` `federation_cancelled`), no round closes by
   its deadline and no further round opens; clients stop.
 
 Each transition is one conditional UPDATE of the federation's status, so of two replicas (or
