@@ -1,7 +1,7 @@
 """Faults of what the service depends on (the database, the disk), told apart from bugs.
 
 A database outage or a full disk is not the caller's error and not a bug: the API answers it
-as a fault the caller can wait out (503 or 507, with Retry-After), counts it, and logs it once
+as a fault the caller can wait out (with a time to retry after), counts it, and logs it once
 when the state changes, failing or recovered, instead of a traceback per request: an outage
 of a minute under a thousand clients would otherwise write tens of thousands of lines.
 """

@@ -3,7 +3,7 @@
 A long-poll re-reads the database every `poll_recheck_s` for up to a minute and an upload
 holds a spool file of up to `max_upload_mb`, so one organisation opening them without end
 would cost the server what all the others need. Past its limit a client is refused with
-`Busy` (429 and `Retry-After`); a slot is given back when its request ends, however it ends.
+`Busy` (with a time to retry after); a slot is given back when its request ends, however it ends.
 
 The counts live in this process: behind a load balancer with N replicas, one key may hold up
 to N times the limit in all, and still no more than the limit on any one replica.
