@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from aggregator_service.api.idempotency import IdempotencyKey, Idempotent
+from aggregator_service.api.limits import PRINCIPAL
 from aggregator_service.services.access import Principal, authenticate
 from aggregator_service.services.context import Core
 from aggregator_service.services.runner import RoundRunner
@@ -44,8 +45,14 @@ RunnerDep = Annotated[RoundRunner, Depends(get_runner)]
 
 
 def get_principal(
-    core: CoreDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    core: CoreDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller: as the body guard found it before reading a body, else authenticated now."""
+    checked: Principal | None = getattr(request.state, PRINCIPAL, None)
+    if checked is not None:
+        return checked
     return authenticate(core, creds.credentials if creds else None)
 
 

@@ -40,6 +40,8 @@ _UPLOAD = re.compile(
     r"/v1/federations/[^/]+/rounds/[^/]+/(update|secure-aggregation/masked-input)/?"
 )
 _DASHBOARD = re.compile(r"/dashboard(/.*)?")  # forms without a bearer token
+# The request-state key under which the guard leaves the caller it authenticated.
+PRINCIPAL = "principal"
 
 
 class BodyGuard:
@@ -84,7 +86,7 @@ class BodyGuard:
         scheme, token = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
         bearer = token if scheme.lower() == "bearer" and token else None
         try:
-            await anyio.to_thread.run_sync(authenticate, self.core, bearer)
+            principal = await anyio.to_thread.run_sync(authenticate, self.core, bearer)
         except DomainError as exc:
             return error_response(status_of(exc), ErrorBody(error=exc.error, detail=exc.detail))
         except Exception as exc:
@@ -92,6 +94,7 @@ class BodyGuard:
             if fault is None:
                 raise
             return fault
+        scope.setdefault("state", {})[PRINCIPAL] = principal  # the route's caller: not again
         return None
 
     async def _read_bounded(

@@ -7,6 +7,9 @@ from typing import Any
 
 import pytest
 
+from aggregator_service.api import deps, limits
+from aggregator_service.services import access
+
 
 @dataclass
 class World:
@@ -107,3 +110,23 @@ def test_route_answers_caller_with_expected_status(world: World, route: str, cal
 def test_health_routes_need_no_token(world: World, path: str):
     with world.app.client(None) as c:
         assert c.get(path).status_code == 200
+
+
+@pytest.mark.parametrize(("caller", "want"), [("admin", 201), ("wrong", 401)])
+def test_a_request_with_a_body_is_authenticated_once(
+    world: World, monkeypatch: pytest.MonkeyPatch, caller: str, want: int
+):
+    """The body guard authenticates before reading the body; the route takes its answer."""
+    seen: list[str | None] = []
+
+    def counting(core: Any, token: str | None) -> access.Principal:
+        seen.append(token)
+        return access.authenticate(core, token)
+
+    monkeypatch.setattr(limits, "authenticate", counting)
+    monkeypatch.setattr(deps, "authenticate", counting)
+    with world.app.client(world.tokens[caller]) as c:
+        r = c.post(f"/v1/federations/{world.fed.id}/enrollment-tokens", json={"uses": 1})
+
+    assert r.status_code == want, r.text
+    assert seen == [world.tokens[caller]]
