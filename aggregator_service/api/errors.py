@@ -124,10 +124,18 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": _DESCRIPTIONS[s]} for s in statuses}
 
 
+_BEARER_CHALLENGE = 'Bearer realm="fedtune"'
+
+
 def error_response(
     status: int, body: ErrorBody, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    """An `ErrorBody` as the JSON response every refusal of the API answers with."""
+    """An `ErrorBody` as the JSON response every refusal of the API answers with.
+
+    A 401 names the scheme to authenticate with (`WWW-Authenticate: Bearer`, RFC 6750).
+    """
+    if status == 401:
+        headers = {"WWW-Authenticate": _BEARER_CHALLENGE, **(headers or {})}
     return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 

@@ -104,6 +104,8 @@ def test_route_answers_caller_with_expected_status(world: World, route: str, cal
     if want in (401, 403):
         assert r.json()["error"] == {401: "unauthorized", 403: "forbidden"}[want]
         assert r.json()["detail"]
+    if want == 401:
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="fedtune"'
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz"])

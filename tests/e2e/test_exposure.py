@@ -125,6 +125,8 @@ def test_main_port_metrics_need_the_metrics_or_admin_token(
     if want != 200:
         assert r.json()["error"] == {401: "unauthorized", 403: "forbidden"}[want]
         assert "metrics token" in r.json()["detail"]
+    if want == 401:
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="fedtune"'
 
 
 def test_metrics_port_serves_the_same_registry_without_a_token(exposed: Exposed):
