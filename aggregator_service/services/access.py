@@ -87,6 +87,11 @@ def authenticate(core: Core, token: str | None) -> Principal:
         return Principal(is_admin=True)
     with core.db.read() as conn:
         row = _key_owner(conn, digest)
+    if row is None and token.startswith("ftv_"):
+        raise Unauthorized(
+            "this is a dashboard viewer token: it opens /dashboard only; the API takes a "
+            "client's API key or the admin token"
+        )
     if row is None:
         raise Unauthorized("unknown token; register with an enrollment token")
     if row.revoked:
