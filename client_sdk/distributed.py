@@ -7,8 +7,9 @@ other ranks over a gloo control group, and uploads the one delta. Every rank
 trains on its part of each global batch (`SeededBatchSampler`): the spec's
 `batch_size` is the global batch, and DDP averages the gradients, so N ranks
 take the steps one process would (up to float rounding). The training group
-uses nccl on CUDA and gloo on CPU. Loss and accuracy in the round's metrics
-are rank 0's part; `skipped_images` counts what rank 0 met.
+uses nccl on CUDA and gloo on CPU. Training loss, accuracy and throughput in
+the round's metrics are over every rank's examples; `skipped_images` counts
+what rank 0 met.
 """
 
 from __future__ import annotations

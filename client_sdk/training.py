@@ -28,10 +28,11 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
@@ -163,6 +164,16 @@ class _EpochStats:
     correct: int = 0
     seen: int = 0
     steps: int = 0
+
+
+def _summed_over_ranks(stats: _EpochStats, device: torch.device) -> _EpochStats:
+    """Loss, hits and examples summed over the training group (a collective: every rank)."""
+    totals = torch.tensor(
+        [stats.loss_sum, stats.correct, stats.seen], dtype=torch.float64, device=device
+    )
+    dist.all_reduce(totals)
+    loss_sum, correct, seen = totals.tolist()
+    return replace(stats, loss_sum=loss_sum, correct=round(correct), seen=round(seen))
 
 
 @torch.no_grad()
@@ -378,7 +389,8 @@ class LocalTrainer:
         A function of (spec, organisation, round, global state, data) alone.
         """
         with _reproducible(self.device, self.seed(round, "step")):
-            return self._train(round)
+            stats = self._train(round)
+        return _summed_over_ranks(stats, self.device) if self.world > 1 else stats
 
     def _train(self, round: int) -> _EpochStats:
         lt = self.spec.local_training

@@ -1,9 +1,13 @@
-"""Two CPU processes on gloo train the same round one process would: the same delta."""
+"""Two CPU processes on gloo train the same round one process would: the same delta, and
+the same training figures."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -62,9 +66,10 @@ def _rank_main(rank: int, world: int, root: Path, out: Path) -> None:
         wrap(trainer)
         if rank == 0:
             lead = DistributedTrainer(trainer, control)
-            lead.train(1)
+            stats = lead.train(1)
             lead.stop()
             save_file(trainer.delta(start), str(out))
+            out.with_suffix(".json").write_text(json.dumps(asdict(stats)))
         else:
             follow(trainer, control)
     finally:
@@ -79,10 +84,17 @@ def test_two_gloo_ranks_give_the_single_process_delta(tmp_path):
 
     single = _trainer(root)
     start = single.bm.trainable_state()
-    single.train(1)
+    stats = single.train(1)
     expected = single.delta(start)
     got = load_file(str(out))
     assert sorted(got) == sorted(expected)
     assert any(float(v.abs().sum()) > 0 for v in expected.values())
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-6)
+    figures = json.loads(out.with_suffix(".json").read_text())
+    assert (figures["seen"], figures["correct"], figures["steps"]) == (
+        stats.seen,
+        stats.correct,
+        stats.steps,
+    )
+    assert figures["loss_sum"] == pytest.approx(stats.loss_sum, rel=1e-4)
