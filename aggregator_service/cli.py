@@ -36,7 +36,8 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         *("host", "port", "data_dir", "database_url", "database_url_file"),
         *("ssl_certfile", "ssl_keyfile"),
         *("admin_token_file", "max_upload_mb", "max_json_kb", "max_header_kb"),
-        *("header_timeout_s", "keep_alive_s", "limit_concurrency", "max_connections"),
+        *("header_timeout_s", "keep_alive_s", "shutdown_timeout_s"),
+        *("limit_concurrency", "max_connections"),
         *("max_polls_per_client", "max_uploads_per_client", "insecure_http", "docs"),
         *("lease_s", "upload_idle_s", "upload_min_kib_s"),
         *("metrics_token_file", "metrics_host", "metrics_port", "blob_url", "presign_downloads"),
@@ -76,7 +77,7 @@ def _check_transport(settings: Settings) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from aggregator_service.api.connections import guarded_h11
+    from aggregator_service.api.connections import DrainingServer, guarded_h11
     from aggregator_service.main import create_app
     from aggregator_service.metrics import MetricsListener
 
@@ -98,7 +99,7 @@ def _serve(args: argparse.Namespace) -> None:
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
         http=guarded_h11(settings.header_timeout_s, settings.max_connections),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
@@ -109,7 +110,7 @@ def _serve(args: argparse.Namespace) -> None:
         core = app.state.core
         listener = MetricsListener(core.metrics, settings.metrics_host, settings.metrics_port)
     try:
-        uvicorn.Server(config).run()
+        DrainingServer(config, app.state.runner).run()
     finally:
         if listener is not None:
             listener.close()
@@ -195,6 +196,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-header-kb", type=float, help="largest request headers (default 16)")
     s.add_argument("--header-timeout-s", type=float, help="header read timeout (default 10)")
     s.add_argument("--keep-alive-s", type=float, help="idle keep-alive timeout (default 5)")
+    s.add_argument(
+        "--shutdown-timeout-s",
+        type=int,
+        help="on SIGTERM, cut off requests still running after this (default 30)",
+    )
     s.add_argument("--limit-concurrency", type=int, help="503 past this (default 4096)")
     s.add_argument("--max-connections", type=int, help="close connections past this (4096)")
     s.add_argument("--max-polls-per-client", type=int, help="concurrent long-polls per key (4)")

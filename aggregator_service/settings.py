@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(
         default=5.0, gt=0, description="An idle kept-alive connection is closed after this."
     )
+    shutdown_timeout_s: int = Field(
+        default=30,
+        ge=1,
+        description="On SIGTERM, held long-polls answer at once and other requests still "
+        "running after this (an upload, a download) are cut off. Keep it below the "
+        "orchestrator's grace period (Kubernetes terminationGracePeriodSeconds).",
+    )
     limit_concurrency: int = Field(
         default=4096, ge=1, description="Connections plus running requests past this answer 503."
     )

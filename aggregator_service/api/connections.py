@@ -1,5 +1,5 @@
-"""uvicorn's h11 protocol with the two guards it lacks: a header-read timeout and a hard
-connection cap.
+"""uvicorn's h11 protocol with the two guards it lacks, a header-read timeout and a hard
+connection cap; and uvicorn's server, answering held long-polls as soon as it is asked to exit.
 
 uvicorn times out only the idle gap between requests (`timeout_keep_alive`); a client that
 sends nothing, or trickles its request line and headers a byte at a time, holds its
@@ -8,19 +8,27 @@ within `header_timeout_s` of the connection opening, or of the next request's fi
 on a kept-alive connection; otherwise the connection is closed. Connections past
 `max_connections` are closed as they open. Header size is bounded by h11 itself
 (`h11_max_incomplete_event_size`); past it the answer is 431 rather than uvicorn's 400.
+
+On SIGTERM uvicorn waits for running requests (up to `shutdown_timeout_s`) and then cuts
+them off with a 500. A long-poll may wait a minute for nothing, so `DrainingServer` answers
+every held long-poll at once with the round as it stands: its client polls again, on another
+replica or on this one after the restart, and the shutdown waits only for real work.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from types import FrameType
 
 import h11
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.server import ServerState
+from uvicorn.server import Server, ServerState
 
-__all__ = ["guarded_h11"]
+from aggregator_service.services.runner import RoundRunner
+
+__all__ = ["DrainingServer", "guarded_h11"]
 
 log = logging.getLogger("fedtune.server")
 
@@ -92,3 +100,15 @@ def guarded_h11(header_timeout_s: float, max_connections: int) -> type[H11Protoc
                 self.transport.close()
 
     return GuardedH11Protocol
+
+
+class DrainingServer(Server):
+    """uvicorn's server; asked to exit, it first answers the long-polls held open."""
+
+    def __init__(self, config: Config, runner: RoundRunner) -> None:
+        super().__init__(config)
+        self.runner = runner
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.runner.drain_polls()
+        super().handle_exit(sig, frame)

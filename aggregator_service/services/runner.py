@@ -105,6 +105,7 @@ class RoundRunner:
         self._stop_listening: Callable[[], None] | None = None
         self._listening = False
         self._last_bug = ""
+        self._draining = False
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -254,6 +255,12 @@ class RoundRunner:
 
     # -- long-polls ------------------------------------------------------------------------
 
+    def drain_polls(self) -> None:
+        """Answer every waiting long-poll now, and every later one at once: the server is
+        shutting down, and a client re-polls elsewhere sooner than it would wait here."""
+        self._draining = True
+        self.core.notifier.wake(None)
+
     async def wait_for_change(
         self,
         fid: str,
@@ -284,7 +291,7 @@ class RoundRunner:
                 return s.round > after_round or s.federation_status in ("completed", "cancelled")
             return s.revision != seen
 
-        if wait_s <= 0 or changed(status):
+        if wait_s <= 0 or changed(status) or self._draining:
             return status
         until = loop.time() + wait_s
         left_task = asyncio.ensure_future(gone()) if gone is not None else None
@@ -305,7 +312,7 @@ class RoundRunner:
                         break
                     event = notifier.event(fid)
                     snapshot = await self._snapshot(fid, fresh=True)
-                    if changed(snapshot.status):
+                    if changed(snapshot.status) or self._draining:
                         return snapshot.for_client(client_id)
         finally:
             if left_task is not None:

@@ -69,6 +69,7 @@ def test_methods_json_lists_reports(capsys):
         (["serve", "--data-dir", "{tmp}", "--port", "99999"], "port"),
         (["serve", "--data-dir", "{tmp}", "--max-json-kb", "0"], "max_json_kb"),
         (["serve", "--data-dir", "{tmp}", "--header-timeout-s", "-1"], "header_timeout_s"),
+        (["serve", "--data-dir", "{tmp}", "--shutdown-timeout-s", "0"], "shutdown_timeout_s"),
         (["serve", "--data-dir", "{tmp}", "--host", "0.0.0.0"], "refusing plain HTTP on 0.0.0.0"),
         (["serve", "--data-dir", "{tmp}", "--host", "::"], "--insecure-http"),
         (["serve", "--data-dir", "{tmp}", "--host", "10.1.2.3"], "--ssl-certfile"),

@@ -26,6 +26,7 @@ from aggregator_service.settings import Settings, resolve_admin_token
         ("FEDTUNE_MAX_HEADER_KB", "8", "max_header_bytes", 8 * 1024),
         ("FEDTUNE_HEADER_TIMEOUT_S", "2.5", "header_timeout_s", 2.5),
         ("FEDTUNE_KEEP_ALIVE_S", "3", "keep_alive_s", 3.0),
+        ("FEDTUNE_SHUTDOWN_TIMEOUT_S", "5", "shutdown_timeout_s", 5),
         ("FEDTUNE_LIMIT_CONCURRENCY", "50", "limit_concurrency", 50),
         ("FEDTUNE_MAX_CONNECTIONS", "80", "max_connections", 80),
     ],
