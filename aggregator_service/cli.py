@@ -196,11 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-header-kb", type=float, help="largest request headers (default 16)")
     s.add_argument("--header-timeout-s", type=float, help="header read timeout (default 10)")
     s.add_argument("--keep-alive-s", type=float, help="idle keep-alive timeout (default 5)")
-    s.add_argument(
-        "--shutdown-timeout-s",
-        type=int,
-        help="on SIGTERM, cut off requests still running after this (default 30)",
-    )
+    s.add_argument("--shutdown-timeout-s", type=int, help="SIGTERM grace for requests (default 30)")
     s.add_argument("--limit-concurrency", type=int, help="503 past this (default 4096)")
     s.add_argument("--max-connections", type=int, help="close connections past this (4096)")
     s.add_argument("--max-polls-per-client", type=int, help="concurrent long-polls per key (4)")
