@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
-from client_sdk._client import FedTuneClient
+from client_sdk._client import FedTuneClient, _parse, _parse_list
 from client_sdk._exceptions import ConflictError, FedTuneError, PermissionDeniedError
 from shared.api import (
     API_PREFIX,
@@ -149,13 +150,12 @@ class SecureRound:
 
     def state(self, number: int) -> SecaggState:
         data = self.client._request_json("GET", self._url(number))
-        return SecaggState.model_validate(data)
+        return _parse(SecaggState, data, "secure aggregation state")
 
-    def _post(self, number: int, tail: str, body: Any) -> SecaggReceipt:
-        data = self.client._request_json(
-            "POST", self._url(number, tail), json_body=body.model_dump(mode="json")
+    def _post(self, number: int, tail: str, body: BaseModel) -> SecaggReceipt:
+        return self.client._post(
+            self._url(number, tail), body, SecaggReceipt, f"secure aggregation {tail[1:]}"
         )
-        return SecaggReceipt.model_validate(data)
 
     # -- work dir --------------------------------------------------------------------------
 
@@ -226,7 +226,7 @@ class SecureRound:
         data = self.client._request_json(
             "GET", self._url(number, "/shares"), params={"attempt": st.attempt}
         )
-        incoming = [SecaggIncomingShare.model_validate(d) for d in data]
+        incoming = _parse_list(SecaggIncomingShare, data, "secure aggregation shares")
         sec = self.secrets(number, st.attempt)
         ctx = context(self.fid, number, st.attempt)
         keys = {p.client_id: p for p in st.neighbours}
@@ -309,7 +309,7 @@ class SecureRound:
     def upload_masked(self, number: int, attempt: int, path: Path) -> SecaggReceipt:
         url = self._url(number, "/masked-input") + f"?attempt={attempt}"
         data = self.client._upload(url, path, label=f"masked input round {number}")
-        return SecaggReceipt.model_validate(data)
+        return _parse(SecaggReceipt, data, "secure aggregation masked input")
 
     def unmask_body(self, number: int, st: SecaggState) -> SecaggUnmask:
         got = self.received(number, st)
