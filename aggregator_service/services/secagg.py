@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Row, insert, select, update
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, Forbidden, Invalid, NotFound
 from aggregator_service.services.lifecycle import refuse_unless_running
-from aggregator_service.services.rounds import read_status
+from aggregator_service.services.rounds import read_status, the_round
 from aggregator_service.storage.tables import (
     INT_MAX,
     rounds,
@@ -637,9 +637,7 @@ def _move(conn: Connection, rnd: Round, phase: SecaggPhase, deadline: float, **s
 def _bump(conn: Connection, rnd: Round) -> None:
     """Change the round's revision, so long-polls on the round wake on each phase change."""
     conn.execute(
-        update(rounds)
-        .where(rounds.c.federation_id == rnd.fid, rounds.c.number == rnd.number)
-        .values(revision=rounds.c.revision + 1)
+        update(rounds).where(the_round(rnd.fid, rnd.number)).values(revision=rounds.c.revision + 1)
     )
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, select, update
 
 from aggregator_service.aggregation import UpdateInput
 from aggregator_service.services.context import Core
+from aggregator_service.services.rounds import the_round
 from aggregator_service.services.secagg import (
     Round,
     _accused,
@@ -103,18 +104,13 @@ def finish(
     complete = set(unmask) >= survivors and not accused
     moved = conn.execute(
         update(rounds)
-        .where(
-            rounds.c.federation_id == rnd.fid,
-            rounds.c.number == rnd.number,
-            rounds.c.status == "open",
-        )
+        .where(the_round(rnd.fid, rnd.number, "open"))
         .values(
             status="aggregating" if fed_status == "running" else "open",
             closed_by="quorum" if complete else "deadline",
             aggregation_started_at=t,
             received=len(rnd.u2),
             bytes_in=rounds.c.bytes_in + nbytes,
-            revision=rounds.c.revision + 1,
         )
     )
     _bump(conn, rnd)
