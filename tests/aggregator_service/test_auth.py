@@ -114,9 +114,12 @@ def test_health_routes_need_no_token(world: World, path: str):
         assert c.get(path).status_code == 200
 
 
-@pytest.mark.parametrize(("caller", "want"), [("admin", 201), ("wrong", 401)])
+@pytest.mark.parametrize(
+    ("caller", "route", "want"),
+    [("admin", "enrollment-tokens", 201), ("client", "evaluations", 201)],
+)
 def test_a_request_with_a_body_is_authenticated_once(
-    world: World, monkeypatch: pytest.MonkeyPatch, caller: str, want: int
+    world: World, monkeypatch: pytest.MonkeyPatch, caller: str, route: str, want: int
 ):
     """The body guard authenticates before reading the body; the route takes its answer."""
     seen: list[str | None] = []
@@ -125,10 +128,18 @@ def test_a_request_with_a_body_is_authenticated_once(
         seen.append(token)
         return access.authenticate(core, token)
 
+    body = {
+        "enrollment-tokens": {"uses": 1},
+        "evaluations": {
+            "version": world.fed.info.global_version,
+            "val_accuracy": 0.5,
+            "val_examples": 10,
+        },
+    }[route]
     monkeypatch.setattr(limits, "authenticate", counting)
     monkeypatch.setattr(deps, "authenticate", counting)
     with world.app.client(world.tokens[caller]) as c:
-        r = c.post(f"/v1/federations/{world.fed.id}/enrollment-tokens", json={"uses": 1})
+        r = c.post(f"/v1/federations/{world.fed.id}/{route}", json=body)
 
     assert r.status_code == want, r.text
     assert seen == [world.tokens[caller]]
