@@ -380,12 +380,20 @@ def send_shares(
                 "(nonce, two AES-GCM-encrypted field elements and the tag)",
                 error="invalid_shares",
             )
-        if not step.record("shares", body.model_dump_json(), len(got)):
+        if not step.record("shares", body.model_dump_json(), len(got)) and body.shares:
             this_attempt = {"federation_id": fid, "round": number, "attempt": step.rnd.attempt}
-            for s in body.shares:
-                step.conn.execute(
-                    insert(secagg_shares).values(**this_attempt, sender=client_id, **s.model_dump())
-                )
+            step.conn.execute(
+                insert(secagg_shares),
+                [
+                    {
+                        **this_attempt,
+                        "sender": client_id,
+                        "recipient": s.recipient,
+                        "ciphertext": s.ciphertext,
+                    }
+                    for s in body.shares
+                ],
+            )
     return step.receipt
 
 
