@@ -1,10 +1,11 @@
 """Central differential privacy at the service: the mechanism, the accountant and the budget.
 
-The mechanism is checked on its own (clipping, and the noise's std with a fixed seed, by
-statistics over many coordinates) and through a real app over HTTP: the published state is
-the old one plus the clipped sum over the quorum plus exactly the seeded noise; ε in the round
-history is Opacus's RDP accountant called directly; the federation completes on its own,
-reason privacy_budget, before a round would take ε past max_epsilon; /metrics reports it.
+The mechanism is checked on its own (clipping, and with a fixed seed the noise tensor by
+tensor against the seeded draws; the system source, which has no reference, by statistics)
+and through a real app over HTTP: the published state is the old one plus the clipped sum
+over the quorum plus exactly the seeded noise; ε in the round history is Opacus's RDP
+accountant called directly; the federation completes on its own, reason privacy_budget,
+before a round would take ε past max_epsilon; /metrics reports it.
 """
 
 from __future__ import annotations
@@ -57,18 +58,12 @@ def test_noisy_mean_clips_every_update_and_adds_noise_of_std_sigma_c_over_the_qu
     n_big = math.sqrt(sum(t.numel() for t in big.values()))
     std = 1.5 * 2.0 / quorum
     g = torch.Generator().manual_seed(7)
-    residuals = []
     for name in sorted(sizes):  # noise is drawn tensor by tensor, in name order
         clipped_sum = big[name] * (2.0 / n_big) + small[name]  # example counts play no part
         residual = out[name] - clipped_sum / quorum
         torch.testing.assert_close(
             residual, torch.randn(sizes[name], generator=g) * std, rtol=1e-4, atol=1e-6
         )
-        residuals.append(residual.reshape(-1))
-    noise = torch.cat(residuals).double()
-    n = noise.numel()
-    assert abs(float(noise.mean())) < 5 * std / math.sqrt(n)
-    assert float(noise.std()) == pytest.approx(std, rel=0.02)
     # the same seed gives the same bits; another seed other noise
     again = noisy_mean(old, deltas, p, quorum, torch.Generator().manual_seed(7))
     assert all(torch.equal(out[k], again[k]) for k in sizes)
