@@ -44,6 +44,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,19 +54,21 @@ from aggregator_service.aggregation import MemoryDeltas, UpdateInput, get_strate
 from aggregator_service.aggregation.base import AggregationResult, Contributions
 from aggregator_service.aggregation.deltas import BlobDeltas, Deltas
 from aggregator_service.services.context import Core
-from aggregator_service.storage.tables import clients, completions, privacy_ledger, updates
+from aggregator_service.storage.tables import clients, completions, privacy_ledger
 from shared.privacy import CentralPrivacySpec, epsilon
 from shared.spec import AggregationSpec, FederationSpec
 
 __all__ = [
     "PrivateAggregator",
-    "close_round",
+    "RoundAccount",
+    "account_round",
     "completed_reason",
     "current_epsilons",
     "epsilons",
     "noise_seed",
     "noisy_mean",
     "record_budget_completion",
+    "record_round",
 ]
 
 log = logging.getLogger("fedtune.server")
@@ -161,53 +164,68 @@ def _rate(privacy: CentralPrivacySpec, participants: int, enrolled: int) -> floa
     return min(1.0, participants / enrolled)
 
 
-def close_round(
-    conn: Connection, spec: FederationSpec, fid: str, number: int, excluded: int
-) -> bool:
-    """Record closed round `number`'s sample rate and ε (inside the closing transaction);
-    True when the next round would take ε past `max_epsilon` (the federation completes).
-    A no-op returning False without `privacy`."""
+@dataclass(frozen=True)
+class RoundAccount:
+    """A closing round's sample rate and ε, and whether the budget is spent."""
+
+    sample_rate: float
+    epsilon: float
+    exhausted: bool  # the next round would take ε past max_epsilon: the federation completes
+
+
+def account_round(
+    core: Core, spec: FederationSpec, fid: str, number: int, participants: int
+) -> RoundAccount | None:
+    """Round `number`'s ε once `participants` updates are in its aggregate; None without
+    `privacy`. Computed before the closing transaction: the accountant takes seconds over a
+    long history, and the transaction holds the write lock."""
     p = spec.privacy
     if p is None:
-        return False
-    received: int = conn.execute(
-        select(func.count())
-        .select_from(updates)
-        .where(updates.c.federation_id == fid, updates.c.round == number)
-    ).scalar_one()
-    enrolled = _enrolled(conn, fid)
-    rates = list(
-        conn.execute(
-            select(privacy_ledger.c.sample_rate)
-            .where(privacy_ledger.c.federation_id == fid, privacy_ledger.c.round < number)
-            .order_by(privacy_ledger.c.round)
-        ).scalars()
-    )
-    rates.append(_rate(p, received - excluded, enrolled))
-    eps = epsilon(p.noise_multiplier, rates, p.delta, p.accountant)
-    conn.execute(
-        insert(privacy_ledger).values(
-            federation_id=fid, round=number, sample_rate=rates[-1], epsilon=eps
+        return None
+    with core.db.read() as conn:
+        enrolled = _enrolled(conn, fid)
+        rates = list(
+            conn.execute(
+                select(privacy_ledger.c.sample_rate)
+                .where(privacy_ledger.c.federation_id == fid, privacy_ledger.c.round < number)
+                .order_by(privacy_ledger.c.round)
+            ).scalars()
         )
-    )
+    rates.append(_rate(p, participants, enrolled))
+    eps = epsilon(p.noise_multiplier, rates, p.delta, p.accountant)
     if number >= spec.rounds.total:
-        return False
+        return RoundAccount(rates[-1], eps, exhausted=False)
     projected = epsilon(
         p.noise_multiplier, [*rates, _rate(p, spec.rounds.quorum, enrolled)], p.delta, p.accountant
     )
-    if projected <= p.max_epsilon:
+    exhausted = projected > p.max_epsilon
+    if exhausted:
+        log.info(
+            "federation %s: ε %.3f after round %d; round %d would reach %.3f > max_epsilon %g: "
+            "the federation completes",
+            fid,
+            eps,
+            number,
+            number + 1,
+            projected,
+            p.max_epsilon,
+        )
+    return RoundAccount(rates[-1], eps, exhausted)
+
+
+def record_round(conn: Connection, fid: str, number: int, account: RoundAccount | None) -> bool:
+    """Record the round's account in the closing transaction; True when the budget is spent."""
+    if account is None:
         return False
-    log.info(
-        "federation %s: ε %.3f after round %d; round %d would reach %.3f > max_epsilon %g: "
-        "the federation completes",
-        fid,
-        eps,
-        number,
-        number + 1,
-        projected,
-        p.max_epsilon,
+    conn.execute(
+        insert(privacy_ledger).values(
+            federation_id=fid,
+            round=number,
+            sample_rate=account.sample_rate,
+            epsilon=account.epsilon,
+        )
     )
-    return True
+    return account.exhausted
 
 
 def record_budget_completion(conn: Connection, fid: str, number: int) -> None:

@@ -128,28 +128,35 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
     """
     spec = core.spec(fid)
     t = now()
-    # A paused or cancelled federation's rounds stay open.
-    base = the_round(fid, number, "open") & rounds.c.federation_id.in_(_RUNNING)
+    base = the_round(fid, number, "open")
     change = {
         "status": "aggregating",
         "aggregation_started_at": t,
         "revision": rounds.c.revision + 1,
     }
-    with core.db.write() as conn:
-        for reason, cond in (
-            ("quorum", _received_at_least(spec.rounds.quorum)),
-            (
-                "deadline",
-                _received_at_least(spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
-            ),
-        ):
-            done = conn.execute(
-                update(rounds).where(base & cond).values(closed_by=reason, **change)
-            )
-            if done.rowcount == 1:
-                break
-        else:
-            return None
+    try:
+        with core.db.write() as conn:
+            for reason, cond in (
+                ("quorum", _received_at_least(spec.rounds.quorum)),
+                (
+                    "deadline",
+                    _received_at_least(spec.rounds.min_updates) & (rounds.c.deadline_at <= t),
+                ),
+            ):
+                done = conn.execute(
+                    update(rounds).where(base & cond).values(closed_by=reason, **change)
+                )
+                if done.rowcount == 1:
+                    break
+            else:
+                return None
+            # Read once the round's row is ours, in a statement of its own: a pause or cancel
+            # that committed while this update waited for the row is seen (a subquery in the
+            # update would keep the statement's older snapshot on PostgreSQL).
+            if _federation_status(conn, fid) != "running":
+                raise _NotRunning
+    except _NotRunning:  # rolled back: a paused or cancelled federation's rounds stay open
+        return None
     log.info("federation %s round %d: aggregating (%s)", fid, number, reason)
     core.notifier.notify(fid)
     return reason
@@ -159,6 +166,17 @@ def the_round(fid: str, number: int, status: str | None = None) -> ColumnElement
     """Round `number` of federation `fid` (only while it is in `status`, when given)."""
     this = (rounds.c.federation_id == fid) & (rounds.c.number == number)
     return this if status is None else this & (rounds.c.status == status)
+
+
+class _NotRunning(Exception):
+    """The federation was paused or cancelled: its rounds do not close."""
+
+
+def _federation_status(conn: Connection, fid: str) -> str:
+    status: str = conn.execute(
+        select(federations.c.status).where(federations.c.id == fid)
+    ).scalar_one()
+    return status
 
 
 # The federations whose rounds may close.
@@ -269,16 +287,18 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
     started = time.perf_counter()
     global_state = read_state(core.blobs.path(rnd.base_version))
     server_state = read_state(core.blobs.path(server_digest)) if server_digest else {}
-    # Sums run by organisation name: it repeats between runs of a federation, a client id does not.
-    inputs = [
-        UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples, f"{u.name}\0{u.sha256}")
-        for u in ups
-    ]
     left_out: dict[str, str] = {}
     if spec.secure_aggregation is not None:  # one input: the unmasked mean of the masked ones
         from aggregator_service.services.secagg_unmask import secure_inputs  # imports this
 
         inputs, left_out = secure_inputs(core, fid, number)
+    else:  # summed by organisation name: it repeats between runs of a federation, an id does not
+        inputs = [
+            UpdateInput(
+                u.client_id, core.blobs.path(u.sha256), u.num_examples, f"{u.name}\0{u.sha256}"
+            )
+            for u in ups
+        ]
     run = privacy.PrivateAggregator(spec, number) if spec.privacy is not None else aggregate
     result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state, run)
     excluded = {**excluded, **left_out}
@@ -297,7 +317,8 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
     digest = store_state(core, result.state)
     new_server = store_state(core, result.server_state) if result.server_state else None
     seconds = time.perf_counter() - started
-    if not _close(core, spec, fid, number, digest, new_server, seconds, owner, excluded):
+    account = privacy.account_round(core, spec, fid, number, len(ups) - len(excluded))
+    if not _close(core, spec, fid, number, digest, new_server, seconds, owner, excluded, account):
         return "superseded"
     core.metrics.rounds_aggregated.inc()
     core.metrics.aggregation_seconds.observe(seconds)
@@ -364,9 +385,10 @@ def _close(
     seconds: float,
     owner: str,
     excluded: Mapping[str, str] | None = None,
+    account: privacy.RoundAccount | None = None,
 ) -> bool:
-    """One transaction: check the lease is `owner`'s, close the round, record the version,
-    open the next or complete."""
+    """One transaction: check the lease is `owner`'s, close the round, record the version
+    (and the privacy `account`), open the next or complete."""
     t = now()
     this = the_round(fid, number)
     with core.db.write() as conn:
@@ -406,8 +428,7 @@ def _close(
                 )
             )
         fed = update(federations).where(federations.c.id == fid)
-        # Records the round's ε; True when the next round would exceed the privacy budget.
-        exhausted = privacy.close_round(conn, spec, fid, number, len(excluded or {}))
+        exhausted = privacy.record_round(conn, fid, number, account)
         if number >= spec.rounds.total or exhausted:  # a cancelled federation stays cancelled
             done = conn.execute(
                 fed.where(federations.c.status != "cancelled").values(status="completed")
