@@ -21,7 +21,7 @@ from shared.api import SecaggReceipt
 from shared.blobs import Blob, BlobError, SafetensorsHeader, _metrics, parse_header
 from shared.secagg.protocol import MASKED_FORMAT
 
-__all__ = ["MASKED_FORMAT", "MaskedExpected", "expected_masked", "ingest_masked"]
+__all__ = ["MaskedExpected", "expected_masked", "ingest_masked"]
 
 _WORD = "int64"
 

@@ -8,16 +8,17 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Path, Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 
 from aggregator_service.api.deps import ClientOfDep, MemberDep, RunnerDep
 from aggregator_service.api.errors import error_responses
 from aggregator_service.api.routes import resource_router
+from aggregator_service.api.routes.rounds import RoundNumber
 from aggregator_service.api.uploads import receive_upload
 from aggregator_service.services import secagg
 from aggregator_service.services.context import Core
 from aggregator_service.services.runner import RoundRunner
-from aggregator_service.services.secagg_inputs import MASKED_FORMAT, expected_masked, ingest_masked
+from aggregator_service.services.secagg_inputs import expected_masked, ingest_masked
 from shared.api import (
     SecaggComplaint,
     SecaggIncomingShare,
@@ -27,6 +28,7 @@ from shared.api import (
     SecaggState,
     SecaggUnmask,
 )
+from shared.secagg.protocol import MASKED_FORMAT
 
 Body = TypeVar("Body", SecaggKeys, SecaggShares, SecaggComplaint, SecaggUnmask)
 
@@ -34,7 +36,6 @@ router = resource_router(
     "/v1/federations/{fid}/rounds/{r}/secure-aggregation", "secure-aggregation"
 )
 
-RoundNumber = Annotated[int, Path(ge=1, description="Round number (1-based).")]
 Attempt = Annotated[int, Query(ge=1, description="The protocol attempt of the round.")]
 _STEP = {
     200: {"model": SecaggReceipt, "description": "This exact body was already accepted."},
