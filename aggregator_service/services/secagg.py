@@ -320,31 +320,36 @@ class ClientStep:
     conn: Connection
     rnd: Round
     client_id: str
-    name: str = ""
+    name: str
     duplicate: bool = False
     receipt: SecaggReceipt = dataclasses.field(init=False)
 
-    def record(self, name: str, body: bytes | str, payload: Any) -> bool:
+    def record(self, body: bytes | str, payload: Any) -> bool:
         """`record_step` for this client; True when the same body was stored before."""
-        self.name = name
-        self.duplicate = record_step(self.conn, self.rnd, self.client_id, name, body, payload)
+        self.duplicate = record_step(self.conn, self.rnd, self.client_id, self.name, body, payload)
         return self.duplicate
 
 
 @contextmanager
 def client_step(
-    core: Core, fid: str, number: int, client_id: str, attempt: int, phase: SecaggPhase
+    core: Core,
+    fid: str,
+    number: int,
+    client_id: str,
+    attempt: int,
+    phase: SecaggPhase,
+    name: str,
 ) -> Iterator[ClientStep]:
-    """One write transaction for a client's step in `phase` of the open round `number` (the
-    first advertisement creates it): the attempt and phase must be current and the client
+    """One write transaction for a client's step `name` in `phase` of the open round `number`
+    (the first advertisement creates it): the attempt and phase must be current and the client
     among those who take part. Once the step is recorded the round moves on as far as it can,
-    the receipt is read and, after the commit, long-polls wake."""
+    the step's `receipt` is filled in and, after the commit, long-polls wake."""
     with core.db.write() as conn:
         rnd = _open_round(conn, core, fid, number, create=phase == "advertise")
         _check_attempt(rnd, attempt, phase)
         if phase != "advertise":
             _member(rnd, client_id, phase)
-        step = ClientStep(conn, rnd, client_id)
+        step = ClientStep(conn, rnd, client_id, name)
         yield step
         _advance(conn, core, rnd)
         step.receipt = _receipt(conn, rnd, step.name, step.duplicate)
@@ -355,8 +360,8 @@ def advertise(core: Core, fid: str, number: int, client_id: str, body: SecaggKey
     """Step 0: a client's two public keys (the first creates the secure round)."""
     if body.c_pk == body.s_pk:
         raise Invalid("c_pk and s_pk must be two different keys", error="invalid_keys")
-    with client_step(core, fid, number, client_id, body.attempt, "advertise") as step:
-        step.record("keys", body.model_dump_json(), body.model_dump(mode="json"))
+    with client_step(core, fid, number, client_id, body.attempt, "advertise", "keys") as step:
+        step.record(body.model_dump_json(), body.model_dump(mode="json"))
     return step.receipt
 
 
@@ -364,7 +369,7 @@ def send_shares(
     core: Core, fid: str, number: int, client_id: str, body: SecaggShares
 ) -> SecaggReceipt:
     """Step 1: one encrypted share per neighbour, exactly, for the service to route."""
-    with client_step(core, fid, number, client_id, body.attempt, "share") as step:
+    with client_step(core, fid, number, client_id, body.attempt, "share", "shares") as step:
         want = set(step.rnd.graph[client_id])
         got = [s.recipient for s in body.shares]
         if len(set(got)) != len(got) or set(got) != want:
@@ -380,7 +385,7 @@ def send_shares(
                 "(nonce, two AES-GCM-encrypted field elements and the tag)",
                 error="invalid_shares",
             )
-        if not step.record("shares", body.model_dump_json(), len(got)) and body.shares:
+        if not step.record(body.model_dump_json(), len(got)) and body.shares:
             this_attempt = {"federation_id": fid, "round": number, "attempt": step.rnd.attempt}
             step.conn.execute(
                 insert(secagg_shares),
@@ -431,7 +436,8 @@ def complain(
 ) -> SecaggReceipt:
     """A recipient names the sender of a share that failed authentication: the sender is left
     out of the round (its masks are removed as a dropped client's) and the history says why."""
-    with client_step(core, fid, number, client_id, body.attempt, "input") as step:
+    name = f"complaint:{body.accused}"
+    with client_step(core, fid, number, client_id, body.attempt, "input", name) as step:
         rnd = step.rnd
         if body.accused not in rnd.graph[client_id] or body.accused not in rnd.u1:
             raise Invalid(
@@ -439,7 +445,7 @@ def complain(
                 error="invalid_complaint",
             )
         payload = body.model_dump(mode="json")
-        if not step.record(f"complaint:{body.accused}", body.model_dump_json(), payload):
+        if not step.record(body.model_dump_json(), payload):
             event = (
                 f"attempt {rnd.attempt}: the share {body.accused} sent to {client_id} failed "
                 f"AES-GCM authentication at its recipient ({body.reason}); {body.accused} is "
@@ -454,7 +460,7 @@ def send_unmask(
     core: Core, fid: str, number: int, client_id: str, body: SecaggUnmask
 ) -> SecaggReceipt:
     """Step 3: a survivor's shares of its neighbours' b (survivors) or s_sk (dropped)."""
-    with client_step(core, fid, number, client_id, body.attempt, "unmask") as step:
+    with client_step(core, fid, number, client_id, body.attempt, "unmask", "unmask") as step:
         mine = set(step.rnd.graph[client_id]) & set(step.rnd.u1)
         survivors = set(step.rnd.u2)
         seen: set[str] = set()
@@ -474,7 +480,7 @@ def send_unmask(
                 )
             seen.add(s.owner)
         payload = [s.model_dump(mode="json") for s in body.shares]
-        step.record("unmask", body.model_dump_json(), payload)
+        step.record(body.model_dump_json(), payload)
     return step.receipt
 
 

@@ -122,14 +122,14 @@ def ingest_masked(
         }
         created = False
         try:
-            with client_step(core, fid, number, client_id, attempt, "input") as step:
+            with client_step(core, fid, number, client_id, attempt, "input", "input") as step:
                 if client_id in _accused(step.conn, step.rnd):
                     raise Invalid(
                         f"a share this client sent in round {number} failed authentication at "
                         "its recipient; its masked input is not taken",
                         error="secagg_accused",
                     )
-                if not step.record("input", body.sha256, payload):
+                if not step.record(body.sha256, payload):
                     created = core.blobs.commit_temp(body.path, body.sha256)
         except BaseException:
             if created:
