@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from aggregator_service.services.access import Principal, list_clients
 from aggregator_service.services.context import Core
-from aggregator_service.services.federations import federation_row, list_federations
+from aggregator_service.services.federations import list_federations
 from aggregator_service.services.history import list_rounds
 from aggregator_service.services.rounds import read_status
 from shared.api import FederationSummary, RoundRecord, RoundStatus
@@ -31,16 +31,6 @@ __all__ = [
 _READER = Principal(is_admin=True)
 # The metrics plotted per round, as the clients report them.
 PLOTTED = ("val_accuracy", "train_loss")
-# What a history row shows of a round's record as recorded.
-_AS_RECORDED = {
-    "round",
-    "status",
-    "closed_by",
-    "aggregation_seconds",
-    "bytes_in",
-    "bytes_out",
-    "epsilon",
-}
 
 
 class FederationRow(FederationSummary):
@@ -125,8 +115,14 @@ def _plotted(metrics: dict[str, float]) -> dict[str, float]:
 
 def _history_row(r: RoundRecord) -> HistoryRow:
     return HistoryRow(
-        **r.model_dump(include=_AS_RECORDED),
+        round=r.round,
+        status=r.status,
         participants=r.participant_count,
+        closed_by=r.closed_by,
+        aggregation_seconds=r.aggregation_seconds,
+        bytes_in=r.bytes_in,
+        bytes_out=r.bytes_out,
+        epsilon=r.epsilon,
         metrics=_plotted(r.metrics),
         by_organisation={p.name: _plotted(p.metrics) for p in r.participants},
     )
@@ -138,9 +134,13 @@ def _live_round(status: RoundStatus, t: datetime) -> LiveRound:
     if running and status.deadline_at is not None:
         left = max(0.0, (status.deadline_at - t).total_seconds())
     return LiveRound(
-        **status.model_dump(include={"status", "received", "quorum", "min_updates", "deadline_at"}),
         number=status.round,
         total=status.total_rounds,
+        status=status.status,
+        received=status.received,
+        quorum=status.quorum,
+        min_updates=status.min_updates,
+        deadline_at=status.deadline_at,
         seconds_left=left,
     )
 
@@ -149,7 +149,6 @@ def live_view(core: Core, fid: str) -> LiveView:
     """The federation as the dashboard shows it now; `NotFound` when there is none."""
     spec = core.spec(fid)
     with core.db.read() as conn:
-        fed = federation_row(conn, fid)
         status = read_status(conn, spec, fid, None)
     history = list_rounds(core, fid, _READER)
     t = datetime.now(UTC)
@@ -161,14 +160,17 @@ def live_view(core: Core, fid: str) -> LiveView:
     return LiveView(
         server_time=t,
         federation_id=fid,
-        name=fed.name,
-        status=fed.status,
+        name=spec.name,  # the federation is named after its spec
+        status=status.federation_status,
         round=_live_round(status, t),
         history=[_history_row(r) for r in history],
         organisations=[
             OrganisationRow(
-                **c.model_dump(include={"name", "client_id", "updates", "revoked"}),
+                name=c.name,
+                client_id=c.client_id,
+                updates=c.updates,
                 last_seen=last_seen.get(c.client_id),
+                revoked=c.revoked,
             )
             for c in list_clients(core, fid)
         ],
