@@ -11,6 +11,8 @@ before a round would take ε past max_epsilon; /metrics reports it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -22,7 +24,11 @@ from aggregator_service.aggregation import MemoryDeltas
 from aggregator_service.services.privacy import _system_normal, noise_seed, noisy_mean
 from shared.privacy import CentralPrivacySpec
 from shared.spec import parse_spec
-from tests.aggregator_service.conftest import tiny_spec
+from tests.aggregator_service.conftest import ADMIN_TOKEN, tiny_spec
+from tests.aggregator_service.test_dashboard import signed_in
+from tests.aggregator_service.test_postgres import fresh_database, pg_server, table_rows
+
+__all__ = ["pg_server"]  # fixture
 
 DELTA = 1e-5
 
@@ -126,14 +132,24 @@ def test_published_state_is_old_plus_clipped_sum_over_quorum_plus_the_seeded_noi
     assert max(norms) > 0.5  # the clip did bite
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (the data directory's SQLite), or a fresh PostgreSQL database."""
+    with ExitStack() as stack:
+        if request.param == "postgresql":
+            yield stack.enter_context(fresh_database(request.getfixturevalue("pg_server")))
+        else:
+            yield None
+
+
 def test_epsilon_per_round_matches_opacus_and_the_budget_completes_the_federation(
-    start_app, new_federation, delta
+    database_url, start_app, new_federation, delta
 ):
     sigma = 1.5
     eps = [_opacus(sigma, [1.0] * k) for k in (1, 2, 3)]
     max_eps = (eps[1] + eps[2]) / 2  # round 3 would pass it: 2 of 5 rounds run
     fed = new_federation(
-        start_app(),
+        start_app(database_url=database_url),
         _dp_spec(_privacy(noise_multiplier=sigma, max_epsilon=max_eps), quorum=2, total=5),
         2,
     )
@@ -158,6 +174,9 @@ def test_epsilon_per_round_matches_opacus_and_the_budget_completes_the_federatio
     line = next(x for x in metrics.splitlines() if x.startswith("fedtune_privacy_epsilon{"))
     assert f'federation="{fed.id}"' in line
     assert float(line.split()[-1]) == pytest.approx(eps[1], rel=1e-9)
+    if database_url is not None:
+        counts = table_rows(database_url)["counts"]
+        assert (counts["privacy_ledger"], counts["completions"], counts["rounds"]) == (2, 1, 2)
 
 
 def test_a_federation_without_privacy_completes_after_its_rounds_and_has_no_epsilon(
@@ -228,9 +247,6 @@ def test_a_database_created_before_the_privacy_tables_gains_them(start_app, tmp_
 def test_the_dashboard_shows_epsilon_per_round_and_the_current_one(
     start_app, new_federation, delta
 ):
-    from tests.aggregator_service.conftest import ADMIN_TOKEN
-    from tests.aggregator_service.test_dashboard import signed_in
-
     app = start_app()
     sigma = 2.0
     private = new_federation(app, _dp_spec(_privacy(noise_multiplier=sigma), quorum=2), 2)
