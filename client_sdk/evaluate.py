@@ -223,8 +223,6 @@ def predict_images(
     Every image is read before any is classified: one that cannot be read
     raises `UsageError` naming it.
     """
-    if top < 1:
-        raise UsageError(f"--top must be at least 1, got {top}")
     decoded = [(str(p), read_image(Path(p))) for p in images]
     return classify_images(model, decoded, top=top, device=device)
 
