@@ -15,6 +15,7 @@ from aggregator_service.services.context import Core, Mint, fresh_secret, hash_t
 from aggregator_service.services.errors import Forbidden, Invalid, NotFound, Unauthorized
 from aggregator_service.services.federations import federation_row, new_id
 from aggregator_service.services.idempotency import KEEP_S
+from aggregator_service.services.viewers import VIEWER_TOKEN_PREFIX
 from aggregator_service.storage.tables import (
     clients,
     enrollment_token_revocations,
@@ -87,7 +88,7 @@ def authenticate(core: Core, token: str | None) -> Principal:
         return Principal(is_admin=True)
     with core.db.read() as conn:
         row = _key_owner(conn, digest)
-    if row is None and token.startswith("ftv_"):
+    if row is None and token.startswith(VIEWER_TOKEN_PREFIX):
         raise Unauthorized(
             "this is a dashboard viewer token: it opens /dashboard only; the API takes a "
             "client's API key or the admin token"

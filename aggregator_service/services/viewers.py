@@ -22,6 +22,7 @@ from aggregator_service.storage.tables import viewer_tokens
 
 __all__ = [
     "MAX_TOKEN_CHARS",
+    "VIEWER_TOKEN_PREFIX",
     "Viewer",
     "ViewerToken",
     "ViewerTokenInfo",
@@ -32,6 +33,8 @@ __all__ = [
     "revoke_viewer_token",
 ]
 
+# What every viewer token starts with (the API names it when one is used there).
+VIEWER_TOKEN_PREFIX = "ftv_"
 # Longer than any token this service issues or accepts as the admin's: refused unhashed.
 MAX_TOKEN_CHARS = 1024
 
@@ -106,7 +109,7 @@ def _info(row: Row) -> ViewerTokenInfo:
 def create_viewer_token(
     core: Core, req: ViewerTokenRequest, mint: Mint = fresh_secret
 ) -> ViewerToken:
-    token = mint("ftv_", 32)
+    token = mint(VIEWER_TOKEN_PREFIX, 32)
     tid = new_id("vwt_")
     t = now()
     with core.db.write() as conn:
