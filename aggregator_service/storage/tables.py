@@ -295,7 +295,7 @@ secagg_steps = Table(
     metadata,
     *_round_key(),
     Column("attempt", Integer, primary_key=True),
-    Column("client_id", String(32), primary_key=True),
+    _client_id(primary_key=True),
     # keys | shares | input | unmask | complaint:<accused>
     Column("step", String(48), primary_key=True),
     Column("digest", String(64), nullable=False),
