@@ -205,7 +205,7 @@ class Participant:
 
     def _upload(self, r: int, entry: JournalEntry) -> bool:
         if self.secure is not None:
-            return self._secure(r, entry)
+            return self._secure(self.secure, r, entry)
         try:
             receipt = self.client.upload_update(
                 self.info.id, r, self.workdir.delta_path(r), progress=self.opts.progress
@@ -230,10 +230,10 @@ class Participant:
         )
         return True
 
-    def _secure(self, r: int, entry: JournalEntry) -> bool:
-        """Secure aggregation: the four steps of client_sdk/secagg.py instead of one upload."""
-        assert self.secure is not None
-        done = self.secure.run(r, self.workdir.delta_path(r), entry.num_examples)
+    def _secure(self, secure: SecureRound, r: int, entry: JournalEntry) -> bool:
+        """Secure aggregation in place of one upload: `SecureRound.run` sends the keys, the
+        encrypted shares, the masked input and the unmasking shares."""
+        done = secure.run(r, self.workdir.delta_path(r), entry.num_examples)
         if done is None:  # paused or cancelled meanwhile: kept as written
             return False
         entry.status = "uploaded" if done else "abandoned"
