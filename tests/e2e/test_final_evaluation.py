@@ -38,7 +38,7 @@ def _as_client(server: ServerProcess, credentials: Path) -> FedTuneClient:
 
 
 def test_each_client_reports_its_accuracy_of_the_final_version(
-    server: ServerProcess, tmp_path: Path, train_orgs: TrainOrgs
+    server: ServerProcess, train_orgs: TrainOrgs
 ) -> None:
     spec = load_spec(EXAMPLES / "tiny-clip-bias.yaml")
     lt = spec.local_training.model_copy(update={"epochs": 1, "batch_size": 8, "max_steps": 2})
@@ -46,7 +46,7 @@ def test_each_client_reports_its_accuracy_of_the_final_version(
     admin = server.admin()
     info = admin.create_federation(spec.model_copy(update={"rounds": rounds, "local_training": lt}))
 
-    train_orgs(admin, info.id, ORGS, spec.task.classes)
+    creds, _ = train_orgs(admin, info.id, ORGS, spec.task.classes)[ORGS[0]]
 
     final_version = admin.list_rounds(info.id)[-1].result_version
     assert final_version is not None
@@ -55,11 +55,10 @@ def test_each_client_reports_its_accuracy_of_the_final_version(
     for e in evaluations:
         assert (e.version, e.round, e.final) == (final_version, 1, True)
         assert 0 <= e.val_accuracy <= 1 and e.val_examples > 0
-    mine = _as_client(server, tmp_path / ORGS[0] / "credentials.json")
+    mine = _as_client(server, creds)
     assert [e.name for e in mine.list_evaluations(info.id)] == [ORGS[0]]  # only its own
-    first_creds = str(tmp_path / ORGS[0] / "credentials.json")
     status = subprocess.run(
-        client_command("status", "--credentials", first_creds, *server.transport_args()),
+        client_command("status", "--credentials", str(creds), *server.transport_args()),
         env=quiet_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
