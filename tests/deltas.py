@@ -9,13 +9,25 @@ import torch
 from shared.api import FederationInfo
 from shared.blobs import DeltaMetadata, encode_state
 
+Fill = Callable[[str, torch.Size], torch.Tensor]
+
+
+def random_fill(seed: int, scale: float = 0.01) -> Fill:
+    """A tensor factory for `make_delta`: seeded normal draws times `scale`, per name."""
+
+    def fill(name: str, shape: torch.Size) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, name)))
+        return torch.randn(shape, generator=g) * scale
+
+    return fill
+
 
 def make_delta(
     info: FederationInfo,
     rnd: int,
     base_version: str,
     num_examples: int = 10,
-    fill: float | Callable[[str, torch.Size], torch.Tensor] = 0.01,
+    fill: float | Fill = 0.01,
     metrics: Mapping[str, float] | None = None,
     federation: str | None = None,
 ) -> bytes:

@@ -103,6 +103,14 @@ class Federation:
                 headers={"Content-Type": "application/octet-stream"},
             )
 
+    def history(self) -> list[dict[str, Any]]:
+        """The federation's round records, as the admin reads them."""
+        with self.app.client() as c:
+            r = c.get(f"/v1/federations/{self.id}/rounds")
+        r.raise_for_status()
+        rows: list[dict[str, Any]] = r.json()
+        return rows
+
     def state(self, version: str | int | None = None) -> dict[str, torch.Tensor]:
         from safetensors.torch import load
 

@@ -26,7 +26,7 @@ from aggregator_service.storage.database import parse_database_url
 from aggregator_service.storage.tables import enrollment_tokens, metadata, rounds
 from lab.local_federation import ServerProcess, start_server
 from tests.aggregator_service.test_uploads import CASES, MAX_UPLOAD_MB, Scene, stage_scene
-from tests.deltas import make_delta
+from tests.deltas import make_delta, random_fill
 
 PG_ENV = "FEDTUNE_TEST_POSTGRES_URL"
 ADMIN = "fta_postgres-test-admin-0123456789abcdef"
@@ -91,14 +91,6 @@ def table_rows(url: str) -> dict[str, Any]:
     }
 
 
-def _fill(seed: int) -> Callable[[str, torch.Size], torch.Tensor]:
-    def fill(name: str, shape: torch.Size) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, name)))
-        return torch.randn(shape, generator=g) * 0.01
-
-    return fill
-
-
 def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
     pg_url, start_app, new_federation, spec_with, delta
 ):
@@ -109,7 +101,7 @@ def test_quorum_round_on_postgres_gives_old_plus_example_weighted_mean(
     cids = sorted(fed.keys)
     old = fed.state()
     examples = dict(zip(cids, (10, 30, 60), strict=True))
-    fills = {cid: _fill(i) for i, cid in enumerate(cids)}
+    fills = {cid: random_fill(i) for i, cid in enumerate(cids)}
 
     for cid in cids:
         body = delta(fed.info, 1, fed.info.global_version, examples[cid], fills[cid])

@@ -27,6 +27,7 @@ from shared.spec import parse_spec
 from tests.aggregator_service.conftest import ADMIN_TOKEN, tiny_spec
 from tests.aggregator_service.test_dashboard import signed_in
 from tests.aggregator_service.test_postgres import fresh_database, pg_server, table_rows
+from tests.deltas import random_fill
 
 __all__ = ["pg_server"]  # fixture
 
@@ -91,20 +92,6 @@ def _dp_spec(privacy: dict[str, Any], **rounds: Any) -> dict[str, Any]:
     return spec
 
 
-def _history(fed) -> list[dict[str, Any]]:
-    with fed.app.client() as c:
-        rows: list[dict[str, Any]] = c.get(f"/v1/federations/{fed.id}/rounds").json()
-    return rows
-
-
-def _fill(i: int):
-    def fill(name: str, shape: torch.Size) -> torch.Tensor:
-        g = torch.Generator().manual_seed(1000 * i + len(name))
-        return torch.randn(shape, generator=g) * (0.5 + i)
-
-    return fill
-
-
 def test_published_state_is_old_plus_clipped_sum_over_quorum_plus_the_seeded_noise(
     start_app, new_federation, delta
 ):
@@ -116,12 +103,14 @@ def test_published_state_is_old_plus_clipped_sum_over_quorum_plus_the_seeded_noi
     old = fed.state()
     cids = sorted(fed.keys)
     for i, cid in enumerate(cids):
-        body = delta(fed.info, 1, base, num_examples=10 ** (i + 1), fill=_fill(i))
+        body = delta(fed.info, 1, base, num_examples=10 ** (i + 1), fill=random_fill(i, 0.5 + i))
         assert fed.upload(cid, 1, body).status_code == 201
     fed.wait_round(2)
     new = fed.state()
 
-    updates = [{k: _fill(i)(k, t.shape) for k, t in old.items()} for i in range(len(cids))]
+    updates = [
+        {k: random_fill(i, 0.5 + i)(k, t.shape) for k, t in old.items()} for i in range(len(cids))
+    ]
     norms = [math.sqrt(sum(float(t.double().pow(2).sum()) for t in u.values())) for u in updates]
     g = torch.Generator().manual_seed(noise_seed(spec, 1))
     std = 0.7 * 0.5 / 3
@@ -160,7 +149,7 @@ def test_epsilon_per_round_matches_opacus_and_the_budget_completes_the_federatio
         status = fed.wait_round(rnd + 1)
     assert status["federation_status"] == "completed" and status["round"] == 2
 
-    rows = _history(fed)
+    rows = fed.history()
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[0]["epsilon"] == pytest.approx(eps[0], rel=1e-9)
     assert rows[1]["epsilon"] == pytest.approx(eps[1], rel=1e-9)
@@ -186,7 +175,7 @@ def test_a_federation_without_privacy_completes_after_its_rounds_and_has_no_epsi
     for cid in sorted(fed.keys):
         assert fed.upload(cid, 1, delta(fed.info, 1, fed.info.global_version)).status_code == 201
     fed.wait_round(2)
-    (row,) = _history(fed)
+    (row,) = fed.history()
     assert row["epsilon"] is None
     with fed.app.client() as c:
         info = c.get(f"/v1/federations/{fed.id}").json()
@@ -205,7 +194,7 @@ def test_amplification_accounts_participants_over_enrolled_clients(
         for cid in sorted(fed.keys)[:2]:  # 2 of the 4 enrolled
             assert fed.upload(cid, rnd, delta(fed.info, rnd, version)).status_code == 201
         fed.wait_round(rnd + 1)
-    rows = _history(fed)
+    rows = fed.history()
     assert rows[0]["epsilon"] == pytest.approx(_opacus(sigma, [0.5]), rel=1e-9)
     assert rows[1]["epsilon"] == pytest.approx(_opacus(sigma, [0.5, 0.5]), rel=1e-9)
     assert rows[1]["epsilon"] < _opacus(sigma, [1.0, 1.0])

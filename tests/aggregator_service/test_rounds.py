@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import torch
 
-Fill = Callable[[str, torch.Size], torch.Tensor]
-
-
-def _random_fill(seed: int) -> Fill:
-    def fill(name: str, shape: torch.Size) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, name)))
-        return torch.randn(shape, generator=g) * 0.01
-
-    return fill
+from tests.deltas import random_fill
 
 
 def _unbounded(**rounds: object) -> dict:
@@ -32,7 +23,7 @@ def test_quorum_of_three_gives_old_plus_example_weighted_mean(start_app, new_fed
     base = fed.info.global_version
     old = fed.state()
     examples = {cid: n for cid, n in zip(sorted(fed.keys), (10, 30, 60), strict=True)}
-    fills = {cid: _random_fill(i) for i, cid in enumerate(sorted(fed.keys))}
+    fills = {cid: random_fill(i) for i, cid in enumerate(sorted(fed.keys))}
 
     for cid in reversed(sorted(fed.keys)):  # arrival order must not matter
         r = fed.upload(cid, 1, delta(fed.info, 1, base, examples[cid], fills[cid]))
@@ -56,12 +47,6 @@ def test_quorum_of_three_gives_old_plus_example_weighted_mean(start_app, new_fed
     assert r2["status"] == "open" and r2["base_version"] == status["global_version"]
 
 
-def _history(fed) -> list[dict]:
-    with fed.app.client() as c:
-        rows: list[dict] = c.get(f"/v1/federations/{fed.id}/rounds").json()
-    return rows
-
-
 def test_deadline_closes_round_once_min_updates_have_arrived(federation, delta):
     fed = federation(clients=3, quorum=3, min_updates=2, total=2, deadline_s=1.0)
     c0, c1, _ = sorted(fed.keys)
@@ -78,7 +63,7 @@ def test_deadline_closes_round_once_min_updates_have_arrived(federation, delta):
     status = fed.wait_round(2)
 
     assert status["round"] == 2
-    first = _history(fed)[0]
+    first = fed.history()[0]
     assert first["closed_by"] == "deadline" and len(first["participants"]) == 2
 
 
@@ -96,10 +81,10 @@ def test_federation_completes_after_the_last_round(federation, delta):
 
     assert status["federation_status"] == "completed"
     assert (status["round"], status["status"], status["total_rounds"]) == (2, "closed", 2)
-    assert status["global_version"] == _history(fed)[-1]["result_version"] == version
+    assert status["global_version"] == fed.history()[-1]["result_version"] == version
     assert fed.app.client().get(f"/v1/federations/{fed.id}").json()["status"] == "completed"
     assert late.status_code == 409 and late.json()["error"] == "federation_completed"
-    assert [h["metrics"]["train_loss"] for h in _history(fed)] == [1.0, 0.5]
+    assert [h["metrics"]["train_loss"] for h in fed.history()] == [1.0, 0.5]
 
 
 def test_update_while_the_round_aggregates_is_refused_with_the_round(
@@ -187,7 +172,7 @@ def test_running_app_takes_over_an_aggregation_whose_lease_expired(start_app, fe
 
     status = fed.wait_round(2)
 
-    assert status["round"] == 2 and _history(fed)[0]["status"] == "closed"
+    assert status["round"] == 2 and fed.history()[0]["status"] == "closed"
     with fed.app.core.db.read() as conn:
         real_start = conn.execute(
             select(rounds.c.aggregation_started_at).where(
@@ -221,7 +206,7 @@ def test_server_optimiser_state_survives_a_restart_bit_for_bit(
             if rnd == 2 and restart:
                 fed.app.stop()
                 fed.app = start_app(data_dir=data_dir)
-            body = delta(fed.info, rnd, version, 10, _random_fill(rnd))
+            body = delta(fed.info, rnd, version, 10, random_fill(rnd))
             assert fed.upload(cid, rnd, body).status_code == 201
             version = fed.wait_round(rnd + 1)["global_version"]
         with fed.app.core.db.read() as conn:
