@@ -102,9 +102,13 @@ class ServerProcess:
         return ["--insecure-http"] if self.ca_cert is None else ["--ca-cert", str(self.ca_cert)]
 
     def admin(self) -> FedTuneClient:
+        return self.client(self.admin_token)
+
+    def client(self, api_key: str) -> FedTuneClient:
+        """An SDK client of this server sending `api_key`."""
         return FedTuneClient(
             self.url,
-            api_key=self.admin_token,
+            api_key=api_key,
             ca_cert=self.ca_cert,
             allow_http=self.ca_cert is None,
         )

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import torch
 
-from client_sdk._client import FedTuneClient
 from client_sdk.participate import ParticipateOptions
 from lab.attacks.participant import HarnessParticipant
 from lab.attacks.transforms import Attack
 from lab.datasets import LabeledImages
 from lab.evaluation import round_accuracies
 from lab.local_federation import ServerProcess
-from lab.study.federated import run_threads
+from lab.study.federated import enroll, run_threads
 from shared.api import RoundRecord
 from shared.spec import FederationSpec
 
@@ -63,7 +62,8 @@ def run_poisoned(
         raise ValueError(f"attackers: no organisation {unknown} among {len(folders)}")
     with server.admin() as admin:
         info = admin.create_federation(spec)
-        clients = _enroll(admin, server, info.id, len(folders))
+        n = len(folders)
+        clients = enroll(admin, server, info.id, [org_name(k, n) for k in range(n)])
         try:
             participants = [
                 HarnessParticipant(
@@ -94,20 +94,3 @@ def run_poisoned(
 def org_name(k: int, n: int) -> str:
     """Organisation k's registered name: org-1 .. org-9, or org-01 .. org-10 for ten."""
     return f"org-{k + 1:0{len(str(n))}d}"
-
-
-def _enroll(
-    admin: FedTuneClient, server: ServerProcess, fid: str, n: int
-) -> list[tuple[str, str, FedTuneClient]]:
-    """Register `n` organisations; (name, client id, client) for each, in order."""
-    plain = server.ca_cert is None
-    enrolled = []
-    for k in range(n):
-        name = org_name(k, n)
-        token = admin.create_enrollment_token(fid, uses=1)
-        r = admin.register_client(token.token, name)
-        client = FedTuneClient(
-            server.url, api_key=r.api_key, ca_cert=server.ca_cert, allow_http=plain
-        )
-        enrolled.append((name, r.client_id, client))
-    return enrolled

@@ -40,7 +40,7 @@ from lab.study.results import curve_columns
 from lab.study.shares import StudyData
 from shared.api import RoundRecord, RoundStatus
 
-__all__ = ["CellError", "StudyParticipant", "run_federated", "run_threads"]
+__all__ = ["CellError", "StudyParticipant", "enroll", "run_federated", "run_threads"]
 
 POLL_S = 0.5
 
@@ -65,21 +65,16 @@ class StudyParticipant(Participant):
             return super()._train(status)
 
 
-def _enroll(
-    admin: FedTuneClient, server: ServerProcess, fid: str, n: int
-) -> list[tuple[str, FedTuneClient]]:
-    """Register `n` organisations; returns (client id, client) sorted by client id."""
-    registered = []
-    for k in range(n):
+def enroll(
+    admin: FedTuneClient, server: ServerProcess, fid: str, names: Sequence[str]
+) -> list[tuple[str, str, FedTuneClient]]:
+    """Register one organisation per name; (name, client id, client) for each, in order."""
+    enrolled = []
+    for name in names:
         token = admin.create_enrollment_token(fid, uses=1)
-        registered.append(admin.register_client(token.token, f"org-{k + 1}"))
-    registered.sort(key=lambda r: r.client_id)
-    return [(r.client_id, _client(server, r.api_key)) for r in registered]
-
-
-def _client(server: ServerProcess, api_key: str) -> FedTuneClient:
-    plain = server.ca_cert is None
-    return FedTuneClient(server.url, api_key=api_key, ca_cert=server.ca_cert, allow_http=plain)
+        r = admin.register_client(token.token, name)
+        enrolled.append((name, r.client_id, server.client(r.api_key)))
+    return enrolled
 
 
 def run_threads(
@@ -135,17 +130,20 @@ def run_federated(
     shutil.rmtree(cell_dir, ignore_errors=True)  # a run killed mid-cell left an old federation
     with server.admin() as admin:
         info = admin.create_federation(cell.spec(data.classes))
-        clients = _enroll(admin, server, info.id, len(folders))
+        names = [f"org-{k + 1}" for k in range(len(folders))]
+        clients = sorted(enroll(admin, server, info.id, names), key=lambda e: e[1])  # by id
         try:
             participants = []
-            for k, ((client_id, client), folder) in enumerate(zip(clients, folders, strict=True)):
+            for k, ((_, client_id, client), folder) in enumerate(
+                zip(clients, folders, strict=True)
+            ):
                 opts = ParticipateOptions(
                     info.id, folder, cell_dir / f"org-{k + 1}", device, organisation=f"org-{k + 1}"
                 )
                 participants.append(StudyParticipant(client, client_id, opts, k))
             run_threads(participants, admin)
         finally:
-            for _, client in clients:
+            for _, _, client in clients:
                 client.close()
         history = admin.list_rounds(info.id)
         curve = round_accuracies(admin, info, test, len(history), torch.device(device))
