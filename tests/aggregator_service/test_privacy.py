@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 import torch
-from opacus.accountants import RDPAccountant
 from sqlalchemy import inspect, text
 
 from aggregator_service.aggregation import MemoryDeltas
 from aggregator_service.services.privacy import _system_normal, noise_seed, noisy_mean
 from shared.privacy import CentralPrivacySpec
 from shared.spec import parse_spec
+from tests.accounting import rdp_epsilon
 from tests.aggregator_service.conftest import ADMIN_TOKEN, tiny_spec
 from tests.aggregator_service.test_dashboard import signed_in
 from tests.aggregator_service.test_postgres import fresh_database, pg_server, table_rows
@@ -43,13 +43,6 @@ def _privacy(**changes: Any) -> dict[str, Any]:
         "max_epsilon": 100.0,
         **changes,
     }
-
-
-def _opacus(sigma: float, rates: list[float]) -> float:
-    acc = RDPAccountant()
-    for q in rates:
-        acc.step(noise_multiplier=sigma, sample_rate=q)
-    return float(acc.get_epsilon(delta=DELTA))
 
 
 def test_noisy_mean_clips_every_update_and_adds_noise_of_std_sigma_c_over_the_quorum():
@@ -135,7 +128,7 @@ def test_epsilon_per_round_matches_opacus_and_the_budget_completes_the_federatio
     database_url, start_app, new_federation, delta
 ):
     sigma = 1.5
-    eps = [_opacus(sigma, [1.0] * k) for k in (1, 2, 3)]
+    eps = [rdp_epsilon(sigma, [1.0] * k, DELTA) for k in (1, 2, 3)]
     max_eps = (eps[1] + eps[2]) / 2  # round 3 would pass it: 2 of 5 rounds run
     fed = new_federation(
         start_app(database_url=database_url),
@@ -195,9 +188,9 @@ def test_amplification_accounts_participants_over_enrolled_clients(
             assert fed.upload(cid, rnd, delta(fed.info, rnd, version)).status_code == 201
         fed.wait_round(rnd + 1)
     rows = fed.history()
-    assert rows[0]["epsilon"] == pytest.approx(_opacus(sigma, [0.5]), rel=1e-9)
-    assert rows[1]["epsilon"] == pytest.approx(_opacus(sigma, [0.5, 0.5]), rel=1e-9)
-    assert rows[1]["epsilon"] < _opacus(sigma, [1.0, 1.0])
+    assert rows[0]["epsilon"] == pytest.approx(rdp_epsilon(sigma, [0.5], DELTA), rel=1e-9)
+    assert rows[1]["epsilon"] == pytest.approx(rdp_epsilon(sigma, [0.5, 0.5], DELTA), rel=1e-9)
+    assert rows[1]["epsilon"] < rdp_epsilon(sigma, [1.0, 1.0], DELTA)
     with fed.app.client() as c:
         assert c.get(f"/v1/federations/{fed.id}").json()["completed_reason"] == "rounds"
 
@@ -245,7 +238,7 @@ def test_the_dashboard_shows_epsilon_per_round_and_the_current_one(
             body = delta(fed.info, 1, fed.info.global_version)
             assert fed.upload(cid, 1, body).status_code == 201
         fed.wait_round(2)
-    eps = _opacus(sigma, [1.0])
+    eps = rdp_epsilon(sigma, [1.0], DELTA)
 
     with signed_in(app.url, ADMIN_TOKEN) as c:
         page = c.get(f"/dashboard/federations/{private.id}").text

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import torch
-from opacus.accountants import RDPAccountant
 
 from client_sdk.data import load_local_data
 from client_sdk.dp import DPSGD, DPSGDError
@@ -23,6 +22,7 @@ from shared.blobs import read_state
 from shared.privacy import LocalDPSpec
 from shared.spec import parse_spec
 from shared.tuning import build, train_mode
+from tests.accounting import rdp_epsilon
 from tests.images import write_image_folder
 
 CLASSES = ["cat", "dog", "fish"]
@@ -62,13 +62,6 @@ def _trainer(tmp_path: Path, spec, **kw: Any) -> LocalTrainer:
     )
 
 
-def _opacus(sigma: float, q: float, steps: int, delta: float) -> float:
-    acc = RDPAccountant()
-    for _ in range(steps):
-        acc.step(noise_multiplier=sigma, sample_rate=q)
-    return float(acc.get_epsilon(delta=delta))
-
-
 @pytest.mark.parametrize(
     ("family", "method"),
     [("open_clip", "bias"), ("open_clip", "lora"), ("hf_vit", "bias"), ("hf_vit", "lora")],
@@ -91,9 +84,11 @@ def test_a_dp_round_writes_a_delta_and_reports_epsilon_from_opacus(tmp_path, fam
     steps = math.ceil(n / 4)
     q = 4 / n
     metrics = result.metrics
-    assert metrics["dp_epsilon_round"] == pytest.approx(_opacus(1.1, q, steps, 1e-5), rel=1e-9)
+    assert metrics["dp_epsilon_round"] == pytest.approx(
+        rdp_epsilon(1.1, [q] * steps, 1e-5), rel=1e-9
+    )
     # rounds 1..3, as if the organisation trained in each
-    assert metrics["dp_epsilon"] == pytest.approx(_opacus(1.1, q, 3 * steps, 1e-5), rel=1e-9)
+    assert metrics["dp_epsilon"] == pytest.approx(rdp_epsilon(1.1, [q] * 3 * steps, 1e-5), rel=1e-9)
     assert metrics["dp_epsilon"] > metrics["dp_epsilon_round"] > 0
 
 

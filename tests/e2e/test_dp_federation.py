@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from opacus.accountants import RDPAccountant
 
 from lab.local_federation import ServerProcess
 from shared.privacy import CentralPrivacySpec, LocalDPSpec
 from shared.spec import RoundsSpec, load_spec
+from tests.accounting import rdp_epsilon
 from tests.e2e.test_federation_e2e import EXAMPLES
 
 if TYPE_CHECKING:
@@ -29,17 +29,10 @@ ORGS = ["org-a", "org-b"]
 SIGMA, DELTA = 1.5, 1e-5
 
 
-def _opacus(rounds: int) -> float:
-    acc = RDPAccountant()
-    for _ in range(rounds):
-        acc.step(noise_multiplier=SIGMA, sample_rate=1.0)
-    return float(acc.get_epsilon(delta=DELTA))
-
-
 def test_a_private_federation_stops_at_its_budget_with_epsilon_rising_per_round(
     server: ServerProcess, train_orgs: TrainOrgs
 ) -> None:
-    eps = [_opacus(k) for k in (1, 2, 3)]
+    eps = [rdp_epsilon(SIGMA, [1.0] * k, DELTA) for k in (1, 2, 3)]
     privacy = CentralPrivacySpec(
         mechanism="central_gaussian",
         clip_norm=1.0,
