@@ -348,6 +348,15 @@ class SecureAggregationSpec(_Strict):
         default=300, gt=0, description="Seconds for the survivors to send their unmasking shares."
     )
 
+    def phase_s(self, phase: str) -> float:
+        """The seconds phase `phase` ("advertise", "share", "input" or "unmask") stays open."""
+        return {
+            "advertise": self.advertise_s,
+            "share": self.share_keys_s,
+            "input": self.masked_input_s,
+            "unmask": self.unmask_s,
+        }[phase]
+
     @field_validator("threshold")
     @classmethod
     def _threshold_majority(cls, threshold: float | int) -> float | int:

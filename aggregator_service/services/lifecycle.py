@@ -4,7 +4,8 @@
   closes a round. A round already `aggregating` still finishes (its inputs are durable), and
   the next round opens. On resume the open round's deadline restarts: it gets the spec's whole
   `deadline_s` from the moment of resuming, as clients that waited out the pause need the time
-  to train.
+  to train. A secure round is frozen the same way: no phase ends by its deadline while paused,
+  and on resume the current phase gets its whole time again.
 - `cancelled`: final. No update is accepted (`Conflict` `federation_cancelled`), no round closes by
   its deadline and no further round opens; clients stop.
 
@@ -20,13 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, case, select, update
 
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict
 from aggregator_service.services.federations import federation_info, federation_row
-from aggregator_service.storage.tables import federations, rounds
+from aggregator_service.storage.tables import federations, rounds, secagg_rounds
 from shared.api import FederationInfo, FederationStatus, RoundStatus
+from shared.spec import FederationSpec
 
 __all__ = ["cancel_federation", "pause_federation", "refuse_unless_running", "resume_federation"]
 
@@ -68,7 +70,7 @@ class _Lost(Exception):
 def _transition(
     core: Core, fid: str, target: FederationStatus, allowed_from: Collection[str]
 ) -> FederationInfo:
-    deadline_s = core.spec(fid).rounds.deadline_s if target == "running" else None
+    resumed = core.spec(fid) if target == "running" else None
     try:
         with core.db.write() as conn:
             status = federation_row(conn, fid).status
@@ -76,7 +78,7 @@ def _transition(
                 return federation_info(core, fid)
             if status not in allowed_from:
                 raise _refusal(fid, target, status)
-            _bump_current_round(conn, fid, deadline_s)
+            _bump_current_round(conn, fid, resumed)
             done = conn.execute(
                 update(federations)
                 .where(federations.c.id == fid, federations.c.status.in_(allowed_from))
@@ -101,15 +103,34 @@ def _refusal(fid: str, target: str, status: str) -> Conflict:
     return Conflict(f"cannot make federation {fid} {target}: {detail}", error=error)
 
 
-def _bump_current_round(conn: Connection, fid: str, deadline_s: float | None) -> None:
-    """Change the current round's revision; with `deadline_s` (a resume), restart the deadline
-    of the current round when it is open."""
+def _bump_current_round(conn: Connection, fid: str, resumed: FederationSpec | None) -> None:
+    """Change the current round's revision; on a resume (`resumed`, the federation's spec),
+    restart the deadlines of the current round when it is open: the round's and its secure
+    aggregation phase's, each its whole time from now."""
     current = select(federations.c.current_round).where(federations.c.id == fid)
     this = (rounds.c.federation_id == fid) & (rounds.c.number == current.scalar_subquery())
     conn.execute(update(rounds).where(this).values(revision=rounds.c.revision + 1))
-    if deadline_s is not None:
+    if resumed is None:
+        return
+    t = now()
+    conn.execute(
+        update(rounds)
+        .where(this & (rounds.c.status == "open"))
+        .values(deadline_at=t + resumed.rounds.deadline_s)
+    )
+    sa = resumed.secure_aggregation
+    if sa is not None:
+        phases = ("advertise", "share", "input", "unmask")
         conn.execute(
-            update(rounds)
-            .where(this & (rounds.c.status == "open"))
-            .values(deadline_at=now() + deadline_s)
+            update(secagg_rounds)
+            .where(
+                secagg_rounds.c.federation_id == fid,
+                secagg_rounds.c.round == current.scalar_subquery(),
+                secagg_rounds.c.phase.in_(phases),
+            )
+            .values(
+                deadline_at=case(
+                    {p: t + sa.phase_s(p) for p in phases}, value=secagg_rounds.c.phase
+                )
+            )
         )

@@ -40,10 +40,12 @@ from shared.blobs import read_state
 from shared.spec import AggregationSpec, FederationSpec
 
 __all__ = [
+    "RUNNING",
     "aggregate_finite",
     "aggregate_round",
     "current_revision",
     "due_rounds",
+    "federation_status",
     "quorum_rounds",
     "quorum_transition",
     "read_status",
@@ -153,7 +155,7 @@ def start_aggregation(core: Core, fid: str, number: int) -> str | None:
             # Read once the round's row is ours, in a statement of its own: a pause or cancel
             # that committed while this update waited for the row is seen (a subquery in the
             # update would keep the statement's older snapshot on PostgreSQL).
-            if _federation_status(conn, fid) != "running":
+            if federation_status(conn, fid) != "running":
                 raise _NotRunning
     except _NotRunning:  # rolled back: a paused or cancelled federation's rounds stay open
         return None
@@ -172,7 +174,9 @@ class _NotRunning(Exception):
     """The federation was paused or cancelled: its rounds do not close."""
 
 
-def _federation_status(conn: Connection, fid: str) -> str:
+def federation_status(conn: Connection, fid: str) -> str:
+    """The federation's status, read in a statement of its own (on PostgreSQL, after the rows
+    the transaction has locked: a pause that committed meanwhile is seen)."""
     status: str = conn.execute(
         select(federations.c.status).where(federations.c.id == fid)
     ).scalar_one()
@@ -180,7 +184,7 @@ def _federation_status(conn: Connection, fid: str) -> str:
 
 
 # The federations whose rounds may close.
-_RUNNING = select(federations.c.id).where(federations.c.status == "running")
+RUNNING = select(federations.c.id).where(federations.c.status == "running")
 
 
 def quorum_transition(conn: Connection, spec: FederationSpec, fid: str, number: int) -> bool:
@@ -224,7 +228,7 @@ def _ready(
     those reopened (no subset of their updates aggregated to a finite state) that have not
     received an update since: only a new update can change that, and it closes the round by
     itself when it is accepted; the sweepers would aggregate the same updates again and again."""
-    cond = (rounds.c.status == "open") & rounds.c.federation_id.in_(_RUNNING)
+    cond = (rounds.c.status == "open") & rounds.c.federation_id.in_(RUNNING)
     if deadline:
         cond = cond & (rounds.c.deadline_at <= now())
     reopened = (

@@ -31,7 +31,12 @@ from sqlalchemy import Connection, Row, insert, select, update
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, Forbidden, Invalid, NotFound
 from aggregator_service.services.lifecycle import refuse_unless_running
-from aggregator_service.services.rounds import read_status, the_round
+from aggregator_service.services.rounds import (
+    RUNNING,
+    federation_status,
+    read_status,
+    the_round,
+)
 from aggregator_service.storage.tables import (
     INT_MAX,
     rounds,
@@ -547,7 +552,9 @@ def _done_steps(conn: Connection, rnd: Round, client_id: str) -> list[str]:
 
 
 def due(core: Core) -> list[tuple[str, int]]:
-    """Secure rounds whose phase deadline has passed (for the sweeper)."""
+    """Secure rounds of running federations whose phase deadline has passed (for the sweeper).
+    A paused federation's round is frozen: its clients' steps are refused, so a deadline
+    passing then would throw away the attempt's progress."""
     with core.db.read() as conn:
         rows = conn.execute(
             select(secagg_rounds.c.federation_id, secagg_rounds.c.round)
@@ -560,6 +567,7 @@ def due(core: Core) -> list[tuple[str, int]]:
                 secagg_rounds.c.phase != "done",
                 secagg_rounds.c.deadline_at <= now(),
                 rounds.c.status == "open",
+                rounds.c.federation_id.in_(RUNNING),
             )
         ).all()
     return [(r.federation_id, r.round) for r in rows]
@@ -570,7 +578,7 @@ def advance(core: Core, fid: str, number: int) -> bool:
     has just started aggregating (the caller spawns the aggregation)."""
     with core.db.write() as conn:
         rnd = load_round(conn, core.spec(fid), fid, number)
-        if rnd is None or rnd.phase == "done":
+        if rnd is None or rnd.phase == "done" or federation_status(conn, fid) != "running":
             return False
         ready = _advance(conn, core, rnd)
     core.notifier.notify(fid)

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, update
 
 from aggregator_service.aggregation import UpdateInput
 from aggregator_service.services.context import Core
-from aggregator_service.services.rounds import the_round
+from aggregator_service.services.rounds import federation_status, the_round
 from aggregator_service.services.secagg import (
     Round,
     _accused,
@@ -36,7 +36,7 @@ from aggregator_service.services.secagg import (
     restart,
 )
 from aggregator_service.services.uploads import _manifest
-from aggregator_service.storage.tables import federations, rounds, secagg_rounds
+from aggregator_service.storage.tables import rounds, secagg_rounds
 from shared.blobs import Blob, encode_state
 from shared.secagg.keys import mask_seed, public_from_hex
 from shared.secagg.masking import FixedPoint, prg, sign
@@ -98,9 +98,7 @@ def finish(
         .values(phase="done", secrets=json.dumps(secrets, sort_keys=True))
     )
     nbytes = insert_updates(conn, rnd, t)
-    fed_status = conn.execute(
-        select(federations.c.status).where(federations.c.id == rnd.fid)
-    ).scalar_one()
+    fed_status = federation_status(conn, rnd.fid)  # paused since the step: the round stays open
     complete = set(unmask) >= survivors and not accused
     moved = conn.execute(
         update(rounds)

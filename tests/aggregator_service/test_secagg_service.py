@@ -267,3 +267,43 @@ def test_too_few_left_restarts_the_protocol_with_fresh_keys(
     record = _wait_closed(fed)
     assert record["participant_count"] == 3
     _assert_fedavg(fed, orgs, record)
+
+
+def test_a_pause_freezes_the_secure_round_and_a_resume_gives_the_phase_its_time_again(
+    database_url: str | None, start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Two of three clients share their keys, then the operator pauses the federation past
+    the share phase's deadline. The phase does not end while paused (the third client's share
+    is refused then, not lost to a deadline); on resume it gets its whole time again, the third
+    shares, and the round completes with all three. On SQLite and PostgreSQL."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    share_keys_s = 3
+    fed = create_federation(pool(database_url=database_url), _spec(3, share_keys_s=share_keys_s), 3)
+    orgs = _orgs(fed, tmp_path)
+    for o in orgs:
+        o.round.advertise(1, 1)
+    _until(orgs, "share")
+    *early, late = orgs
+    for o in early:
+        o.round._post(1, "/shares", o.round.share_body(1, o.state()))
+    with fed.app.client() as admin:
+        assert admin.post(f"/v1/federations/{fed.id}/pause").json()["status"] == "paused"
+        with pytest.raises(ConflictError, match="paused"):
+            late.round._post(1, "/shares", late.round.share_body(1, late.state()))
+        time.sleep(share_keys_s + 2)  # past the deadline, with the sweeper running
+        st = late.state()
+        assert (st.attempt, st.phase, st.events) == (1, "share", [])
+        resumed_at = time.time()
+        assert admin.post(f"/v1/federations/{fed.id}/resume").json()["status"] == "running"
+    st = late.state()
+    assert st.deadline_at.timestamp() >= resumed_at + share_keys_s - 0.5
+    late.round._post(1, "/shares", late.round.share_body(1, st))
+    _until(orgs, "input")
+    assert sorted(late.state().shared) == sorted(o.cid for o in orgs)
+    _mask(orgs)
+    _until(orgs, "unmask")
+    for o in orgs:
+        o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
+    record = _wait_closed(fed)
+    assert record["participant_count"] == 3
+    _assert_fedavg(fed, orgs, record)
