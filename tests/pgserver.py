@@ -11,6 +11,7 @@ import contextlib
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -19,9 +20,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import URL, create_engine, text
+
 from lab.local_federation import free_port
 
-__all__ = ["ClusterUnavailable", "PrivateCluster", "private_cluster"]
+__all__ = [
+    "PG_ENV",
+    "ClusterUnavailable",
+    "PrivateCluster",
+    "fresh_database",
+    "private_cluster",
+]
+
+# A PostgreSQL server whose role may create databases; the PostgreSQL tests skip without it.
+PG_ENV = "FEDTUNE_TEST_POSTGRES_URL"
 
 
 class ClusterUnavailable(Exception):
@@ -109,3 +121,18 @@ def private_cluster() -> Iterator[PrivateCluster]:
                 cluster.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def fresh_database(server: URL) -> Iterator[str]:
+    """A new, empty database on `server` (its URL), dropped on exit."""
+    name = f"fedtune_test_{secrets.token_hex(6)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -24,13 +24,9 @@ from aggregator_service.dashboard.assets import STATIC_DIR
 from aggregator_service.services.context import hash_token
 from aggregator_service.storage.database import parse_database_url
 from lab.local_federation import start_server
-from tests.aggregator_service import test_postgres as postgres
 from tests.aggregator_service.conftest import ADMIN_TOKEN, AppPool, Federation, LiveApp
 
 LOGIN = "/dashboard/login"
-# PostgreSQL (skipped unless FEDTUNE_TEST_POSTGRES_URL is set): a fresh database per test.
-pg_server = postgres.pg_server
-pg_url = postgres.pg_url
 
 
 def browser(url: str, **kw: Any) -> httpx.Client:

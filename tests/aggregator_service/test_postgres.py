@@ -7,8 +7,6 @@ test (or module fixture) works in a fresh database that is dropped afterwards.
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,48 +18,16 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from sqlalchemy import URL, create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
 from aggregator_service.storage.database import parse_database_url
 from aggregator_service.storage.tables import enrollment_tokens, metadata, rounds
 from lab.local_federation import ServerProcess, start_server
 from tests.aggregator_service.test_uploads import CASES, MAX_UPLOAD_MB, Scene, stage_scene
 from tests.deltas import make_delta, random_fill
+from tests.pgserver import fresh_database
 
-PG_ENV = "FEDTUNE_TEST_POSTGRES_URL"
 ADMIN = "fta_postgres-test-admin-0123456789abcdef"
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> URL:
-    url = os.environ.get(PG_ENV)
-    if not url:
-        pytest.skip(
-            f"PostgreSQL tests are off: set {PG_ENV} to a server URL whose role may create "
-            "databases, e.g. postgresql+psycopg://fedtune:fedtune@127.0.0.1:5432/postgres"
-        )
-    return parse_database_url(url)
-
-
-@contextmanager
-def fresh_database(server: URL) -> Iterator[str]:
-    """A new, empty database on `server` (its URL), dropped on exit."""
-    name = f"fedtune_test_{secrets.token_hex(6)}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture
-def pg_url(pg_server: URL) -> Iterator[str]:
-    with fresh_database(pg_server) as url:
-        yield url
 
 
 def table_rows(url: str) -> dict[str, Any]:

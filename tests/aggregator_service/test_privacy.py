@@ -11,8 +11,6 @@ before a round would take ε past max_epsilon; /metrics reports it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -26,10 +24,8 @@ from shared.spec import parse_spec
 from tests.accounting import rdp_epsilon
 from tests.aggregator_service.conftest import ADMIN_TOKEN, tiny_spec
 from tests.aggregator_service.test_dashboard import signed_in
-from tests.aggregator_service.test_postgres import fresh_database, pg_server, table_rows
+from tests.aggregator_service.test_postgres import table_rows
 from tests.deltas import random_fill
-
-__all__ = ["pg_server"]  # fixture
 
 DELTA = 1e-5
 
@@ -112,16 +108,6 @@ def test_published_state_is_old_plus_clipped_sum_over_quorum_plus_the_seeded_noi
         expected = old[name] + clipped / 3 + torch.randn(old[name].shape, generator=g) * std
         torch.testing.assert_close(new[name], expected, rtol=1e-5, atol=1e-6)
     assert max(norms) > 0.5  # the clip did bite
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None (the data directory's SQLite), or a fresh PostgreSQL database."""
-    with ExitStack() as stack:
-        if request.param == "postgresql":
-            yield stack.enter_context(fresh_database(request.getfixturevalue("pg_server")))
-        else:
-            yield None
 
 
 def test_epsilon_per_round_matches_opacus_and_the_budget_completes_the_federation(

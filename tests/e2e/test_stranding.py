@@ -52,16 +52,15 @@ from lab.local_federation import (
 )
 from shared.api import FederationInfo, RoundRecord, RoundStatus
 from shared.spec import parse_spec
-from tests.aggregator_service.test_postgres import ADMIN, fresh_database, pg_server
+from tests.aggregator_service.test_postgres import ADMIN
 from tests.deltas import make_delta
 from tests.e2e.test_crash_recovery import faulty_env
 from tests.images import write_image_folder
-from tests.pgserver import ClusterUnavailable, private_cluster
+from tests.pgserver import ClusterUnavailable, fresh_database, private_cluster
 from tests.s3server import S3Server, bucket_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-__all__ = ["pg_server"]  # a fixture, imported to be used here
 
 ROOT = Path(__file__).resolve().parents[2]
 ORGS = ("org-0", "org-1")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from aggregator_service.services.errors import Conflict, Invalid
 from aggregator_service.services.idempotency import Attempt, run_once
 from aggregator_service.settings import Settings
 from aggregator_service.storage.tables import idempotency_keys
-from tests.aggregator_service.test_postgres import fresh_database, pg_server  # noqa: F401
 
 
 class Issued(BaseModel):
@@ -27,21 +25,18 @@ class Issued(BaseModel):
     secret: str
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def core(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Core]:
-    with ExitStack() as stack:
-        url = None
-        if request.param == "postgresql":
-            url = stack.enter_context(fresh_database(request.getfixturevalue("pg_server")))
-        core = build_core(
-            Settings(
-                data_dir=tmp_path,
-                admin_token="fta_idempotency-0123456789abcdef01234",
-                database_url=url,
-            )
+@pytest.fixture
+def core(database_url: str | None, tmp_path: Path) -> Iterator[Core]:
+    """On SQLite, then on a fresh PostgreSQL database."""
+    core = build_core(
+        Settings(
+            data_dir=tmp_path,
+            admin_token="fta_idempotency-0123456789abcdef01234",
+            database_url=database_url,
         )
-        yield core
-        core.db.dispose()
+    )
+    yield core
+    core.db.dispose()
 
 
 def _attempt(payload: str = '{"name":"org"}', credential: str = "fte_one", key: str = "k1"):
