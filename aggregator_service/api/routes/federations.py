@@ -89,8 +89,9 @@ def get_federation(fid: str, core: CoreDep, _member: MemberDep) -> FederationInf
 @router.post(
     "/{fid}/pause",
     summary="Pause a federation",
-    description="While paused, uploads are refused (409 `federation_paused`, nothing stored) "
-    "and no round closes by its deadline; a round already aggregating still finishes. "
+    description="While paused, uploads and secure-aggregation steps are refused (409 "
+    "`federation_paused`, nothing stored) and no round or secure phase ends by its deadline; "
+    "a round already aggregating still finishes. "
     "Clients wait. Pausing a paused federation changes nothing; a completed or cancelled one "
     "answers 409.",
     responses=error_responses(404, 409, 422),
@@ -103,7 +104,7 @@ def pause_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInf
     "/{fid}/resume",
     summary="Resume a paused federation",
     description="Uploads are accepted again and the open round's deadline restarts: the "
-    "spec's whole `deadline_s` from now. Resuming a running federation changes nothing; a "
+    "spec's whole `deadline_s` from now (a secure round's phase: its whole time). Resuming a running federation changes nothing; a "
     "completed or cancelled one answers 409.",
     responses=error_responses(404, 409, 422),
 )
