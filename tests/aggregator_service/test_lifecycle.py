@@ -85,6 +85,44 @@ def test_pausing_twice_or_resuming_a_running_federation_changes_nothing(federati
     assert fed.status()["revision"] == paused_revision != revision
 
 
+def test_a_pause_that_arrives_while_an_upload_streams_refuses_it_and_stores_nothing(
+    federation, delta
+):
+    """The upload was let in (the federation was running when it began); the pause commits
+    while its body is still arriving. The upload ends with the pause's 409 and leaves no row,
+    no blob and no spool file; after the resume the same bytes are accepted."""
+    fed = federation(clients=2, quorum=2)
+    cid = sorted(fed.keys)[0]
+    body = delta(fed.info, 1, fed.info.global_version)
+    before = _stored(fed)
+    half_sent, paused = threading.Event(), threading.Event()
+
+    def stream() -> Any:
+        yield body[: len(body) // 2]
+        half_sent.set()
+        assert paused.wait(30)
+        yield body[len(body) // 2 :]
+
+    with ThreadPoolExecutor(1) as pool, fed.as_client(cid) as c:
+        upload = pool.submit(
+            c.put,
+            f"/v1/federations/{fed.id}/rounds/1/update",
+            content=stream(),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(body))},
+        )
+        assert half_sent.wait(30)
+        assert _post(fed, "pause").json()["status"] == "paused"
+        paused.set()
+        refused = upload.result(timeout=60)
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"] == "federation_paused"
+    assert _stored(fed) == before
+    assert fed.status()["received"] == 0
+    _post(fed, "resume")
+    assert fed.upload(cid, 1, body).status_code == 201
+
+
 def test_no_deadline_closes_a_round_of_a_paused_federation_and_resume_restarts_it(
     federation, delta
 ):
