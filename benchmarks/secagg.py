@@ -16,6 +16,7 @@ calls), and the round's wall time from the first request to the round closed (th
 reconstruction and unmasking included).
 
 Usage: python benchmarks/secagg.py [--clients 5] [--neighbours 4 (0: all)] [--models tiny-clip,vit-b16]
+       [--modulus-bits 64 (32: int32 words)] [--scale-bits 24]
 """
 
 from __future__ import annotations
@@ -92,15 +93,17 @@ class Org:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _spec(model: str, clients: int, neighbours: int | None, secure: bool) -> dict[str, Any]:
+def _spec(
+    model: str, clients: int, neighbours: int | None, secure: dict[str, Any] | None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": f"bench-{model}-{'secure' if secure else 'plain'}",
         **MODELS[model],
         "rounds": {"total": 1, "quorum": clients, "min_updates": 2, "deadline_s": 3600},
         "aggregation": {"strategy": "fedavg", "clip_norm": None},
     }
-    if secure:
-        spec["secure_aggregation"] = {"neighbours": neighbours or None}  # 0: every other client
+    if secure is not None:  # neighbours 0: every other client
+        spec["secure_aggregation"] = {"neighbours": neighbours or None, **secure}
     return spec
 
 
@@ -189,11 +192,13 @@ def secure_round(server: ServerProcess, info: FederationInfo, orgs: list[Org], r
     return time.perf_counter() - start
 
 
-def bench(server: ServerProcess, model: str, n: int, k: int | None, root: Path) -> None:
+def bench(
+    server: ServerProcess, model: str, n: int, k: int | None, root: Path, bits: dict[str, int]
+) -> None:
     admin = server.admin()
     rows = []
     for secure in (False, True):
-        info = admin.create_federation(parse_spec(_spec(model, n, k, secure)))
+        info = admin.create_federation(parse_spec(_spec(model, n, k, bits if secure else None)))
         orgs = _orgs(server, info, n, root, secure)
         wall = secure_round(server, info, orgs, root) if secure else plain_round(server, info, orgs)
         sent = sum(o.traffic.sent for o in orgs) / n
@@ -201,7 +206,10 @@ def bench(server: ServerProcess, model: str, n: int, k: int | None, root: Path) 
         seconds = sum(o.seconds for o in orgs) / n
         rows.append((secure, info.trainable_params, sent, received, seconds, wall))
     (_, d, ps, pr, pc, pw), (_, _, ss, sr_, sc, sw) = rows
-    print(f"{model}: {d:,} trainable parameters (bias), {n} clients, neighbours {k or n - 1}")
+    print(
+        f"{model}: {d:,} trainable parameters (bias), {n} clients, neighbours {k or n - 1}, "
+        f"modulus 2^{bits['modulus_bits']}, scale 2^{bits['scale_bits']}"
+    )
     print(
         f"  plain  : {ps / 1024:9.1f} KiB sent, {pr / 1024:7.1f} KiB received per client; "
         f"client {pc * 1000:7.1f} ms; round {pw:6.2f} s"
@@ -221,14 +229,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--neighbours", type=int, default=4, help="0: every other client")
     parser.add_argument("--models", default="tiny-clip,vit-b16")
+    parser.add_argument("--modulus-bits", type=int, default=64, help="32: int32 words")
+    parser.add_argument("--scale-bits", type=int, default=24)
     args = parser.parse_args(argv)
+    bits = {"modulus_bits": args.modulus_bits, "scale_bits": args.scale_bits}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "FEDTUNE_LOG_LEVEL": "warning"}
         server = start_server(root / "server", env=env)
         try:
             for model in args.models.split(","):
-                bench(server, model, args.clients, args.neighbours, root)
+                bench(server, model, args.clients, args.neighbours, root, bits)
         finally:
             server.stop()
 

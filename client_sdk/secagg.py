@@ -260,7 +260,8 @@ class SecureRound:
     def masked_input(
         self, number: int, st: SecaggState, delta_path: Path, num_examples: int
     ) -> Path:
-        """The masked input file (written once, kept): int64 words of the manifest's shapes."""
+        """The masked input file (written once, kept): the fixed point's wire words (int32 or
+        int64) in the manifest's shapes."""
         path = self._path(number, st.attempt, "masked.safetensors")
         if path.exists():
             return path
@@ -291,7 +292,7 @@ class SecureRound:
         for name in names:
             shape = delta[name].shape
             size = math.prod(shape)
-            chunk = masked[offset : offset + size].view(np.int64).reshape(shape)
+            chunk = self.fp.to_wire(masked[offset : offset + size]).reshape(shape)
             tensors[name] = torch.from_numpy(chunk.copy())
             offset += size
         meta = {

@@ -331,7 +331,10 @@ class SecureAggregationSpec(_Strict):
         default=64,
         ge=32,
         le=64,
-        description="Masked inputs are integers modulo 2^modulus_bits (stored as int64).",
+        description="Masked inputs are integers modulo 2^modulus_bits: int32 words at 32 (a "
+        "masked input then weighs what a float32 delta does), int64 above. The weighted sum "
+        "must fit, |weight x delta| x cohort < 2^(modulus_bits - 1 - scale_bits): at 32 lower "
+        "scale_bits or weight uniformly.",
     )
     advertise_s: float = Field(
         default=600, gt=0, description="Seconds the key advertisement stays open."

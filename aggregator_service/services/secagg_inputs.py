@@ -1,7 +1,8 @@
 """Secure aggregation's step 2 on the service: a client's masked input.
 
-A safetensors file of int64 words (the masked sum modulo 2^modulus_bits, two's complement),
-one tensor per manifest entry with the manifest's shapes, and `__metadata__` format
+A safetensors file of words (the masked sum modulo 2^modulus_bits: int32 holding the word's
+bits when the modulus is 2^32, int64 holding 0..2^modulus_bits-1 otherwise; see
+`shared.secagg.masking.FixedPoint`), one tensor per manifest entry with the manifest's shapes, and `__metadata__` format
 `fedtune-masked/1`, federation, round, attempt, num_examples (in the clear: the service divides
 the sum by the survivors' total) and metrics (JSON). It streams through the upload path
 (services/uploads.py): the header is checked as soon as it arrives and the body may be no
@@ -19,11 +20,10 @@ from aggregator_service.services.uploads import Expected, Received, _manifest
 from aggregator_service.services.validation import not_safetensors
 from shared.api import SecaggReceipt
 from shared.blobs import Blob, BlobError, SafetensorsHeader, _metrics, parse_header
+from shared.secagg.masking import FixedPoint
 from shared.secagg.protocol import MASKED_FORMAT
 
 __all__ = ["MaskedExpected", "expected_masked", "ingest_masked"]
-
-_WORD = "int64"
 
 
 def _invalid(detail: str) -> Invalid:
@@ -59,12 +59,16 @@ def check_masked_header(header: SafetensorsHeader, exp: MaskedExpected, most: in
             f"masked input tensors must be exactly the manifest's (missing: {missing[:3]}, "
             f"unexpected: {extra[:3]})"
         )
+    sa = exp.spec.secure_aggregation
+    assert sa is not None
+    word = str(FixedPoint(sa.scale_bits, sa.modulus_bits).wire)
     for name in sorted(names):
         entry = header.tensors[name]
-        if entry.dtype != _WORD or list(entry.shape) != list(exp.manifest[name].shape):
+        if entry.dtype != word or list(entry.shape) != list(exp.manifest[name].shape):
             raise _invalid(
                 f"tensor {name!r} is {entry.dtype} {list(entry.shape)}; a masked input holds "
-                f"{_WORD} words of the manifest's shape {exp.manifest[name].shape}"
+                f"{word} words (modulus 2^{sa.modulus_bits}) of the manifest's shape "
+                f"{exp.manifest[name].shape}"
             )
     meta = header.metadata
     checks = {
@@ -89,7 +93,8 @@ def expected_masked(core: Core, fid: str, number: int, attempt: int) -> MaskedEx
 
 
 def _check_words(blob: Blob, names: list[str], bits: int) -> None:
-    if bits == 64:
+    """int64 words must lie in 0..2^bits-1; every int32 (2^32) or int64 (2^64) is a word."""
+    if bits in (32, 64):
         return
     top = (1 << bits) - 1
     for name in names:

@@ -149,7 +149,7 @@ def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput],
             flat = np.concatenate([blob.tensor(n).reshape(-1).numpy() for n in names])
         finally:
             blob.close()
-        total = fp.add(total, flat.view(np.uint64))
+        total = fp.add(total, fp.from_wire(flat))
     for _owner, b_hex in sorted(rnd.secrets["b"].items()):
         total = fp.add(total, prg(bytes.fromhex(b_hex), total.size), -1)
     graph = rnd.graph

@@ -39,12 +39,29 @@ def sign(me: str, other: str) -> int:
 
 
 class FixedPoint:
-    """Reals as integers modulo 2^bits: round(x * 2^scale_bits), two's complement."""
+    """Reals as integers modulo 2^bits: round(x * 2^scale_bits), two's complement.
+
+    Arithmetic runs on uint64 words. On the wire a word is an int32 when the modulus is 2^32
+    (the word's bits; a masked input then weighs what a float32 delta does) and an int64
+    holding 0..2^bits-1 otherwise."""
 
     def __init__(self, scale_bits: int, modulus_bits: int) -> None:
         self.scale = float(1 << scale_bits)
         self.bits = modulus_bits
         self.mask = np.uint64((1 << modulus_bits) - 1)
+        self.wire = np.dtype(np.int32 if modulus_bits <= 32 else np.int64)
+
+    def to_wire(self, words: np.ndarray) -> np.ndarray:
+        """uint64 words mod 2^bits -> the wire's integers (see the class)."""
+        if self.wire == np.int32:
+            return words.astype(np.uint32).view(np.int32)
+        return words.view(np.int64)
+
+    def from_wire(self, values: np.ndarray) -> np.ndarray:
+        """The wire's integers -> uint64 words (the inverse of `to_wire`)."""
+        if self.wire == np.int32:
+            return values.view(np.uint32).astype(np.uint64)
+        return values.view(np.uint64)
 
     @property
     def limit(self) -> float:

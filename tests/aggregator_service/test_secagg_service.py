@@ -18,7 +18,7 @@ from client_sdk import FedTuneClient
 from client_sdk._exceptions import ConflictError
 from client_sdk.secagg import SecureRound
 from shared.api import SecaggState, SecaggUnmaskShare
-from shared.blobs import atomic_save_state, encode_state
+from shared.blobs import Blob, atomic_save_state, encode_state
 from shared.secagg.shamir import PRIME, share_to_bytes
 from tests.aggregator_service.conftest import AppPool, Federation, create_federation, tiny_spec
 
@@ -99,18 +99,30 @@ def _assert_fedavg(fed: Federation, orgs: list[Org], record: dict[str, Any]) -> 
         assert bool((err <= 0.5 / 2**SCALE_BITS + want.abs() * 2**-23 + 1e-12).all()), name
 
 
+@pytest.mark.parametrize(("modulus_bits", "word"), [(64, "int64"), (32, "int32")])
 def test_the_aggregate_is_fedavg_of_the_survivors_and_a_lying_holder_is_named(
-    start_app: Callable[..., Any], tmp_path: Path
+    start_app: Callable[..., Any], tmp_path: Path, modulus_bits: int, word: str
 ) -> None:
     """Six clients (each the others' neighbour, 3 of 5 shares rebuild a secret): one leaves
     before its masked input, one sends a wrong share when unmasking. The redundant shares
-    name that holder, and the aggregate is FedAvg of the five survivors."""
+    name that holder, and the aggregate is FedAvg of the five survivors. Modulo 2^32 the
+    masked inputs are int32 words, as large as the float32 deltas, and int64 ones are refused."""
     pool: AppPool = start_app  # type: ignore[assignment]
-    fed = create_federation(pool(), _spec(6, unmask_s=60, masked_input_s=3), 6)
+    spec = _spec(6, unmask_s=60, masked_input_s=3, modulus_bits=modulus_bits)
+    fed = create_federation(pool(), spec, 6)
     orgs = _orgs(fed, tmp_path)
     _to_input(orgs)
     gone, liar, *rest = orgs
     survivors = [liar, *rest]
+    if modulus_bits == 32:
+        wide = {n: torch.zeros(t.shape, dtype=torch.int64) for n, t in liar.delta.items()}
+        meta = {"format": "fedtune-masked/1", "federation": fed.id, "round": "1", "attempt": "1"}
+        with fed.as_client(liar.cid) as c:
+            r = c.put(
+                f"/v1/federations/{fed.id}/rounds/1/secure-aggregation/masked-input?attempt=1",
+                content=encode_state(wide, {**meta, "num_examples": "5"}),
+            )
+        assert r.status_code == 422 and "int32 words (modulus 2^32)" in r.json()["detail"]
     _mask(survivors)
     _until(orgs, "unmask")
     st = liar.state()
@@ -129,6 +141,14 @@ def test_the_aggregate_is_fedavg_of_the_survivors_and_a_lying_holder_is_named(
 
     assert record["participant_count"] == 5
     assert "dropped out" in record["excluded"][gone.cid]
+    for p in record["participants"]:
+        blob = Blob.open(fed.app.core.blobs.path(p["sha256"]))
+        try:
+            assert {t.dtype for t in blob.tensors.values()} == {word}
+            float32_bytes = sum(4 * t.numel() for t in liar.delta.values())
+            assert blob.header.data_size == float32_bytes * (2 if word == "int64" else 1)
+        finally:
+            blob.close()
     events = liar.state().events
     secret = "b" if first.kind == "b" else "s_sk"
     named = f"{liar.cid}'s share of {first.owner}'s {secret} is inconsistent"

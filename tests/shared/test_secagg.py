@@ -60,11 +60,15 @@ def test_prg_is_deterministic_and_seed_dependent() -> None:
     assert 400 < int((a >> np.uint64(63)).sum()) < 600
 
 
-@pytest.mark.parametrize(("scale_bits", "modulus_bits"), [(24, 64), (16, 40), (30, 64)])
+@pytest.mark.parametrize(("scale_bits", "modulus_bits"), [(24, 64), (16, 40), (30, 64), (16, 32)])
 def test_fixed_point_round_trip_within_half_a_step(scale_bits: int, modulus_bits: int) -> None:
     fp = FixedPoint(scale_bits, modulus_bits)
     x = np.random.default_rng(0).normal(0, 3, 10_000)
-    back = fp.decode(fp.encode(x))
+    words = fp.encode(x)
+    wire = fp.to_wire(words)  # int32 at 2^32 (half the bytes), int64 above
+    assert wire.dtype == (np.int32 if modulus_bits == 32 else np.int64)
+    assert np.array_equal(fp.from_wire(wire), words)
+    back = fp.decode(fp.from_wire(wire))
     assert np.abs(back - x).max() <= 0.5 / 2**scale_bits
     # sums of encodings decode to the sum, negatives included
     s = fp.add(fp.encode(x), fp.encode(-2 * x))

@@ -151,7 +151,8 @@ _MASKED_BODY = {
     "requestBody": {
         "required": True,
         "description": "The masked input as a safetensors file: the manifest's keys and shapes, "
-        "dtype int64 (words mod 2^modulus_bits), `__metadata__` format="
+        "words mod 2^modulus_bits (int32 when modulus_bits is 32, else int64 in "
+        "0..2^modulus_bits-1), `__metadata__` format="
         f"{MASKED_FORMAT}, federation, round, attempt, num_examples, metrics (JSON).",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
