@@ -56,20 +56,28 @@ class FederationCancelledError(FedTuneError):
 
 @dataclass(frozen=True)
 class ParticipateOptions:
+    """How one organisation takes part in a federation (`fedtune-client train`'s options)."""
+
     federation_id: str
     data: Path
+    """The organisation's images: one folder per class, named as the spec's classes."""
     work_dir: Path
+    """Where the state, the deltas and the protocol's progress are kept between runs."""
     device: str = "auto"
+    """"auto", "cpu", "cuda" or "mps"."""
     val_fraction: float = 0.1
+    """The share of the images held out for local validation."""
     progress: bool = True
+    """Progress bars (False: log lines only)."""
     wait_s: int = C.MAX_WAIT_S // 2
-    # The organisation's registered name (its credentials' `name`): with the spec's seed and
-    # the round it seeds local training. The server's client id would differ between runs.
+    """How long one long-poll for the next round waits at the server."""
     organisation: str = ""
-    # DataLoader worker processes per training process (None: the cores less one, at most 8).
+    """The organisation's registered name (its credentials' `name`): with the spec's seed and
+    the round it seeds local training. The server's client id would differ between runs."""
     num_workers: int | None = None
-    # This process's rank among `world` training processes (see `distributed`).
+    """DataLoader worker processes per training process (None: the cores less one, at most 8)."""
     rank: int = 0
+    """This process's rank among `world` training processes (see `distributed`)."""
     world: int = 1
 
 
