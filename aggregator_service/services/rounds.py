@@ -293,7 +293,7 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
     server_state = read_state(core.blobs.path(server_digest)) if server_digest else {}
     left_out: dict[str, str] = {}
     if spec.secure_aggregation is not None:  # one input: the unmasked mean of the masked ones
-        from aggregator_service.services.secagg_unmask import secure_inputs  # imports this
+        from aggregator_service.services.secagg.unmask import secure_inputs  # imports this
 
         inputs, left_out = secure_inputs(core, fid, number)
     else:  # summed by organisation name: it repeats between runs of a federation, an id does not

@@ -26,7 +26,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from aggregator_service.services import secagg
 from aggregator_service.services.context import Core
 from aggregator_service.services.faults import classify
 from aggregator_service.services.leases import (
@@ -46,6 +45,7 @@ from aggregator_service.services.rounds import (
     read_status,
     start_aggregation,
 )
+from aggregator_service.services.secagg import phases
 from aggregator_service.services.slots import ClientSlots
 from aggregator_service.storage.tables import updates
 from shared.api import RoundStatus
@@ -234,8 +234,8 @@ class RoundRunner:
             await self.maybe_close(fid, number)
         for fid, number in await asyncio.to_thread(quorum_rounds, core):
             await self.maybe_close(fid, number)
-        for fid, number in await asyncio.to_thread(secagg.due, core):  # secure rounds' phases
-            if await asyncio.to_thread(secagg.advance, core, fid, number):
+        for fid, number in await asyncio.to_thread(phases.due, core):  # secure rounds' phases
+            if await asyncio.to_thread(phases.advance, core, fid, number):
                 self.spawn(fid, number)
         for fid, number in await asyncio.to_thread(claimable, core, self.owner):
             self.spawn(fid, number)

@@ -271,7 +271,7 @@ viewer_tokens = Table(
     _time("revoked_at", nullable=True),  # null while valid
 )
 
-# Secure aggregation (services/secagg.py): one row per secure round, the phase it is in and
+# Secure aggregation (services/secagg/): one row per secure round, the phase it is in and
 # the sets each phase fixed (JSON lists of client ids). `attempt` grows when a phase cannot
 # go on (too few clients left): the protocol restarts with fresh keys.
 secagg_rounds = Table(

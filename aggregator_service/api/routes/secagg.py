@@ -15,10 +15,11 @@ from aggregator_service.api.errors import error_responses
 from aggregator_service.api.routes import resource_router
 from aggregator_service.api.routes.rounds import RoundNumber
 from aggregator_service.api.uploads import receive_upload
-from aggregator_service.services import secagg
 from aggregator_service.services.context import Core
 from aggregator_service.services.runner import RoundRunner
-from aggregator_service.services.secagg_inputs import expected_masked, ingest_masked
+from aggregator_service.services.secagg import steps
+from aggregator_service.services.secagg.inputs import expected_masked, ingest_masked
+from aggregator_service.services.secagg.round import state
 from shared.api import (
     SecaggComplaint,
     SecaggIncomingShare,
@@ -92,7 +93,7 @@ async def get_secure_aggregation(
     fid: str, r: RoundNumber, member: MemberDep, runner: RunnerDep
 ) -> SecaggState:
     await runner.core.spec_async(fid)
-    return await asyncio.to_thread(secagg.state, runner.core, fid, r, member.client_id)
+    return await asyncio.to_thread(state, runner.core, fid, r, member.client_id)
 
 
 @router.post(
@@ -104,7 +105,7 @@ async def get_secure_aggregation(
     responses=_STEP,
 )
 async def advertise_keys(body: SecaggKeys, step: StepDep) -> SecaggReceipt:
-    return await step.take(secagg.advertise, body)
+    return await step.take(steps.advertise, body)
 
 
 @router.post(
@@ -116,7 +117,7 @@ async def advertise_keys(body: SecaggKeys, step: StepDep) -> SecaggReceipt:
     responses=_STEP,
 )
 async def share_keys(body: SecaggShares, step: StepDep) -> SecaggReceipt:
-    return await step.take(secagg.send_shares, body)
+    return await step.take(steps.send_shares, body)
 
 
 @router.get(
@@ -131,7 +132,7 @@ async def get_shares(
 ) -> list[SecaggIncomingShare]:
     assert principal.client_id is not None
     return await asyncio.to_thread(
-        secagg.incoming_shares, runner.core, fid, r, principal.client_id, attempt
+        steps.incoming_shares, runner.core, fid, r, principal.client_id, attempt
     )
 
 
@@ -144,7 +145,7 @@ async def get_shares(
     responses=_STEP,
 )
 async def report_bad_share(body: SecaggComplaint, step: StepDep) -> SecaggReceipt:
-    return await step.take(secagg.complain, body)
+    return await step.take(steps.complain, body)
 
 
 _MASKED_BODY = {
@@ -192,4 +193,4 @@ async def upload_masked_input(attempt: Attempt, request: Request, step: StepDep)
     responses=_STEP,
 )
 async def send_unmask_shares(body: SecaggUnmask, step: StepDep) -> SecaggReceipt:
-    return await step.take(secagg.send_unmask, body)
+    return await step.take(steps.send_unmask, body)

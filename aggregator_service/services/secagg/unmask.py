@@ -19,31 +19,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, insert, update
 
 from aggregator_service.aggregation import UpdateInput
 from aggregator_service.services.context import Core
 from aggregator_service.services.rounds import federation_status, the_round
-from aggregator_service.services.secagg import (
+from aggregator_service.services.secagg.round import (
     Round,
-    _accused,
-    _add_event,
-    _bump,
-    _steps,
-    insert_updates,
-    list_updates,
+    accused,
+    add_event,
+    bump,
     load_round,
     restart,
+    steps,
 )
 from aggregator_service.services.uploads import _manifest
-from aggregator_service.storage.tables import rounds, secagg_rounds
+from aggregator_service.storage.tables import rounds, secagg_rounds, updates
 from shared.blobs import Blob, encode_state
 from shared.secagg.keys import mask_seed, public_from_hex
 from shared.secagg.masking import FixedPoint, prg, sign
 from shared.secagg.protocol import SECRET_BYTES, holder_index, pair_context
 from shared.secagg.shamir import ShamirError, reconstruct, share_from_bytes
 
-__all__ = ["finish", "secure_inputs"]
+__all__ = ["finish", "insert_updates", "list_updates", "secure_inputs"]
 
 log = logging.getLogger("fedtune.server")
 
@@ -87,7 +85,7 @@ def finish(
         return False
     for event in events:
         log.warning("federation %s round %d: %s", rnd.fid, rnd.number, event)
-        _add_event(conn, rnd, event)
+        add_event(conn, rnd, event)
     conn.execute(
         update(secagg_rounds)
         .where(
@@ -111,7 +109,7 @@ def finish(
             bytes_in=rounds.c.bytes_in + nbytes,
         )
     )
-    _bump(conn, rnd)
+    bump(conn, rnd)
     log.info(
         "federation %s round %d: secure aggregation of %d masked inputs (%d dropped)",
         rnd.fid,
@@ -136,9 +134,9 @@ def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput],
         if rnd is None or rnd.phase != "done":
             raise RuntimeError(f"round {number} of {fid} has no finished secure aggregation")
         inputs = list_updates(conn, rnd)
-        keys = _steps(conn, rnd, "keys")
+        keys = steps(conn, rnd, "keys")
         manifest = _manifest(conn, fid)
-        accused = _accused(conn, rnd)
+        accusations = accused(conn, rnd)
     fp = FixedPoint(sa.scale_bits, sa.modulus_bits)
     names = sorted(manifest)
     sizes = [math.prod(manifest[n].shape) for n in names]
@@ -177,9 +175,35 @@ def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput],
         offset += size
     digest = core.blobs.put_bytes(encode_state(state, {"format": "fedtune-secure-mean/1"}))
     left_out = {
-        c: accused.get(c, "shared keys but sent no masked input in time (dropped out)")
+        c: accusations.get(c, "shared keys but sent no masked input in time (dropped out)")
         for c in rnd.u1
         if c not in survivors
     }
     one = UpdateInput("secure-aggregate", core.blobs.path(digest), 1, f"secure\0{digest}")
     return [one], left_out
+
+
+def list_updates(conn: Connection, rnd: Round) -> dict[str, Any]:
+    """The masked inputs of the survivors (client id -> sha256, bytes, num_examples, metrics)."""
+    inputs = steps(conn, rnd, "input")
+    return {c: inputs[c] for c in rnd.u2}
+
+
+def insert_updates(conn: Connection, rnd: Round, t: float) -> int:
+    """List the survivors' masked inputs as the round's updates; their total bytes."""
+    total = 0
+    for cid, p in sorted(list_updates(conn, rnd).items()):
+        conn.execute(
+            insert(updates).values(
+                federation_id=rnd.fid,
+                round=rnd.number,
+                client_id=cid,
+                sha256=p["sha256"],
+                bytes=p["bytes"],
+                num_examples=p["num_examples"],
+                metrics=json.dumps(p["metrics"], sort_keys=True),
+                received_at=t,
+            )
+        )
+        total += int(p["bytes"])
+    return total

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import Invalid
-from aggregator_service.services.secagg import _accused, client_step, secure_spec
+from aggregator_service.services.secagg.round import accused, secure_spec
+from aggregator_service.services.secagg.steps import client_step
 from aggregator_service.services.uploads import Expected, Received, _manifest
 from aggregator_service.services.validation import not_safetensors
 from shared.api import SecaggReceipt
@@ -128,7 +129,7 @@ def ingest_masked(
         created = False
         try:
             with client_step(core, fid, number, client_id, attempt, "input", "input") as step:
-                if client_id in _accused(step.conn, step.rnd):
+                if client_id in accused(step.conn, step.rnd):
                     raise Invalid(
                         f"a share this client sent in round {number} failed authentication at "
                         "its recipient; its masked input is not taken",
