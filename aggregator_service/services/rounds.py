@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 import torch
-from sqlalchemy import ColumnElement, Connection, false, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, false, func, insert, select, update
 
 from aggregator_service.aggregation import UpdateInput, aggregate
 from aggregator_service.aggregation.base import AggregationResult, delta_norms
@@ -278,31 +279,20 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
         rnd = conn.execute(select(rounds).where(the_round(fid, number))).first()
         if rnd is None or rnd.status != "aggregating":
             return "superseded"
-        ups = conn.execute(
-            select(updates.c.client_id, updates.c.sha256, updates.c.num_examples, clients.c.name)
-            .join(clients, clients.c.id == updates.c.client_id)
-            .where(updates.c.federation_id == fid, updates.c.round == number)
-        ).all()
         server_digest = conn.execute(
             select(state_versions.c.server_state_digest).where(
                 state_versions.c.federation_id == fid, state_versions.c.round == number - 1
             )
         ).scalar()
-    started = time.perf_counter()
+        ups = conn.execute(
+            select(updates.c.client_id, updates.c.sha256, updates.c.num_examples, clients.c.name)
+            .join(clients, clients.c.id == updates.c.client_id)
+            .where(updates.c.federation_id == fid, updates.c.round == number)
+        ).all()
+    started = time.perf_counter()  # a secure round's unmasking counts as aggregation
+    inputs, left_out = _inputs(core, spec, fid, number, ups)
     global_state = read_state(core.blobs.path(rnd.base_version))
     server_state = read_state(core.blobs.path(server_digest)) if server_digest else {}
-    left_out: dict[str, str] = {}
-    if spec.secure_aggregation is not None:  # one input: the unmasked mean of the masked ones
-        from aggregator_service.services.secagg.unmask import secure_inputs  # imports this
-
-        inputs, left_out = secure_inputs(core, fid, number)
-    else:  # summed by organisation name: it repeats between runs of a federation, an id does not
-        inputs = [
-            UpdateInput(
-                u.client_id, core.blobs.path(u.sha256), u.num_examples, f"{u.name}\0{u.sha256}"
-            )
-            for u in ups
-        ]
     run = privacy.PrivateAggregator(spec, number) if spec.privacy is not None else aggregate
     result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state, run)
     excluded = {**excluded, **left_out}
@@ -318,17 +308,44 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
         return "reopened"
     for cid, why in excluded.items():
         log.warning("federation %s round %d: update of %s excluded: %s", fid, number, cid, why)
-    digest = store_state(core, result.state)
-    new_server = store_state(core, result.server_state) if result.server_state else None
-    seconds = time.perf_counter() - started
-    account = privacy.account_round(core, spec, fid, number, len(ups) - len(excluded))
-    if not _close(core, spec, fid, number, digest, new_server, seconds, owner, excluded, account):
+    closing = _Closing(
+        digest=store_state(core, result.state),
+        server_digest=store_state(core, result.server_state) if result.server_state else None,
+        seconds=time.perf_counter() - started,
+        excluded=excluded,
+        account=privacy.account_round(core, spec, fid, number, len(ups) - len(excluded)),
+    )
+    if not _close(core, spec, fid, number, owner, closing):
         return "superseded"
     core.metrics.rounds_aggregated.inc()
-    core.metrics.aggregation_seconds.observe(seconds)
-    log.info("federation %s round %d closed -> %s (%.3fs)", fid, number, digest[:12], seconds)
+    core.metrics.aggregation_seconds.observe(closing.seconds)
+    log.info(
+        "federation %s round %d closed -> %s (%.3fs)",
+        fid,
+        number,
+        closing.digest[:12],
+        closing.seconds,
+    )
     core.notifier.notify(fid)
     return "closed"
+
+
+def _inputs(
+    core: Core, spec: FederationSpec, fid: str, number: int, ups: Sequence[Row]
+) -> tuple[list[UpdateInput], dict[str, str]]:
+    """The strategy's inputs for the round whose updates are `ups`, and the clients left out
+    before aggregating (client id -> why). A secure round has one input: the unmasked mean of
+    its masked ones. The others are summed in order of organisation name, which repeats
+    between runs of a federation where a client id does not."""
+    if spec.secure_aggregation is not None:
+        from aggregator_service.services.secagg.unmask import secure_inputs  # imports this
+
+        return secure_inputs(core, fid, number)
+    inputs = [
+        UpdateInput(u.client_id, core.blobs.path(u.sha256), u.num_examples, f"{u.name}\0{u.sha256}")
+        for u in ups
+    ]
+    return inputs, {}
 
 
 def aggregate_finite(
@@ -379,22 +396,23 @@ def _reopen(core: Core, fid: str, number: int) -> None:
     core.notifier.notify(fid)
 
 
+@dataclass(frozen=True)
+class _Closing:
+    """What closing a round records."""
+
+    digest: str
+    server_digest: str | None
+    seconds: float
+    excluded: Mapping[str, str]
+    account: privacy.RoundAccount | None
+
+
 def _close(
-    core: Core,
-    spec: FederationSpec,
-    fid: str,
-    number: int,
-    digest: str,
-    server_digest: str | None,
-    seconds: float,
-    owner: str,
-    excluded: Mapping[str, str] | None = None,
-    account: privacy.RoundAccount | None = None,
+    core: Core, spec: FederationSpec, fid: str, number: int, owner: str, closing: _Closing
 ) -> bool:
     """One transaction: check the lease is `owner`'s, close the round, record the version
-    (and the privacy `account`), open the next or complete."""
+    (and the privacy account), open the next or complete."""
     t = now()
-    this = the_round(fid, number)
     with core.db.write() as conn:
         held = conn.execute(
             update(round_leases)
@@ -412,9 +430,9 @@ def _close(
             .where(the_round(fid, number, "aggregating"))
             .values(
                 status="closed",
-                result_version=digest,
+                result_version=closing.digest,
                 closed_at=t,
-                aggregation_seconds=seconds,
+                aggregation_seconds=closing.seconds,
                 revision=rounds.c.revision + 1,
             )
         )
@@ -422,42 +440,57 @@ def _close(
             return False
         conn.execute(
             insert(state_versions).values(
-                federation_id=fid, round=number, digest=digest, server_state_digest=server_digest
+                federation_id=fid,
+                round=number,
+                digest=closing.digest,
+                server_state_digest=closing.server_digest,
             )
         )
-        for cid, why in sorted((excluded or {}).items()):
+        for cid, why in sorted(closing.excluded.items()):
             conn.execute(
                 insert(exclusions).values(
                     federation_id=fid, round=number, client_id=cid, reason=why
                 )
             )
-        fed = update(federations).where(federations.c.id == fid)
-        exhausted = privacy.record_round(conn, fid, number, account)
-        if number >= spec.rounds.total or exhausted:  # a cancelled federation stays cancelled
-            done = conn.execute(
-                fed.where(federations.c.status != "cancelled").values(status="completed")
-            )
-            if exhausted and done.rowcount == 1:
-                privacy.record_budget_completion(conn, fid, number)
-            return True
-        moved = conn.execute(
-            fed.where(federations.c.status != "cancelled").values(current_round=number + 1)
-        )
-        if moved.rowcount != 1:  # cancelled: the round closes, no further round opens
-            return True
-        revision: int = conn.execute(select(rounds.c.revision).where(this)).scalar_one()
-        conn.execute(
-            insert(rounds).values(
-                federation_id=fid,
-                number=number + 1,
-                status="open",
-                base_version=digest,
-                received=0,
-                revision=revision + 1,
-                bytes_in=0,
-                bytes_out=0,
-                opened_at=t,
-                deadline_at=t + spec.rounds.deadline_s,
-            )
-        )
+        exhausted = privacy.record_round(conn, fid, number, closing.account)
+        _open_next_or_complete(conn, spec, fid, number, closing.digest, exhausted, t)
     return True
+
+
+def _open_next_or_complete(
+    conn: Connection,
+    spec: FederationSpec,
+    fid: str,
+    number: int,
+    digest: str,
+    exhausted: bool,
+    t: float,
+) -> None:
+    """Within the closing transaction: complete the federation after its last round (or when
+    its privacy budget is `exhausted`), else open round `number + 1` on `digest`. A cancelled
+    federation stays cancelled, and no further round opens."""
+    fed = update(federations).where(federations.c.id == fid, federations.c.status != "cancelled")
+    if number >= spec.rounds.total or exhausted:
+        done = conn.execute(fed.values(status="completed"))
+        if exhausted and done.rowcount == 1:
+            privacy.record_budget_completion(conn, fid, number)
+        return
+    if conn.execute(fed.values(current_round=number + 1)).rowcount != 1:
+        return  # cancelled
+    revision: int = conn.execute(
+        select(rounds.c.revision).where(the_round(fid, number))
+    ).scalar_one()
+    conn.execute(
+        insert(rounds).values(
+            federation_id=fid,
+            number=number + 1,
+            status="open",
+            base_version=digest,
+            received=0,
+            revision=revision + 1,
+            bytes_in=0,
+            bytes_out=0,
+            opened_at=t,
+            deadline_at=t + spec.rounds.deadline_s,
+        )
+    )
