@@ -28,7 +28,12 @@ from sqlalchemy.exc import IntegrityError
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, TimedOut, TooLarge
 from aggregator_service.services.lifecycle import refuse_unless_running
-from aggregator_service.services.rounds import quorum_transition, read_status, the_round
+from aggregator_service.services.rounds import (
+    federation_status,
+    quorum_transition,
+    read_status,
+    the_round,
+)
 from aggregator_service.services.validation import (
     DeltaTarget,
     check_header,
@@ -374,10 +379,7 @@ def _commit(
                 raise _Retry
             # Read after the round's row is ours: a pause or cancel either committed before
             # (and is seen here, in a statement of its own) or waits for this commit.
-            fed_status = conn.execute(
-                select(federations.c.status).where(federations.c.id == fid)
-            ).scalar_one()
-            if fed_status != "running":
+            if federation_status(conn, fid) != "running":
                 raise _Retry
             try:
                 conn.execute(

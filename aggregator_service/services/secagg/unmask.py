@@ -55,31 +55,8 @@ def finish(
 ) -> bool:
     """Rebuild the secrets from the unmasking shares (in the caller's transaction) and start
     the aggregation; on failure restart the protocol. True when the round is aggregating."""
-    graph = rnd.graph
-    survivors = set(rnd.u2)
-    secrets: dict[str, dict[str, str]] = {"b": {}, "s": {}}
-    events: list[str] = []
     try:
-        for owner in rnd.u1:
-            kind = "b" if owner in survivors else "s"
-            if kind == "s" and not set(graph[owner]) & survivors:
-                continue  # no survivor masked with it: nothing to remove
-            shares = {
-                holder_index(rnd.cohort, holder): share_from_bytes(bytes.fromhex(s["share"]))
-                for holder, sent in unmask.items()
-                for s in sent
-                if s["owner"] == owner and s["kind"] == kind
-            }
-            need = rnd.threshold(owner)
-            secret, off = reconstruct(shares, need, SECRET_BYTES)
-            for x in off:
-                holder = sorted(rnd.cohort)[x - 1]
-                events.append(
-                    f"attempt {rnd.attempt}: {holder}'s share of {owner}'s "
-                    f"{'b' if kind == 'b' else 's_sk'} is inconsistent with the other "
-                    f"{len(shares) - 1} shares; it was left out of the reconstruction"
-                )
-            secrets[kind][owner] = secret.hex()
+        secrets, events = rebuild_secrets(rnd, unmask)
     except ShamirError as exc:
         restart(conn, rnd, f"the secrets could not be rebuilt: {exc}")
         return False
@@ -97,7 +74,7 @@ def finish(
     )
     nbytes = insert_updates(conn, rnd, t)
     fed_status = federation_status(conn, rnd.fid)  # paused since the step: the round stays open
-    complete = set(unmask) >= survivors and not accused
+    complete = set(unmask) >= set(rnd.u2) and not accused
     moved = conn.execute(
         update(rounds)
         .where(the_round(rnd.fid, rnd.number, "open"))
@@ -118,6 +95,39 @@ def finish(
         len(rnd.u1) - len(rnd.u2),
     )
     return moved.rowcount == 1 and fed_status == "running"
+
+
+def rebuild_secrets(
+    rnd: Round, unmask: dict[str, Any]
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The survivors' self-mask seeds ("b") and the mask keys of the dropped clients some
+    survivor masked with ("s"), each rebuilt from the holders' unmasking shares, and an event
+    naming each holder whose share disagrees with the others. `ShamirError` when a secret
+    cannot be rebuilt."""
+    graph = rnd.graph
+    survivors = set(rnd.u2)
+    secrets: dict[str, dict[str, str]] = {"b": {}, "s": {}}
+    events: list[str] = []
+    for owner in rnd.u1:
+        kind = "b" if owner in survivors else "s"
+        if kind == "s" and not set(graph[owner]) & survivors:
+            continue  # no survivor masked with it: nothing to remove
+        shares = {
+            holder_index(rnd.cohort, holder): share_from_bytes(bytes.fromhex(s["share"]))
+            for holder, sent in unmask.items()
+            for s in sent
+            if s["owner"] == owner and s["kind"] == kind
+        }
+        secret, off = reconstruct(shares, rnd.threshold(owner), SECRET_BYTES)
+        for x in off:
+            holder = sorted(rnd.cohort)[x - 1]
+            events.append(
+                f"attempt {rnd.attempt}: {holder}'s share of {owner}'s "
+                f"{'b' if kind == 'b' else 's_sk'} is inconsistent with the other "
+                f"{len(shares) - 1} shares; it was left out of the reconstruction"
+            )
+        secrets[kind][owner] = secret.hex()
+    return secrets, events
 
 
 def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput], dict[str, str]]:
@@ -148,19 +158,7 @@ def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput],
         finally:
             blob.close()
         total = fp.add(total, fp.from_wire(flat))
-    for _owner, b_hex in sorted(rnd.secrets["b"].items()):
-        total = fp.add(total, prg(bytes.fromhex(b_hex), total.size), -1)
-    graph = rnd.graph
-    survivors = set(rnd.u2)
-    for dropped, s_hex in sorted(rnd.secrets["s"].items()):
-        s_sk = bytes.fromhex(s_hex)
-        for peer in graph[dropped]:
-            if peer not in survivors:
-                continue
-            seed = mask_seed(
-                s_sk, public_from_hex(keys[peer]["s_pk"]), pair_context(rnd.context, peer, dropped)
-            )
-            total = fp.add(total, prg(seed, total.size), -sign(peer, dropped))
+    total = remove_masks(total, fp, rnd, keys)
     weight = sum(
         inputs[c]["num_examples"] if spec.aggregation.weighting == "num_examples" else 1
         for c in inputs
@@ -177,10 +175,29 @@ def secure_inputs(core: Core, fid: str, number: int) -> tuple[list[UpdateInput],
     left_out = {
         c: accusations.get(c, "shared keys but sent no masked input in time (dropped out)")
         for c in rnd.u1
-        if c not in survivors
+        if c not in rnd.u2
     }
     one = UpdateInput("secure-aggregate", core.blobs.path(digest), 1, f"secure\0{digest}")
     return [one], left_out
+
+
+def remove_masks(total: np.ndarray, fp: FixedPoint, rnd: Round, keys: dict[str, Any]) -> np.ndarray:
+    """The sum of the survivors' masked inputs less their self-masks (from the rebuilt seeds)
+    and less the pairwise masks they share with dropped clients (from the rebuilt mask keys
+    and the survivors' public keys): the sum of their encoded inputs."""
+    for _owner, b_hex in sorted(rnd.secrets["b"].items()):
+        total = fp.add(total, prg(bytes.fromhex(b_hex), total.size), -1)
+    survivors = set(rnd.u2)
+    for dropped, s_hex in sorted(rnd.secrets["s"].items()):
+        s_sk = bytes.fromhex(s_hex)
+        for peer in rnd.graph[dropped]:
+            if peer not in survivors:
+                continue
+            seed = mask_seed(
+                s_sk, public_from_hex(keys[peer]["s_pk"]), pair_context(rnd.context, peer, dropped)
+            )
+            total = fp.add(total, prg(seed, total.size), -sign(peer, dropped))
+    return total
 
 
 def list_updates(conn: Connection, rnd: Round) -> dict[str, Any]:
