@@ -69,7 +69,6 @@ def advance(core: Core, fid: str, number: int) -> bool:
 def advance_round(conn: Connection, core: Core, rnd: Round) -> bool:
     """Within the caller's transaction: move `rnd` as far as it can go now."""
     spec = core.spec(rnd.fid)
-    sa = rnd.sa
     fresh = load_round(conn, spec, rnd.fid, rnd.number)
     assert fresh is not None
     rnd = fresh
@@ -79,7 +78,7 @@ def advance_round(conn: Connection, core: Core, rnd: Round) -> bool:
     if rnd.phase == "advertise":
         keyed = sorted(steps(conn, rnd, "keys"))
         if len(keyed) >= spec.rounds.quorum or (late and len(keyed) >= least):
-            rnd = _move(conn, rnd, "share", t + sa.share_keys_s, cohort=keyed)
+            rnd = _move(conn, rnd, "share", t, cohort=keyed)
         else:
             return False
     if rnd.phase == "share":
@@ -88,7 +87,7 @@ def advance_round(conn: Connection, core: Core, rnd: Round) -> bool:
             if len(shared) < least:
                 restart(conn, rnd, f"only {len(shared)} of the cohort shared keys")
                 return False
-            rnd = _move(conn, rnd, "input", t + sa.masked_input_s, u1=shared)
+            rnd = _move(conn, rnd, "input", t, u1=shared)
         else:
             return False
     if rnd.phase == "input":
@@ -99,7 +98,7 @@ def advance_round(conn: Connection, core: Core, rnd: Round) -> bool:
             if len(sent) < least:
                 restart(conn, rnd, f"only {len(sent)} masked inputs arrived")
                 return False
-            rnd = _move(conn, rnd, "unmask", t + sa.unmask_s, u2=sorted(sent))
+            rnd = _move(conn, rnd, "unmask", t, u2=sorted(sent))
         else:
             return False
     if rnd.phase == "unmask":
@@ -110,7 +109,9 @@ def advance_round(conn: Connection, core: Core, rnd: Round) -> bool:
     return False
 
 
-def _move(conn: Connection, rnd: Round, phase: SecaggPhase, deadline: float, **sets: Any) -> Round:
+def _move(conn: Connection, rnd: Round, phase: SecaggPhase, t: float, **sets: Any) -> Round:
+    """`rnd` enters `phase` at `t`, which stays open for the spec's time for it."""
+    deadline = t + rnd.sa.phase_s(phase)
     values: dict[str, Any] = {"phase": phase, "deadline_at": deadline}
     values.update({k: json.dumps(v) for k, v in sets.items()})
     done = conn.execute(

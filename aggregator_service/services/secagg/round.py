@@ -227,7 +227,7 @@ def restart(conn: Connection, rnd: Round, why: str) -> None:
         .values(
             attempt=rnd.attempt + 1,
             phase="advertise",
-            deadline_at=now() + rnd.sa.advertise_s,
+            deadline_at=now() + rnd.sa.phase_s("advertise"),
             cohort=None,
             u1=None,
             u2=None,

@@ -83,7 +83,7 @@ def _open_round(conn: Connection, core: Core, fid: str, number: int, create: boo
             round=number,
             attempt=1,
             phase="advertise",
-            deadline_at=now() + sa.advertise_s,
+            deadline_at=now() + sa.phase_s("advertise"),
             events="[]",
         )
     )
