@@ -9,18 +9,22 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
+from sqlalchemy import Connection
 
 from aggregator_service.services.access import Principal, list_clients
 from aggregator_service.services.context import Core
 from aggregator_service.services.federations import list_federations
 from aggregator_service.services.history import list_rounds
 from aggregator_service.services.rounds import read_status
+from aggregator_service.services.secagg.round import load_round, steps
 from shared.api import FederationSummary, RoundRecord, RoundStatus
+from shared.spec import FederationSpec
 
 __all__ = [
     "FederationRow",
     "HistoryRow",
     "LiveRound",
+    "LiveSecure",
     "LiveView",
     "OrganisationRow",
     "federation_rows",
@@ -50,6 +54,24 @@ class LiveRound(BaseModel):
     min_updates: int
     deadline_at: datetime | None
     seconds_left: float | None = Field(description="Until the deadline, while the round is open.")
+
+
+class LiveSecure(BaseModel):
+    """The secure aggregation protocol of the open round: where it is and who has answered."""
+
+    attempt: int = Field(description="Grows when the protocol restarts.")
+    phase: str = Field(description="advertise | share | input | unmask | done")
+    answered: int = Field(description="Clients that took this phase's step so far.")
+    expected: int = Field(
+        description="Clients the phase waits for: the quorum while keys are advertised, then "
+        "the cohort, those who shared keys, and those whose masked input counts."
+    )
+    seconds_left: float | None = Field(
+        description="Until the phase's deadline, while the federation runs."
+    )
+    events: list[str] = Field(
+        description="The round's latest events (restarts, named senders and holders)."
+    )
 
 
 class HistoryRow(BaseModel):
@@ -83,6 +105,9 @@ class LiveView(BaseModel):
     name: str
     status: str
     round: LiveRound
+    secure: LiveSecure | None = Field(
+        default=None, description="With secure aggregation, while the round is open."
+    )
     history: list[HistoryRow]
     organisations: list[OrganisationRow]
     epsilon: float | None = Field(
@@ -145,13 +170,57 @@ def _live_round(status: RoundStatus, t: datetime) -> LiveRound:
     )
 
 
+# The step each phase waits for, as the service records it.
+_STEP = {"advertise": "keys", "share": "shares", "input": "input", "unmask": "unmask"}
+# How many of a round's events the dashboard shows.
+_EVENTS = 5
+
+
+def _live_secure(
+    conn: Connection, spec: FederationSpec, status: RoundStatus, t: datetime
+) -> LiveSecure | None:
+    """The open round's protocol, when the federation uses secure aggregation."""
+    if spec.secure_aggregation is None or status.status != "open":
+        return None
+    rnd = load_round(conn, spec, status.federation_id, status.round)
+    if rnd is None:  # no client has advertised keys yet
+        return LiveSecure(
+            attempt=1,
+            phase="advertise",
+            answered=0,
+            expected=spec.rounds.quorum,
+            seconds_left=None,
+            events=[],
+        )
+    expected = {
+        "advertise": spec.rounds.quorum,
+        "share": len(rnd.cohort),
+        "input": len(rnd.u1),
+        "unmask": len(rnd.u2),
+        "done": len(rnd.u2),
+    }[rnd.phase]
+    done = rnd.phase == "done"
+    answered = expected if done else len(steps(conn, rnd, _STEP[rnd.phase]))
+    running = status.federation_status == "running" and not done
+    left = max(0.0, rnd.deadline_at - t.timestamp()) if running else None
+    return LiveSecure(
+        attempt=rnd.attempt,
+        phase=rnd.phase,
+        answered=answered,
+        expected=expected,
+        seconds_left=left,
+        events=rnd.events[-_EVENTS:],
+    )
+
+
 def live_view(core: Core, fid: str) -> LiveView:
     """The federation as the dashboard shows it now; `NotFound` when there is none."""
     spec = core.spec(fid)
+    t = datetime.now(UTC)
     with core.db.read() as conn:
         status = read_status(conn, spec, fid, None)
+        secure = _live_secure(conn, spec, status, t)
     history = list_rounds(core, fid, _READER)
-    t = datetime.now(UTC)
     last_seen: dict[str, datetime] = {}
     for r in history:
         for p in r.participants:
@@ -163,6 +232,7 @@ def live_view(core: Core, fid: str) -> LiveView:
         name=spec.name,  # the federation is named after its spec
         status=status.federation_status,
         round=_live_round(status, t),
+        secure=secure,
         history=[_history_row(r) for r in history],
         organisations=[
             OrganisationRow(

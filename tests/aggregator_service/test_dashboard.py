@@ -24,7 +24,14 @@ from aggregator_service.dashboard.assets import STATIC_DIR
 from aggregator_service.services.context import hash_token
 from aggregator_service.storage.database import parse_database_url
 from lab.local_federation import start_server
-from tests.aggregator_service.conftest import ADMIN_TOKEN, AppPool, Federation, LiveApp
+from tests.aggregator_service.conftest import (
+    ADMIN_TOKEN,
+    AppPool,
+    Federation,
+    LiveApp,
+    create_federation,
+)
+from tests.aggregator_service.test_secagg_service import secure_orgs, secure_spec, until_phase
 
 LOGIN = "/dashboard/login"
 
@@ -441,3 +448,42 @@ def test_the_list_says_when_there_is_no_federation_yet(start_app: AppPool):
 
     assert page.status_code == 200 and "No federation yet" in page.text
     assert listing.json() == []
+
+
+def test_a_secure_round_shows_its_phase_and_who_has_answered(
+    start_app: AppPool, tmp_path: Path
+) -> None:
+    """The updates counter stays at 0 while SecAgg runs (masked inputs count once the round
+    aggregates), so the page shows the protocol: its phase, who answered of whom it waits
+    for, the phase's countdown and attempt, and the latest event."""
+    fed = create_federation(start_app(), secure_spec(3, share_keys_s=600), 3)
+    orgs = secure_orgs(fed, tmp_path)
+    live_url = f"/dashboard/federations/{fed.id}/live"
+    with signed_in(fed.app.url, ADMIN_TOKEN) as c:
+        before = c.get(live_url).json()["secure"]
+        for o in orgs:
+            o.round.advertise(1, 1)
+        until_phase(orgs, "share")
+        orgs[0].round._post(1, "/shares", orgs[0].round.share_body(1, orgs[0].state()))
+        sharing = c.get(live_url).json()
+        page = c.get(f"/dashboard/federations/{fed.id}").text
+
+    assert (before["phase"], before["answered"], before["expected"]) == ("advertise", 0, 3)
+    secure = sharing["secure"]
+    assert (secure["attempt"], secure["phase"], secure["answered"], secure["expected"]) == (
+        1,
+        "share",
+        1,
+        3,
+    )
+    assert 0 < secure["seconds_left"] <= 600 and secure["events"] == []
+    assert sharing["round"]["received"] == 0
+    assert '<span id="secure-phase">share</span>' in page
+    assert '<span id="secure-answered">1</span>' in page
+
+
+def test_a_plain_federation_has_no_secure_aggregation_card(fed: Federation):
+    with signed_in(fed.app.url, ADMIN_TOKEN) as c:
+        live = c.get(f"/dashboard/federations/{fed.id}/live").json()
+        page = c.get(f"/dashboard/federations/{fed.id}").text
+    assert live["secure"] is None and "secure-card" not in page

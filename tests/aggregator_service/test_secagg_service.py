@@ -25,7 +25,7 @@ from tests.aggregator_service.conftest import AppPool, Federation, create_federa
 SCALE_BITS = 24
 
 
-def _spec(clients: int, **secure: Any) -> dict[str, Any]:
+def secure_spec(clients: int, **secure: Any) -> dict[str, Any]:
     spec = tiny_spec(total=2, quorum=clients, min_updates=2, deadline_s=600)
     spec["aggregation"] = {"strategy": "fedavg", "weighting": "num_examples", "clip_norm": None}
     spec["secure_aggregation"] = {"scale_bits": SCALE_BITS, **secure}
@@ -49,11 +49,11 @@ class Org:
         return self.round.state(number)
 
 
-def _orgs(fed: Federation, tmp: Path) -> list[Org]:
+def secure_orgs(fed: Federation, tmp: Path) -> list[Org]:
     return [Org(fed, cid, tmp) for cid in sorted(fed.keys)]
 
 
-def _until(orgs: list[Org], phase: str, number: int = 1) -> None:
+def until_phase(orgs: list[Org], phase: str, number: int = 1) -> None:
     deadline = time.monotonic() + 30
     while orgs[0].state(number).phase != phase:
         assert time.monotonic() < deadline, orgs[0].state(number)
@@ -63,10 +63,10 @@ def _until(orgs: list[Org], phase: str, number: int = 1) -> None:
 def _to_input(orgs: list[Org], number: int = 1) -> None:
     for o in orgs:
         o.round.advertise(number, 1)
-    _until(orgs, "share", number)
+    until_phase(orgs, "share", number)
     for o in orgs:
         o.round._post(number, "/shares", o.round.share_body(number, o.state(number)))
-    _until(orgs, "input", number)
+    until_phase(orgs, "input", number)
 
 
 def _mask(orgs: list[Org], number: int = 1) -> None:
@@ -108,9 +108,9 @@ def test_the_aggregate_is_fedavg_of_the_survivors_and_a_lying_holder_is_named(
     name that holder, and the aggregate is FedAvg of the five survivors. Modulo 2^32 the
     masked inputs are int32 words, as large as the float32 deltas, and int64 ones are refused."""
     pool: AppPool = start_app  # type: ignore[assignment]
-    spec = _spec(6, unmask_s=60, masked_input_s=3, modulus_bits=modulus_bits)
+    spec = secure_spec(6, unmask_s=60, masked_input_s=3, modulus_bits=modulus_bits)
     fed = create_federation(pool(), spec, 6)
-    orgs = _orgs(fed, tmp_path)
+    orgs = secure_orgs(fed, tmp_path)
     _to_input(orgs)
     gone, liar, *rest = orgs
     survivors = [liar, *rest]
@@ -124,7 +124,7 @@ def test_the_aggregate_is_fedavg_of_the_survivors_and_a_lying_holder_is_named(
             )
         assert r.status_code == 422 and "int32 words (modulus 2^32)" in r.json()["detail"]
     _mask(survivors)
-    _until(orgs, "unmask")
+    until_phase(orgs, "unmask")
     st = liar.state()
     assert sorted(st.survivors) == sorted(o.cid for o in survivors)
     body = liar.round.unmask_body(1, st)
@@ -161,8 +161,8 @@ def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
 ) -> None:
     pool: AppPool = start_app  # type: ignore[assignment]
     app = pool()
-    fed = create_federation(app, _spec(3), 4)
-    orgs = _orgs(fed, tmp_path)
+    fed = create_federation(app, secure_spec(3), 4)
+    orgs = secure_orgs(fed, tmp_path)
     outsider = orgs.pop()
     base = f"/v1/federations/{fed.id}/rounds/1/secure-aggregation"
 
@@ -183,7 +183,7 @@ def test_every_bad_input_is_refused_with_its_reason_and_changes_nothing(
     # first client simply goes on with these keys (it cannot decrypt, which is not tested here)
     for o in orgs[1:]:
         o.round.advertise(1, 1)
-    _until(orgs, "share")
+    until_phase(orgs, "share")
     late = outsider.round
     with pytest.raises(ConflictError, match="phase share, not advertise"):
         late.advertise(1, 1)
@@ -230,13 +230,13 @@ def test_a_server_optimiser_runs_on_the_unmasked_mean(
     start_app: Callable[..., Any], tmp_path: Path
 ) -> None:
     pool: AppPool = start_app  # type: ignore[assignment]
-    spec = _spec(3)
+    spec = secure_spec(3)
     spec["aggregation"] = {**spec["aggregation"], "strategy": "fedavgm"}
     fed = create_federation(pool(), spec, 3)
-    orgs = _orgs(fed, tmp_path)
+    orgs = secure_orgs(fed, tmp_path)
     _to_input(orgs)
     _mask(orgs)
-    _until(orgs, "unmask")
+    until_phase(orgs, "unmask")
     for o in orgs:
         o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
     record = _wait_closed(fed)
@@ -254,11 +254,11 @@ def test_too_few_left_restarts_the_protocol_with_fresh_keys(
     """Only one of three clients shares its keys before the phase's deadline: the attempt
     fails (recorded), attempt 2 starts from advertising, and completes the round."""
     pool: AppPool = start_app  # type: ignore[assignment]
-    fed = create_federation(pool(), _spec(3, share_keys_s=3), 3)
-    orgs = _orgs(fed, tmp_path)
+    fed = create_federation(pool(), secure_spec(3, share_keys_s=3), 3)
+    orgs = secure_orgs(fed, tmp_path)
     for o in orgs:
         o.round.advertise(1, 1)
-    _until(orgs, "share")
+    until_phase(orgs, "share")
     orgs[0].round._post(1, "/shares", orgs[0].round.share_body(1, orgs[0].state()))
     deadline = time.monotonic() + 30
     while orgs[0].state().attempt == 1:
@@ -273,15 +273,15 @@ def test_too_few_left_restarts_the_protocol_with_fresh_keys(
         orgs[1].round.advertise(1, 1)
     for o in orgs:  # attempt 2, run by the SDK's own loop
         o.round.advertise(1, 2)
-    _until(orgs, "share")
+    until_phase(orgs, "share")
     for o in orgs:
         o.round._post(1, "/shares", o.round.share_body(1, o.state()))
-    _until(orgs, "input")
+    until_phase(orgs, "input")
     for o in orgs:
         st = o.state()
         o.round.received(1, st)
         o.round.upload_masked(1, 2, o.round.masked_input(1, st, o.path, o.num_examples))
-    _until(orgs, "unmask")
+    until_phase(orgs, "unmask")
     for o in orgs:
         o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
     record = _wait_closed(fed)
@@ -298,11 +298,13 @@ def test_a_pause_freezes_the_secure_round_and_a_resume_gives_the_phase_its_time_
     shares, and the round completes with all three. On SQLite and PostgreSQL."""
     pool: AppPool = start_app  # type: ignore[assignment]
     share_keys_s = 3
-    fed = create_federation(pool(database_url=database_url), _spec(3, share_keys_s=share_keys_s), 3)
-    orgs = _orgs(fed, tmp_path)
+    fed = create_federation(
+        pool(database_url=database_url), secure_spec(3, share_keys_s=share_keys_s), 3
+    )
+    orgs = secure_orgs(fed, tmp_path)
     for o in orgs:
         o.round.advertise(1, 1)
-    _until(orgs, "share")
+    until_phase(orgs, "share")
     *early, late = orgs
     for o in early:
         o.round._post(1, "/shares", o.round.share_body(1, o.state()))
@@ -318,10 +320,10 @@ def test_a_pause_freezes_the_secure_round_and_a_resume_gives_the_phase_its_time_
     st = late.state()
     assert st.deadline_at.timestamp() >= resumed_at + share_keys_s - 0.5
     late.round._post(1, "/shares", late.round.share_body(1, st))
-    _until(orgs, "input")
+    until_phase(orgs, "input")
     assert sorted(late.state().shared) == sorted(o.cid for o in orgs)
     _mask(orgs)
-    _until(orgs, "unmask")
+    until_phase(orgs, "unmask")
     for o in orgs:
         o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
     record = _wait_closed(fed)

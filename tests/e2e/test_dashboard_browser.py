@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from client_sdk.credentials import load
+from client_sdk.secagg import SecureRound
 from lab.local_federation import (
     ClientProcess,
     ServerProcess,
@@ -25,7 +27,7 @@ from lab.local_federation import (
     start_client,
     train_args,
 )
-from shared.spec import RoundsSpec, load_spec
+from shared.spec import RoundsSpec, load_spec, parse_spec
 from tests.e2e.test_federation_e2e import EXAMPLES
 from tests.images import write_image_folder
 
@@ -195,6 +197,49 @@ def test_the_dashboard_follows_a_live_federation(
     _wait("the sign-in page", lambda: "/dashboard/login" in driver.current_url, 30, [])
     driver.get(page)
     assert "/dashboard/login" in driver.current_url  # signed out: the cookie is gone
+
+
+def test_the_secure_aggregation_card_follows_the_protocol(
+    server: ServerProcess, driver: Any, tmp_path: Path
+) -> None:
+    """A secure federation's page shows its protocol beside the round, and redraws it from
+    the live JSON: the key advertisements of two organisations (the SDK's protocol steps,
+    in-process) move the card from advertise 0 / 2 to share 0 / 2 without a reload."""
+    spec = load_spec(EXAMPLES / "tiny-clip-bias.yaml").model_copy(
+        update={"rounds": RoundsSpec(total=1, quorum=2, min_updates=2, deadline_s=600)}
+    )
+    spec = parse_spec({**spec.model_dump(), "secure_aggregation": {"neighbours": None}})
+    admin = server.admin()
+    info = admin.create_federation(spec)
+    rounds = []
+    for org in ORGS:
+        creds = tmp_path / org / "credentials.json"
+        register(server, admin.create_enrollment_token(info.id).token, org, creds)
+        c = load(creds)
+        sdk = server.client(c.api_key)
+        rounds.append(SecureRound(sdk, info.spec, info.id, c.client_id, tmp_path / org / "work"))
+    page = f"{server.url}/dashboard/federations/{info.id}"
+    driver.get(page)
+    _sign_in(driver, server.admin_token)
+    _wait("the federation page", lambda: driver.current_url == page, 30, [])
+    _wait("the first live update", lambda: "updated" in _text(driver, "live-indicator"), 30, [])
+    card = ("secure-phase", "secure-answered", "secure-expected", "secure-attempt")
+    assert [_text(driver, i) for i in card] == ["advertise", "0", "2", "1"]
+    driver.execute_script("window.fedtuneMarker = 'set before the keys';")
+
+    for r in rounds:
+        r.advertise(1, 1)
+
+    def sharing() -> bool:
+        return [_text(driver, i) for i in card] == ["share", "0", "2", "1"]
+
+    _wait("the share phase on the page", sharing, 30, [])
+    assert driver.execute_script("return window.fedtuneMarker") == "set before the keys"
+    assert _text(driver, "secure-left") not in ("", "–")
+    violations = [
+        e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
+    ]
+    assert violations == []
 
 
 def _sign_in(driver: Any, token: str) -> None:

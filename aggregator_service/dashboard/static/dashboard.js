@@ -16,6 +16,7 @@
 
   var charts = {};
   var deadline = { left: null, at: 0 };
+  var phaseDeadline = { left: null, at: 0 };  // a secure round's phase
 
   function $(id) { return document.getElementById(id); }
 
@@ -97,14 +98,29 @@
     bar.value = r.received;
     text("deadline-at", fmtUtc(r.deadline_at));
     text("epsilon", fmtMetric(view.epsilon));
-    deadline = { left: r.seconds_left, at: performance.now() };
+    var s = view.secure;
+    if ($("secure-card")) {  // a federation with secure aggregation
+      text("secure-phase", s ? s.phase : "–");
+      text("secure-answered", s ? String(s.answered) : "–");
+      text("secure-expected", s ? String(s.expected) : "–");
+      text("secure-attempt", s ? String(s.attempt) : "–");
+      text("secure-event", s && s.events.length ? s.events[s.events.length - 1] : "");
+    }
+    var at = performance.now();
+    deadline = { left: r.seconds_left, at: at };
+    phaseDeadline = { left: s ? s.seconds_left : null, at: at };
     tick();
   }
 
+  function countdown(id, d) {
+    if (!$(id)) return;
+    if (d.left === null) { text(id, "–"); return; }
+    text(id, fmtSeconds(Math.max(0, d.left - (performance.now() - d.at) / 1000)));
+  }
+
   function tick() {
-    if (deadline.left === null) { text("deadline", "–"); return; }
-    var left = Math.max(0, deadline.left - (performance.now() - deadline.at) / 1000);
-    text("deadline", fmtSeconds(left));
+    countdown("deadline", deadline);
+    countdown("secure-left", phaseDeadline);
   }
 
   function renderTables(view) {
