@@ -32,8 +32,9 @@ from client_sdk._exceptions import (
 )
 from client_sdk.credentials import Credentials
 from client_sdk.workdir import safe_id
+from shared.spec import FederationSpec
 
-__all__ = ["main"]
+__all__ = ["main", "protections"]
 
 PROG = "fedtune-client"
 ENV_ENROLLMENT_TOKEN = "FEDTUNE_ENROLLMENT_TOKEN"
@@ -347,6 +348,7 @@ def _status(args: argparse.Namespace) -> int:
         history = client.list_rounds(info.id)
         final = [e for e in client.list_evaluations(info.id) if e.final]
     print(f"federation {info.id} ({info.name}): {info.status}")
+    print(f"privacy: {protections(info.spec)}")
     print(
         f"round {current.round}/{current.total_rounds}: {current.status}, "
         f"{current.received}/{current.quorum} updates, submitted by this client: "
@@ -365,6 +367,32 @@ def _status(args: argparse.Namespace) -> int:
             f"val_accuracy={e.val_accuracy:.4g} on {e.val_examples} examples"
         )
     return 0
+
+
+def protections(spec: FederationSpec) -> str:
+    """What protects this organisation's updates in the federation `spec` describes, in one
+    line: what to check before training (SECURITY.md says what each protects against)."""
+    parts = []
+    sa = spec.secure_aggregation
+    if sa is not None:
+        graph = "every other client" if sa.neighbours is None else f"{sa.neighbours} neighbours"
+        parts.append(
+            f"secure aggregation (SecAgg+, masks shared with {graph}): the service sees only "
+            "the masked sum"
+        )
+    if spec.privacy is not None:
+        p = spec.privacy
+        parts.append(
+            f"central DP (noise x{p.noise_multiplier:g} on the mean, stops at "
+            f"epsilon {p.max_epsilon:g}, delta {p.delta:g})"
+        )
+    dp = spec.local_training.dp
+    if dp is not None:
+        parts.append(
+            f"DP-SGD on each client (noise x{dp.noise_multiplier:g}, per-example gradient norm "
+            f"{dp.max_grad_norm:g}, delta {dp.delta:g})"
+        )
+    return "; ".join(parts) or "none (the service sees each update)"
 
 
 def _rotate_key(args: argparse.Namespace) -> int:

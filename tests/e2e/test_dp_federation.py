@@ -10,11 +10,12 @@ reports the federation's ε; both clients exit 0.
 
 from __future__ import annotations
 
+import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
 
-from lab.local_federation import ServerProcess
+from lab.local_federation import ServerProcess, client_command, quiet_env
 from shared.privacy import CentralPrivacySpec, LocalDPSpec
 from shared.spec import RoundsSpec, load_spec
 from tests.accounting import rdp_epsilon
@@ -57,7 +58,7 @@ def test_a_private_federation_stops_at_its_budget_with_epsilon_rising_per_round(
     info = admin.create_federation(spec)
     assert info.spec.privacy == privacy and info.spec.aggregation.clip_norm == 1.0
 
-    train_orgs(admin, info.id, ORGS, spec.task.classes)
+    orgs = train_orgs(admin, info.id, ORGS, spec.task.classes)
 
     final = admin.get_federation(info.id)
     assert final.status == "completed" and final.completed_reason == "privacy_budget"
@@ -80,3 +81,11 @@ def test_a_private_federation_stops_at_its_budget_with_epsilon_rising_per_round(
     line = next(x for x in metrics.splitlines() if f'federation="{info.id}"' in x)
     assert line.startswith("fedtune_privacy_epsilon{")
     assert float(line.split()[-1]) == pytest.approx(eps[1], rel=1e-9)
+    creds, _ = orgs[ORGS[0]]
+    status = subprocess.run(
+        client_command("status", "--credentials", str(creds), *server.transport_args()),
+        env=quiet_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    (said,) = [x for x in status.stdout.splitlines() if x.startswith("privacy: ")]
+    assert "central DP (noise x1.5 on the mean" in said and "DP-SGD on each client" in said

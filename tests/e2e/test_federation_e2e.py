@@ -84,6 +84,7 @@ def test_three_clients_complete_two_rounds_over_tls(server, tls, tmp_path, examp
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
     assert f"federation {info.id}" in status.stdout and ": completed" in status.stdout
+    assert "privacy: none (the service sees each update)" in status.stdout
     assert "2 round(s)" in status.stdout
 
 
