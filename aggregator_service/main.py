@@ -26,6 +26,7 @@ from aggregator_service.metrics import Metrics, resolve_metrics_token
 from aggregator_service.services.context import Core, hash_token
 from aggregator_service.services.privacy import current_epsilons
 from aggregator_service.services.runner import RoundRunner
+from aggregator_service.services.secagg.round import current_attempts
 from aggregator_service.settings import Settings, resolve_admin_token
 from aggregator_service.storage import Database, open_blob_store
 from aggregator_service.storage.blobs import private_dir
@@ -97,6 +98,7 @@ def build_core(settings: Settings) -> Core:
         admin_token_hash=hash_token(resolve_admin_token(settings)),
     )
     core.metrics.epsilons.source = lambda: current_epsilons(core)  # read at each scrape
+    core.metrics.secure_attempts.source = lambda: current_attempts(core)
     return core
 
 

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from aggregator_service.settings import Settings
 
-__all__ = ["Metrics", "MetricsListener", "resolve_metrics_token"]
+__all__ = ["Metrics", "MetricsListener", "ScrapedGauge", "resolve_metrics_token"]
 
 log = logging.getLogger("fedtune.server")
 
@@ -65,8 +65,17 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=r,
         )
-        self.epsilons = _EpsilonGauge()
+        self.epsilons = ScrapedGauge(
+            "fedtune_privacy_epsilon",
+            "Federations with central privacy: ε (at privacy.delta) after the latest closed round.",
+        )
+        self.secure_attempts = ScrapedGauge(
+            "fedtune_secagg_attempt",
+            "Federations with secure aggregation: the open round's protocol attempt (1, or more "
+            "once it restarted because too few clients were left).",
+        )
         r.register(self.epsilons)
+        r.register(self.secure_attempts)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -78,29 +87,26 @@ class Metrics:
         return hmac.compare_digest(_digest(token), self._token_digest)
 
 
-class _EpsilonGauge(Collector):
-    """`fedtune_privacy_epsilon{federation}`: read from the database at every scrape (set
-    `source`), so every replica reports every federation's ε, whoever closed its rounds."""
+class ScrapedGauge(Collector):
+    """A gauge by federation read from the database at every scrape (set `source`), so every
+    replica reports every federation, whichever of them changed it."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation = name, documentation
         self.source: Callable[[], Mapping[str, float]] | None = None
 
     def describe(self) -> list[Metric]:
         return []  # collected on each scrape, never at registration
 
     def collect(self) -> Iterator[Metric]:
-        gauge = GaugeMetricFamily(
-            "fedtune_privacy_epsilon",
-            "Federations with central privacy: ε (at privacy.delta) after the latest closed round.",
-            labels=["federation"],
-        )
+        gauge = GaugeMetricFamily(self.name, self.documentation, labels=["federation"])
         try:
             values = self.source() if self.source is not None else {}
         except Exception as exc:  # the database is away: the scrape still answers
-            log.debug("privacy epsilon not read: %s", exc)
+            log.debug("%s not read: %s", self.name, exc)
             values = {}
-        for fid, eps in sorted(values.items()):
-            gauge.add_metric([fid], eps)
+        for fid, value in sorted(values.items()):
+            gauge.add_metric([fid], value)
         yield gauge
 
 

@@ -271,6 +271,7 @@ def test_too_few_left_restarts_the_protocol_with_fresh_keys(
     )
     with pytest.raises(ConflictError, match="attempt 1 of round 1 is over"):
         orgs[1].round.advertise(1, 1)
+    assert _attempt_gauge(fed) == 2.0  # what an operator's alert on restarts reads
     for o in orgs:  # attempt 2, run by the SDK's own loop
         o.round.advertise(1, 2)
     until_phase(orgs, "share")
@@ -287,6 +288,16 @@ def test_too_few_left_restarts_the_protocol_with_fresh_keys(
     record = _wait_closed(fed)
     assert record["participant_count"] == 3
     _assert_fedavg(fed, orgs, record)
+    assert _attempt_gauge(fed) is None  # round 2 has not started its protocol
+
+
+def _attempt_gauge(fed: Federation) -> float | None:
+    """`fedtune_secagg_attempt` for `fed` on /metrics (None when it has no sample)."""
+    with fed.app.client() as c:
+        text = c.get("/metrics").text
+    prefix = f'fedtune_secagg_attempt{{federation="{fed.id}"}} '
+    values = [float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)]
+    return values[0] if values else None
 
 
 def test_a_pause_freezes_the_secure_round_and_a_resume_gives_the_phase_its_time_again(

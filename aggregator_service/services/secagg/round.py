@@ -29,6 +29,7 @@ __all__ = [
     "accused",
     "add_event",
     "bump",
+    "current_attempts",
     "load_round",
     "record_step",
     "restart",
@@ -235,6 +236,22 @@ def restart(conn: Connection, rnd: Round, why: str) -> None:
         )
     )
     bump(conn, rnd)
+
+
+def current_attempts(core: Core) -> dict[str, float]:
+    """Federation id -> the protocol attempt of its current round, while that round is open
+    and its secure aggregation has started (federations with `secure_aggregation`)."""
+    with core.db.read() as conn:
+        rows = conn.execute(
+            select(secagg_rounds.c.federation_id, secagg_rounds.c.attempt)
+            .join(
+                rounds,
+                (rounds.c.federation_id == secagg_rounds.c.federation_id)
+                & (rounds.c.number == secagg_rounds.c.round),
+            )
+            .where(rounds.c.status == "open")
+        ).all()
+    return {r.federation_id: float(r.attempt) for r in rows}
 
 
 # -- what a client reads ------------------------------------------------------------------
