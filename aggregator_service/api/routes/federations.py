@@ -104,8 +104,8 @@ def pause_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInf
     "/{fid}/resume",
     summary="Resume a paused federation",
     description="Uploads are accepted again and the open round's deadline restarts: the "
-    "spec's whole `deadline_s` from now (a secure round's phase: its whole time). Resuming a running federation changes nothing; a "
-    "completed or cancelled one answers 409.",
+    "spec's whole `deadline_s` from now (a secure round's phase: its whole time). Resuming a "
+    "running federation changes nothing; a completed or cancelled one answers 409.",
     responses=error_responses(404, 409, 422),
 )
 def resume_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationInfo:

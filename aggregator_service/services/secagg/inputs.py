@@ -2,9 +2,10 @@
 
 A safetensors file of words (the masked sum modulo 2^modulus_bits: int32 holding the word's
 bits when the modulus is 2^32, int64 holding 0..2^modulus_bits-1 otherwise; see
-`shared.secagg.masking.FixedPoint`), one tensor per manifest entry with the manifest's shapes, and `__metadata__` format
-`fedtune-masked/1`, federation, round, attempt, num_examples (in the clear: the service divides
-the sum by the survivors' total) and metrics (JSON). It streams through the upload path
+`shared.secagg.masking.FixedPoint`), one tensor per manifest entry with the manifest's
+shapes, and `__metadata__` format `fedtune-masked/1`, federation, round, attempt,
+num_examples (in the clear: the service divides the sum by the survivors' total) and metrics
+(JSON). It streams through the upload path
 (services/uploads.py): the header is checked as soon as it arrives and the body may be no
 longer than it declares; nothing is parsed with pickle and nothing is kept when it is refused.
 """
