@@ -69,11 +69,21 @@ def _to_input(orgs: list[Org], number: int = 1) -> None:
     until_phase(orgs, "input", number)
 
 
-def _mask(orgs: list[Org], number: int = 1) -> None:
+def _mask(orgs: list[Org], number: int = 1, attempt: int = 1) -> None:
     for o in orgs:
         st = o.state(number)
         o.round.received(number, st)
-        o.round.upload_masked(number, 1, o.round.masked_input(number, st, o.path, o.num_examples))
+        masked = o.round.masked_input(number, st, o.path, o.num_examples)
+        o.round.upload_masked(number, attempt, masked)
+
+
+def _unmask(fed: Federation, orgs: list[Org]) -> dict[str, Any]:
+    """Every org sends its unmasking shares once the round reaches unmask; the closed round's
+    record."""
+    until_phase(orgs, "unmask")
+    for o in orgs:
+        o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
+    return _wait_closed(fed)
 
 
 def _mean(orgs: list[Org]) -> dict[str, torch.Tensor]:
@@ -236,10 +246,7 @@ def test_a_server_optimiser_runs_on_the_unmasked_mean(
     orgs = secure_orgs(fed, tmp_path)
     _to_input(orgs)
     _mask(orgs)
-    until_phase(orgs, "unmask")
-    for o in orgs:
-        o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
-    record = _wait_closed(fed)
+    record = _unmask(fed, orgs)
     assert record["participant_count"] == 3 and record["closed_by"] == "quorum"
     before, after = fed.state(0), fed.state(record["result_version"])
     lr = fed.info.spec.aggregation.strategy_options().model_dump().get("server_lr", 1.0)
@@ -278,14 +285,8 @@ def test_too_few_left_restarts_the_protocol_with_fresh_keys(
     for o in orgs:
         o.round._post(1, "/shares", o.round.share_body(1, o.state()))
     until_phase(orgs, "input")
-    for o in orgs:
-        st = o.state()
-        o.round.received(1, st)
-        o.round.upload_masked(1, 2, o.round.masked_input(1, st, o.path, o.num_examples))
-    until_phase(orgs, "unmask")
-    for o in orgs:
-        o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
-    record = _wait_closed(fed)
+    _mask(orgs, attempt=2)
+    record = _unmask(fed, orgs)
     assert record["participant_count"] == 3
     _assert_fedavg(fed, orgs, record)
     assert _attempt_gauge(fed) is None  # round 2 has not started its protocol
@@ -334,9 +335,6 @@ def test_a_pause_freezes_the_secure_round_and_a_resume_gives_the_phase_its_time_
     until_phase(orgs, "input")
     assert sorted(late.state().shared) == sorted(o.cid for o in orgs)
     _mask(orgs)
-    until_phase(orgs, "unmask")
-    for o in orgs:
-        o.round._post(1, "/unmask", o.round.unmask_body(1, o.state()))
-    record = _wait_closed(fed)
+    record = _unmask(fed, orgs)
     assert record["participant_count"] == 3
     _assert_fedavg(fed, orgs, record)

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select, update
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.rounds import RUNNING, federation_status
 from aggregator_service.services.secagg.round import (
+    OF_ROUND,
     Round,
     accused,
     bump,
@@ -39,11 +40,7 @@ def due(core: Core) -> list[tuple[str, int]]:
     with core.db.read() as conn:
         rows = conn.execute(
             select(secagg_rounds.c.federation_id, secagg_rounds.c.round)
-            .join(
-                rounds,
-                (rounds.c.federation_id == secagg_rounds.c.federation_id)
-                & (rounds.c.number == secagg_rounds.c.round),
-            )
+            .join(rounds, OF_ROUND)
             .where(
                 secagg_rounds.c.phase != "done",
                 secagg_rounds.c.deadline_at <= now(),

@@ -25,6 +25,7 @@ from shared.secagg.protocol import context
 from shared.spec import FederationSpec, SecureAggregationSpec
 
 __all__ = [
+    "OF_ROUND",
     "Round",
     "accused",
     "add_event",
@@ -41,6 +42,10 @@ __all__ = [
 log = logging.getLogger("fedtune.server")
 
 _ORDER: tuple[SecaggPhase, ...] = ("advertise", "share", "input", "unmask", "done")
+# Joins a secure round's row to its round's row.
+OF_ROUND = (rounds.c.federation_id == secagg_rounds.c.federation_id) & (
+    rounds.c.number == secagg_rounds.c.round
+)
 
 
 def secure_spec(core: Core, fid: str) -> SecureAggregationSpec:
@@ -244,11 +249,7 @@ def current_attempts(core: Core) -> dict[str, float]:
     with core.db.read() as conn:
         rows = conn.execute(
             select(secagg_rounds.c.federation_id, secagg_rounds.c.attempt)
-            .join(
-                rounds,
-                (rounds.c.federation_id == secagg_rounds.c.federation_id)
-                & (rounds.c.number == secagg_rounds.c.round),
-            )
+            .join(rounds, OF_ROUND)
             .where(rounds.c.status == "open")
         ).all()
     return {r.federation_id: float(r.attempt) for r in rows}
