@@ -9,6 +9,8 @@ A screenshot goes to the test's directory and, when FEDTUNE_SCREENSHOT_DIR is se
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
 import time
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from client_sdk.credentials import load
 from client_sdk.secagg import SecureRound
@@ -25,6 +29,7 @@ from lab.local_federation import (
     ServerProcess,
     register,
     start_client,
+    start_server,
     train_args,
 )
 from shared.spec import RoundsSpec, load_spec, parse_spec
@@ -54,8 +59,9 @@ return {painted: painted, series: series, width: canvas.width, url_length: url.l
 """
 
 
-def _browser() -> Any:
-    """A headless Chromium driven through the system's ChromeDriver (skip when missing)."""
+def _browser(*extra: str) -> Any:
+    """A headless Chromium driven through the system's ChromeDriver (skip when missing), with
+    `extra` command-line switches."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
@@ -71,7 +77,7 @@ def _browser() -> Any:
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                 f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars",
-                "--force-device-scale-factor=1"):  # fmt: skip
+                "--force-device-scale-factor=1", *extra):  # fmt: skip
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
@@ -240,6 +246,36 @@ def test_the_secure_aggregation_card_follows_the_protocol(
         e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
     ]
     assert violations == []
+
+
+def test_the_dashboard_works_over_https(tls: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Served over TLS (the test CA's certificate, trusted by its public key pin only), the
+    page is a secure context, loads its script and chart library from the same origin, keeps
+    the sign-in cookie Secure and HttpOnly, updates itself, and breaks no CSP rule."""
+    cert = x509.load_pem_x509_certificate(tls[0].read_bytes())  # the chain's first: the leaf
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
+    server = start_server(tmp_path / "server", tls=tls)
+    driver = _browser(f"--ignore-certificate-errors-spki-list={pin}")
+    try:
+        info = server.admin().create_federation(load_spec(EXAMPLES / "tiny-clip-bias.yaml"))
+        page = f"{server.url}/dashboard/federations/{info.id}"
+        assert page.startswith("https://")
+        driver.get(page)
+        _sign_in(driver, server.admin_token)
+        _wait("the federation page", lambda: driver.current_url == page, 30, [])
+        _wait("a live update", lambda: "updated" in _text(driver, "live-indicator"), 30, [])
+
+        cookie = driver.get_cookie("fedtune_dashboard")
+        assert cookie["secure"] is True and cookie["httpOnly"] is True
+        assert driver.execute_script("return window.isSecureContext") is True
+        assert driver.execute_script("return typeof uPlot") == "function"
+        assert _text(driver, "round-number") == "1"
+        errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        driver.quit()
+        server.stop()
 
 
 def _sign_in(driver: Any, token: str) -> None:
