@@ -30,6 +30,7 @@ from shared.api import (
     FederationInfo,
     FederationSummary,
     RoundStatus,
+    SecaggState,
 )
 from shared.spec import SpecError, load_spec
 from shared.validation import format_validation_error
@@ -161,7 +162,9 @@ def _emit(args: argparse.Namespace, result: Any, text: Callable[[], str]) -> Non
         print(text())
 
 
-def _federation_text(info: FederationInfo, current: RoundStatus | None = None) -> str:
+def _federation_text(
+    info: FederationInfo, current: RoundStatus | None = None, secure: SecaggState | None = None
+) -> str:
     spec = info.spec
     lines = [
         f"federation {info.id} ({info.name}): {info.status}",
@@ -173,6 +176,14 @@ def _federation_text(info: FederationInfo, current: RoundStatus | None = None) -
         f"  base:      {info.base_fingerprint} (served: {'yes' if info.base_available else 'no'})",
         f"  created:   {_when(info.created_at)}",
     ]
+    if secure is not None:  # the open round's protocol, after the round line
+        last = f"; last event: {secure.events[-1]}" if secure.events else ""
+        lines.insert(
+            2,
+            f"  secure:    phase {secure.phase}, attempt {secure.attempt} (phase ends "
+            f"{_when(secure.deadline_at)}); cohort {len(secure.cohort)}, shared keys "
+            f"{len(secure.shared)}, inputs counted {len(secure.survivors)}{last}",
+        )
     return "\n".join(lines)
 
 
@@ -193,7 +204,11 @@ def _federations_show(admin: _Admin, args: argparse.Namespace) -> None:
     current = admin.call(
         "GET", f"{API_PREFIX}/federations/{args.federation}/rounds/current", RoundStatus
     )
-    _emit(args, info, lambda: _federation_text(info, current))
+    secure = None
+    if info.spec.secure_aggregation is not None and current.status == "open":
+        path = f"{API_PREFIX}/federations/{info.id}/rounds/{current.round}/secure-aggregation"
+        secure = admin.call("GET", path, SecaggState)
+    _emit(args, info, lambda: _federation_text(info, current, secure))
 
 
 def _federations_create(admin: _Admin, args: argparse.Namespace) -> None:

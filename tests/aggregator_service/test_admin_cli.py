@@ -10,14 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from client_sdk.credentials import load
+from client_sdk.secagg import SecureRound
 from lab.local_federation import (
     ServerProcess,
     free_port,
     quiet_env,
+    register,
     server_command,
     start_server,
 )
+from shared.spec import parse_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ADMIN = "fta_admin-cli-test-token-0123456789abcdef"
@@ -89,6 +94,32 @@ def test_list_shows_a_table_and_json(server, fid):
     assert any(row.split()[:3] == [fid, "tiny-clip-bias", "running"] for row in rows), rows
     mine = next(f for f in listed if f["id"] == fid)
     assert (mine["status"], mine["current_round"], mine["total_rounds"]) == ("running", 1, 3)
+
+
+def test_show_follows_a_secure_round_s_protocol(server, tmp_path):
+    spec = yaml.safe_load((EXAMPLES / "tiny-clip-bias.yaml").read_text())
+    spec["rounds"] = {**spec["rounds"], "quorum": 2, "min_updates": 2}
+    spec["secure_aggregation"] = {"neighbours": None}
+    (tmp_path / "secure.yaml").write_text(yaml.safe_dump(spec))
+    created = admin_json(server, "federations", "create", "--spec", str(tmp_path / "secure.yaml"))
+    fid = created["id"]
+    before = admin(server, "federations", "show", fid)
+    tokens = [admin(server, "enroll", fid).stdout.strip() for _ in range(2)]
+    for i, token in enumerate(tokens):
+        register(server, token, f"org-{i}", tmp_path / f"org-{i}.json")
+        creds = load(tmp_path / f"org-{i}.json")
+        sdk = server.client(creds.api_key)
+        SecureRound(sdk, parse_spec(spec), fid, creds.client_id, tmp_path / f"w{i}").advertise(1, 1)
+
+    after = admin(server, "federations", "show", fid)
+    plain = admin(server, "federations", "create", "--spec", str(EXAMPLES / "tiny-clip-bias.yaml"))
+
+    assert before.returncode == after.returncode == 0, (before.stderr, after.stderr)
+    assert "secure:    phase advertise, attempt 1" in before.stdout
+    assert "cohort 0, shared keys 0, inputs counted 0" in before.stdout
+    assert "secure:    phase share, attempt 1" in after.stdout
+    assert "cohort 2, shared keys 0, inputs counted 0" in after.stdout
+    assert "secure:" not in admin(server, "federations", "show", plain.stdout.split()[1]).stdout
 
 
 def test_show_describes_one_federation(server, fid):
