@@ -297,14 +297,7 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
     result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state, run)
     excluded = {**excluded, **left_out}
     if result is None:
-        log.error(
-            "federation %s round %d: no subset of its %d updates aggregates to a finite state; "
-            "nothing published, the round reopens",
-            fid,
-            number,
-            len(inputs),
-        )
-        _reopen(core, fid, number)
+        _reopen(core, fid, number, len(inputs))
         return "reopened"
     for cid, why in excluded.items():
         log.warning("federation %s round %d: update of %s excluded: %s", fid, number, cid, why)
@@ -385,8 +378,16 @@ def _finite(result: AggregationResult) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
-def _reopen(core: Core, fid: str, number: int) -> None:
-    """aggregating -> open: the round waits for an operator (see the log), publishing nothing."""
+def _reopen(core: Core, fid: str, number: int, count: int) -> None:
+    """aggregating -> open: no subset of the round's `count` inputs aggregates to a finite
+    state. The round waits for an operator (the log says why), publishing nothing."""
+    log.error(
+        "federation %s round %d: no subset of its %d updates aggregates to a finite state; "
+        "nothing published, the round reopens",
+        fid,
+        number,
+        count,
+    )
     with core.db.write() as conn:
         conn.execute(
             update(rounds)
