@@ -324,6 +324,7 @@ def test_a_pause_freezes_the_secure_round_and_a_resume_gives_the_phase_its_time_
         assert admin.post(f"/v1/federations/{fed.id}/pause").json()["status"] == "paused"
         with pytest.raises(ConflictError, match="paused"):
             late.round._post(1, "/shares", late.round.share_body(1, late.state()))
+        assert _attempt_gauge(fed) == 1.0  # a paused federation's round is still reported
         time.sleep(share_keys_s + 2)  # past the deadline, with the sweeper running
         st = late.state()
         assert (st.attempt, st.phase, st.events) == (1, "share", [])
@@ -338,3 +339,23 @@ def test_a_pause_freezes_the_secure_round_and_a_resume_gives_the_phase_its_time_
     record = _unmask(fed, orgs)
     assert record["participant_count"] == 3
     _assert_fedavg(fed, orgs, record)
+
+
+def test_a_cancelled_federation_s_secure_round_is_over(
+    start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Cancelled mid-protocol: its round stays open in the history but moves no further, and
+    the attempt gauge drops it."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), secure_spec(3, share_keys_s=1), 3)
+    orgs = secure_orgs(fed, tmp_path)
+    for o in orgs:
+        o.round.advertise(1, 1)
+    until_phase(orgs, "share")
+    assert _attempt_gauge(fed) == 1.0
+    with fed.app.client() as admin:
+        assert admin.post(f"/v1/federations/{fed.id}/cancel").json()["status"] == "cancelled"
+    time.sleep(3)  # past the share deadline: a running federation would have restarted
+    st = orgs[0].state()
+    assert (st.attempt, st.phase, st.events) == (1, "share", [])
+    assert _attempt_gauge(fed) is None

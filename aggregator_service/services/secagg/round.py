@@ -18,7 +18,13 @@ from sqlalchemy import Connection, Row, insert, select, update
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, NotFound
 from aggregator_service.services.rounds import read_status, the_round
-from aggregator_service.storage.tables import INT_MAX, rounds, secagg_rounds, secagg_steps
+from aggregator_service.storage.tables import (
+    INT_MAX,
+    federations,
+    rounds,
+    secagg_rounds,
+    secagg_steps,
+)
 from shared.api import SecaggPeer, SecaggPhase, SecaggState
 from shared.secagg.graph import neighbours, threshold_for
 from shared.secagg.protocol import context
@@ -245,12 +251,14 @@ def restart(conn: Connection, rnd: Round, why: str) -> None:
 
 def current_attempts(core: Core) -> dict[str, float]:
     """Federation id -> the protocol attempt of its current round, while that round is open
-    and its secure aggregation has started (federations with `secure_aggregation`)."""
+    and its secure aggregation has started, for running and paused federations (a cancelled
+    one's round stays open but is over)."""
+    live = select(federations.c.id).where(federations.c.status.in_(("running", "paused")))
     with core.db.read() as conn:
         rows = conn.execute(
             select(secagg_rounds.c.federation_id, secagg_rounds.c.attempt)
             .join(rounds, OF_ROUND)
-            .where(rounds.c.status == "open")
+            .where(rounds.c.status == "open", rounds.c.federation_id.in_(live))
         ).all()
     return {r.federation_id: float(r.attempt) for r in rows}
 
