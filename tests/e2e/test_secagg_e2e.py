@@ -241,3 +241,43 @@ def test_secure_round_status_is_served_and_plain_uploads_refused(
         json.loads(http.get(f"/v1/federations/{info.id}/rounds/1/secure-aggregation").text)["phase"]
         == "advertise"
     )
+
+
+def test_a_pause_mid_protocol_holds_the_secure_round_and_the_clients_finish_it(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Two `fedtune-client train` processes and a third client (in this process) advertise
+    keys; the operator pauses in the share phase and keeps the federation paused past that
+    phase's deadline. Nothing moves while paused; after the resume the phase has its whole
+    time again, the processes carry on by themselves and the round closes with all three, in
+    the first attempt."""
+    admin = server.admin()
+    info = admin.create_federation(_spec(quorum=3, min_updates=3, share_keys_s=8))
+    orgs = ["org-a", "org-b"]
+    for i, org in enumerate(orgs):
+        _org(server, info, tmp_path, org, seed=i)
+    third = Victim(server, info, tmp_path)
+
+    procs = _train(server, tmp_path, orgs)
+    try:
+        st = third._wait(1, ("advertise",))
+        third.round.advertise(1, st.attempt)
+        third._wait(1, ("share",))
+        assert admin.pause_federation(info.id).status == "paused"
+        time.sleep(10)  # past the share phase's 8 s, with the sweeper running
+        frozen = third.round.state(1)
+        assert all(p.proc.poll() is None for p in procs)  # the processes wait, they do not fail
+        assert admin.resume_federation(info.id).status == "running"
+        assert third.round.run(1, third.delta(1), 5) is True  # its steps, to the aggregation
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+
+    assert (frozen.attempt, frozen.phase, frozen.events) == (1, "share", [])
+    assert codes == [0, 0], "\n".join(p.output()[-3000:] for p in procs)
+    (record,) = admin.list_rounds(info.id)
+    assert record.status == "closed" and record.participant_count == 3 and record.excluded == {}
+    after = third.round.state(1)
+    assert (after.attempt, after.phase, after.events) == (1, "done", [])
