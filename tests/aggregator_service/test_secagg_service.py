@@ -60,10 +60,15 @@ def until_phase(orgs: list[Org], phase: str, number: int = 1) -> None:
         time.sleep(0.05)
 
 
-def _to_input(orgs: list[Org], number: int = 1) -> None:
+def _to_share(orgs: list[Org], number: int = 1) -> None:
+    """Every org advertises its keys (attempt 1); the round is then in phase share."""
     for o in orgs:
         o.round.advertise(number, 1)
     until_phase(orgs, "share", number)
+
+
+def _to_input(orgs: list[Org], number: int = 1) -> None:
+    _to_share(orgs, number)
     for o in orgs:
         o.round._post(number, "/shares", o.round.share_body(number, o.state(number)))
     until_phase(orgs, "input", number)
@@ -263,9 +268,7 @@ def test_too_few_left_restarts_the_protocol_with_fresh_keys(
     pool: AppPool = start_app  # type: ignore[assignment]
     fed = create_federation(pool(), secure_spec(3, share_keys_s=3), 3)
     orgs = secure_orgs(fed, tmp_path)
-    for o in orgs:
-        o.round.advertise(1, 1)
-    until_phase(orgs, "share")
+    _to_share(orgs)
     orgs[0].round._post(1, "/shares", orgs[0].round.share_body(1, orgs[0].state()))
     deadline = time.monotonic() + 30
     while orgs[0].state().attempt == 1:
@@ -314,9 +317,7 @@ def test_a_pause_freezes_the_secure_round_and_a_resume_gives_the_phase_its_time_
         pool(database_url=database_url), secure_spec(3, share_keys_s=share_keys_s), 3
     )
     orgs = secure_orgs(fed, tmp_path)
-    for o in orgs:
-        o.round.advertise(1, 1)
-    until_phase(orgs, "share")
+    _to_share(orgs)
     *early, late = orgs
     for o in early:
         o.round._post(1, "/shares", o.round.share_body(1, o.state()))
@@ -347,15 +348,13 @@ def test_a_cancelled_federation_s_secure_round_is_over(
     """Cancelled mid-protocol: its round stays open in the history but moves no further, and
     the attempt gauge drops it."""
     pool: AppPool = start_app  # type: ignore[assignment]
-    fed = create_federation(pool(), secure_spec(3, share_keys_s=1), 3)
+    fed = create_federation(pool(), secure_spec(3, share_keys_s=3), 3)
     orgs = secure_orgs(fed, tmp_path)
-    for o in orgs:
-        o.round.advertise(1, 1)
-    until_phase(orgs, "share")
+    _to_share(orgs)
     assert _attempt_gauge(fed) == 1.0
     with fed.app.client() as admin:
         assert admin.post(f"/v1/federations/{fed.id}/cancel").json()["status"] == "cancelled"
-    time.sleep(3)  # past the share deadline: a running federation would have restarted
+    time.sleep(5)  # past the share deadline: a running federation would have restarted
     st = orgs[0].state()
     assert (st.attempt, st.phase, st.events) == (1, "share", [])
     assert _attempt_gauge(fed) is None
