@@ -22,13 +22,20 @@ examples, accounted as `steps` steps of the subsampled Gaussian mechanism at sam
 `batch_size / n` (the usual approximation for shuffled batches; Opacus's Poisson sampling would
 make it exact at the cost of FedTune's reproducible batch order). `dp_epsilon` is the
 organisation's ε over rounds 1..r, as if it had trained in every one of them (an upper bound
-that needs no memory of past rounds); `dp_epsilon_round` is the round's alone. Noise comes from
-torch's generator, seeded like the rest of local training (reproducible); a deployment that
-must resist an adversary who knows the seed needs a CSPRNG-backed generator.
+that needs no memory of past rounds); `dp_epsilon_round` is the round's alone.
+
+Noise (`dp.noise_source`): `system`, the default, draws each round's noise from a torch
+generator under a fresh 64-bit seed from the operating system's CSPRNG, held only in memory,
+with Opacus's `secure_mode` (noise summed from several draws, against floating-point attacks on
+the Gaussian sampler): nobody else knows the seed, so nobody can subtract the noise; a client
+restarted mid-round draws anew. `seeded` draws from torch's generator seeded like the rest of
+local training (a round is reproducible), which the service and every member can recompute
+from the spec and the organisation's name: tests and research only.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -65,12 +72,19 @@ class DPSGD:
         """The optimiser that clips each example's gradient and adds the noise before stepping."""
         from opacus.optimizers import DPOptimizer  # imported here: only DP-SGD pays for it
 
+        generator = None  # seeded: torch's default generator, seeded by the trainer
+        if self.dp.noise_source == "system":
+            device = next(iter(self.trainable.values())).device
+            generator = torch.Generator(device=device)
+            generator.manual_seed(int.from_bytes(os.urandom(8), "little"))
         return DPOptimizer(
             optimizer,
             noise_multiplier=self.dp.noise_multiplier,
             max_grad_norm=self.dp.max_grad_norm,
             expected_batch_size=self.batch_size,
             loss_reduction="mean",
+            generator=generator,
+            secure_mode=generator is not None,
         )
 
     def per_example_grads(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:

@@ -35,6 +35,7 @@ __all__ = [
     "Accountant",
     "CentralPrivacySpec",
     "LocalDPSpec",
+    "NoiseSource",
     "check_privacy",
     "epsilon",
 ]
@@ -46,6 +47,10 @@ __all__ = [
 DP_STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 Accountant = Literal["rdp", "prv"]
+# Where the Gaussian noise comes from. seeded: a generator seeded from the spec, so anyone who
+# knows the spec can regenerate the noise and subtract it (tests and research); system: a seed
+# or the draws from the operating system's CSPRNG, known to nobody.
+NoiseSource = Literal["seeded", "system"]
 
 # Methods whose trainable tensors DP-SGD's per-example gradients cannot reach, and why.
 DP_SGD_REFUSED = {
@@ -55,7 +60,7 @@ DP_SGD_REFUSED = {
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CentralPrivacySpec(_Strict):
@@ -86,11 +91,11 @@ class CentralPrivacySpec(_Strict):
         "are a uniformly random subset of the enrolled clients; false (the default) accounts "
         "every round at sample rate 1.",
     )
-    noise_source: Literal["seeded", "system"] = Field(
-        default="seeded",
-        description="seeded: noise from a generator seeded by the spec's seed, the federation "
-        "and the round (reproducible; anyone who knows the seed can subtract the noise, so for "
-        "tests and research only); system: from the operating system's CSPRNG (production).",
+    noise_source: NoiseSource = Field(
+        default="system",
+        description="system: the noise is drawn from the operating system's CSPRNG; seeded: "
+        "from a generator seeded by the spec's seed, the federation and the round (reproducible, "
+        "but every member knows the seed and can subtract the noise: tests and research only).",
     )
 
 
@@ -104,6 +109,13 @@ class LocalDPSpec(_Strict):
     delta: float = Field(gt=0, lt=1, description="δ of each organisation's (ε, δ) guarantee.")
     accountant: Accountant = Field(
         default="rdp", description="Opacus accountant: rdp (Rényi DP) or prv (PRV)."
+    )
+    noise_source: NoiseSource = Field(
+        default="system",
+        description="system: each round's noise comes from a generator under a fresh secret "
+        "seed from the operating system's CSPRNG, with Opacus's secure_mode; seeded: from "
+        "local training's seed (reproducible, but the service and every member know it and "
+        "can subtract the noise: tests and research only).",
     )
 
 

@@ -84,7 +84,7 @@ def _dp_spec(privacy: dict[str, Any], **rounds: Any) -> dict[str, Any]:
 def test_published_state_is_old_plus_clipped_sum_over_quorum_plus_the_seeded_noise(
     start_app, new_federation, delta
 ):
-    privacy = _privacy(clip_norm=0.5, noise_multiplier=0.7)
+    privacy = _privacy(clip_norm=0.5, noise_multiplier=0.7, noise_source="seeded")
     spec_data = _dp_spec(privacy, quorum=3, min_updates=2, total=3)
     fed = new_federation(start_app(), spec_data, 3)
     spec = parse_spec(spec_data)

@@ -3,7 +3,8 @@
 One table of (family, method): every round writes a finite delta and reports `dp_epsilon`
 equal to Opacus's accountant called directly; the per-example gradients equal autograd's on
 each example alone, for every method DP-SGD accepts (not vpt) on both families; the optimiser clips each example's
-gradient; a round is reproducible; DDP is refused in one line.
+gradient; a round with seeded noise is reproducible and one with system noise (the default) is
+not; DDP is refused in one line.
 """
 
 from __future__ import annotations
@@ -146,9 +147,7 @@ def test_every_examples_gradient_is_clipped_before_the_step(tmp_path):
     assert plain_step > 100 * step
 
 
-def test_a_dp_round_is_reproducible(tmp_path):
-    """The same tensors and ε (the bytes differ only by the timing metrics)."""
-    spec = _spec("open_clip", "bias")
+def _two_runs(tmp_path: Path, spec) -> list[tuple[dict[str, torch.Tensor], float]]:
     runs = []
     for run in ("a", "b"):
         trainer = _trainer(tmp_path / run, spec)
@@ -156,9 +155,33 @@ def test_a_dp_round_is_reproducible(tmp_path):
         dest = tmp_path / run / "round-1.delta.safetensors"
         result = trainer.run_round(1, state, federation_id="f", base_version="ab" * 32, dest=dest)
         runs.append((read_state(dest), result.metrics["dp_epsilon"]))
-    (first, eps_a), (second, eps_b) = runs
+    return runs
+
+
+def test_a_dp_round_with_seeded_noise_is_reproducible(tmp_path):
+    """The same tensors and ε (the bytes differ only by the timing metrics)."""
+    (first, eps_a), (second, eps_b) = _two_runs(
+        tmp_path, _spec("open_clip", "bias", {**DP, "noise_source": "seeded"})
+    )
     assert eps_a == eps_b
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_system_noise_is_the_default_and_nobody_can_recompute_it_from_the_spec(tmp_path):
+    """Two runs of the same spec, organisation, data and round: with the default noise source
+    the deltas differ (the noise is under a secret seed), and so does each from the seeded
+    run that anyone holding the spec could repeat."""
+    spec = _spec("open_clip", "bias")
+    assert spec.local_training.dp is not None and spec.local_training.dp.noise_source == "system"
+    (first, eps_a), (second, eps_b) = _two_runs(tmp_path / "system", spec)
+    ((seeded, _), _) = _two_runs(
+        tmp_path / "seeded", _spec("open_clip", "bias", {**DP, "noise_source": "seeded"})
+    )
+
+    assert eps_a == eps_b
+    assert all(torch.isfinite(t).all() for t in first.values())
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], seeded[k]) for k in first)
 
 
 def test_dp_with_several_training_processes_is_refused_in_one_line(tmp_path):

@@ -75,6 +75,16 @@ BAD = [
     ({"privacy": {"accountant": "moments"}}, r"^privacy\.accountant: "),
     ({"privacy": {"epsilon": 3}}, r"^privacy\.epsilon: "),
     ({"privacy": {"noise_source": "dev-random"}}, r"^privacy\.noise_source: "),
+    ({"privacy": {"max_epsilon": float("inf")}}, r"^privacy\.max_epsilon: .*finite"),
+    ({"privacy": {"clip_norm": float("nan")}}, r"^privacy\.clip_norm: .*finite"),
+    (
+        {"local_training": {"dp": {**DP_SGD, "noise_source": "urandom"}}},
+        r"^local_training\.dp\.noise_source: ",
+    ),
+    (
+        {"local_training": {"dp": {**DP_SGD, "max_grad_norm": float("inf")}}},
+        r"^local_training\.dp\.max_grad_norm: .*finite",
+    ),
     (
         {"secure_aggregation": {}, "rounds": {"min_updates": 2}},
         r"privacy: .*secure_aggregation hides",
@@ -120,6 +130,23 @@ def test_client_dp_sgd_alone_and_with_secure_aggregation() -> None:
         )
     )
     assert secure.local_training.dp is not None and secure.secure_aggregation is not None
+
+
+def test_both_mechanisms_draw_their_noise_from_the_system_unless_the_spec_says_seeded() -> None:
+    spec = parse_spec(_spec(local_training={"dp": DP_SGD}))
+    assert spec.privacy is not None and spec.local_training.dp is not None
+    assert (spec.privacy.noise_source, spec.local_training.dp.noise_source) == ("system", "system")
+    seeded = parse_spec(
+        _spec(
+            privacy={"noise_source": "seeded"},
+            local_training={"dp": {**DP_SGD, "noise_source": "seeded"}},
+        )
+    )
+    assert seeded.privacy is not None and seeded.local_training.dp is not None
+    assert (seeded.privacy.noise_source, seeded.local_training.dp.noise_source) == (
+        "seeded",
+        "seeded",
+    )
 
 
 @pytest.mark.parametrize("sigma", [0.8, 1.1, 3.0])
