@@ -313,10 +313,19 @@ def _first_line(exc: BaseException) -> str:
 
 @torch.no_grad()
 def _zero_shot_head(clip: Any, tokenizer: Any, spec: FederationSpec) -> torch.Tensor:
+    """The class embeddings of the prompts, float32. The head is part of the frozen base, so
+    with `base_source: local` every client must compute the same bits as the service: the
+    text tower runs in float64, where a different summation order (thread count, CPU kernels,
+    GPU) stays far below float32's rounding."""
     prompts = [spec.task.prompt_template.format(c) for c in spec.task.classes]
-    device = next(clip.parameters()).device
-    tokens = tokenizer(prompts).to(device)
-    return F.normalize(clip.encode_text(tokens), dim=-1)
+    first = next(clip.parameters())
+    tokens = tokenizer(prompts).to(first.device)
+    dtype = first.dtype
+    clip.double()
+    try:
+        return F.normalize(clip.encode_text(tokens), dim=-1).float()
+    finally:
+        clip.to(dtype)  # every float dtype round-trips through float64 exactly
 
 
 def build_open_clip(
