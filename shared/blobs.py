@@ -191,14 +191,15 @@ def _parse_entry(name: str, info: Any, data_size: int | None) -> TensorEntry:
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
         raise BlobError(f"tensor {name!r}: header entry needs exactly dtype, shape, data_offsets")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if code not in _DTYPES:
+    if not isinstance(code, str) or code not in _DTYPES:
         raise BlobError(f"tensor {name!r}: unsupported dtype {code!r}")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    # `type(...) is int`: JSON true/false load as bools, which `isinstance(..., int)` accepts
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
         raise BlobError(f"tensor {name!r}: shape must be a list of non-negative integers")
     if not (
-        isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+        isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
     ):
-        raise BlobError(f"tensor {name!r}: data_offsets must be [start, end]")
+        raise BlobError(f"tensor {name!r}: data_offsets must be two integers [start, end]")
     start, end = offsets
     if not 0 <= start <= end or (data_size is not None and end > data_size):
         raise BlobError(f"tensor {name!r}: data offsets [{start}, {end}) out of range")

@@ -7,8 +7,10 @@ trusts a `FederationSpec` it is handed.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
+from string import Formatter
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +23,7 @@ from shared.validation import format_validation_error, load_document
 
 __all__ = [
     "DEFAULT_CLIP_NORM",
+    "MAX_DURATION_S",
     "AggregationSpec",
     "FederationSpec",
     "LocalTrainingSpec",
@@ -42,9 +45,14 @@ TransportDtype = Literal["float32", "float16", "bfloat16"]
 # and it bounds what any one update can move the global state by.
 DEFAULT_CLIP_NORM = 10.0
 
+# The longest a round or a secure-aggregation phase may stay open: a year (366 days) is past
+# any real federation's patience, and keeps `now + duration` a date Python can represent.
+MAX_DURATION_S = 366 * 24 * 3600
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused: a stored spec is JSON, which writes both as null
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SpecError(ValueError):
@@ -64,6 +72,23 @@ def _names_local_weights(pretrained: str) -> bool:
         or pretrained.lower().endswith(_CHECKPOINT_SUFFIXES)
         or Path(pretrained).exists()
     )
+
+
+def _finite_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Refuse NaN and infinity anywhere in free-form options, naming the option."""
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{path} must be a finite number, not {value}")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(options, "")
+    return options
 
 
 def _names_self_made_base(pretrained: str) -> bool:
@@ -159,9 +184,26 @@ class TaskSpec(_Strict):
 
     @field_validator("prompt_template")
     @classmethod
-    def _template_has_slot(cls, template: str) -> str:
-        if "{}" not in template:
+    def _template_has_one_slot(cls, template: str) -> str:
+        """Prompts are `template.format(class_name)`: exactly one `{}` and no other field."""
+        try:
+            fields = [
+                "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                for _, name, spec, conv in Formatter().parse(template)
+                if name is not None
+            ]
+        except ValueError as exc:
+            raise ValueError(
+                f"prompt_template is not a format string ({exc}); write a literal brace as "
+                "'{{' or '}}'"
+            ) from None
+        if not fields:
             raise ValueError("prompt_template must contain '{}' where the class name goes")
+        if fields != ["{}"]:
+            raise ValueError(
+                f"prompt_template must contain exactly one '{{}}', where the class name goes, "
+                f"and no other field; it has {', '.join(fields)}"
+            )
         return template
 
 
@@ -174,6 +216,11 @@ class MethodSpec(_Strict):
         default_factory=dict,
         description="Method options, e.g. lora {r: 8, alpha: 16, targets: [attn]}, vpt {tokens: 10, deep: true}.",
     )
+
+    @field_validator("options")
+    @classmethod
+    def _options_finite(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return _finite_options(options)
 
     def method_options(self, family: str) -> MethodOptions:
         """The options parsed into the method's own typed model (defaults filled in)."""
@@ -244,7 +291,9 @@ class RoundsSpec(_Strict):
     deadline_s: float = Field(
         default=3600,
         gt=0,
-        description="Seconds after a round opens before it may close on min_updates.",
+        le=MAX_DURATION_S,
+        description="Seconds after a round opens before it may close on min_updates "
+        "(at most a year).",
     )
 
     @model_validator(mode="after")
@@ -280,6 +329,11 @@ class AggregationSpec(_Strict):
         description="Uploads holding a value of larger magnitude are refused; null = no bound.",
     )
     options: dict[str, Any] = Field(default_factory=dict, description="Strategy options.")
+
+    @field_validator("options")
+    @classmethod
+    def _options_finite(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return _finite_options(options)
 
     @model_validator(mode="after")
     def _options_fit_strategy(self) -> AggregationSpec:
@@ -337,18 +391,29 @@ class SecureAggregationSpec(_Strict):
         "scale_bits or weight uniformly.",
     )
     advertise_s: float = Field(
-        default=600, gt=0, description="Seconds the key advertisement stays open."
+        default=600,
+        gt=0,
+        le=MAX_DURATION_S,
+        description="Seconds the key advertisement stays open (at most a year).",
     )
     share_keys_s: float = Field(
-        default=300, gt=0, description="Seconds for the cohort to upload its encrypted shares."
+        default=300,
+        gt=0,
+        le=MAX_DURATION_S,
+        description="Seconds for the cohort to upload its encrypted shares (at most a year).",
     )
     masked_input_s: float = Field(
         default=3600,
         gt=0,
-        description="Seconds for the cohort to train and upload its masked inputs.",
+        le=MAX_DURATION_S,
+        description="Seconds for the cohort to train and upload its masked inputs "
+        "(at most a year).",
     )
     unmask_s: float = Field(
-        default=300, gt=0, description="Seconds for the survivors to send their unmasking shares."
+        default=300,
+        gt=0,
+        le=MAX_DURATION_S,
+        description="Seconds for the survivors to send their unmasking shares (at most a year).",
     )
 
     def phase_s(self, phase: str) -> float:
@@ -448,9 +513,6 @@ class FederationSpec(_Strict):
     @model_validator(mode="after")
     def _method_fits_model(self) -> FederationSpec:
         self.method.method_options(self.model.family)
-        self.aggregation.strategy_options().check_min_updates(
-            self.aggregation.strategy, self.rounds.min_updates
-        )
         if self.model.base_source == "local" and self.model.pretrained is None:
             raise ValueError(
                 "model.base_source: local needs model.pretrained (clients load it themselves)"
@@ -474,6 +536,14 @@ class FederationSpec(_Strict):
                 "rounds.min_updates must be at least 2 with secure_aggregation "
                 "(the sum of one update is that update)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rounds_fit_strategy(self) -> FederationSpec:
+        """Checked after privacy and secure aggregation, which may refuse the strategy outright."""
+        self.aggregation.strategy_options().check_min_updates(
+            self.aggregation.strategy, self.rounds.min_updates
+        )
         return self
 
 

@@ -8,7 +8,9 @@ registers each implementation under one of these names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Annotated
 
@@ -22,6 +24,7 @@ __all__ = [
     "FedAvgMOptions",
     "FedOptOptions",
     "KrumOptions",
+    "MedianOptions",
     "MultiKrumOptions",
     "NoOptions",
     "StrategyName",
@@ -31,9 +34,9 @@ __all__ = [
 
 
 class StrategyOptions(BaseModel):
-    """Base of strategy options: strict, frozen, every field described."""
+    """Base of strategy options: strict, frozen, finite, every field described."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def fewest_updates(self) -> int:
         """The fewest updates a round needs for the strategy to work as declared."""
@@ -49,11 +52,14 @@ class StrategyOptions(BaseModel):
         if min_updates < need:
             raise ValueError(
                 f"rounds.min_updates ({min_updates}) must be at least {need} for {strategy} "
-                f"with {self._needs()}; raise rounds.min_updates (and quorum) or change the options"
+                f"{self._needs()}; raise rounds.min_updates (and quorum) {self._remedy()}"
             )
 
     def _needs(self) -> str:
-        return "these options"
+        return "with these options"
+
+    def _remedy(self) -> str:
+        return "or change the options"
 
 
 class NoOptions(StrategyOptions):
@@ -72,10 +78,35 @@ class FedOptOptions(StrategyOptions):
     tau: float = Field(default=1e-3, gt=0, description="Adaptivity (epsilon) term.")
 
 
+class MedianOptions(NoOptions):
+    def fewest_updates(self) -> int:
+        return 3
+
+    def _needs(self) -> str:
+        return "(the median of two updates is their mean, which one bad update moves anywhere)"
+
+    def _remedy(self) -> str:
+        return "or use another strategy"
+
+
 class TrimmedMeanOptions(StrategyOptions):
     trim_fraction: float = Field(
-        default=0.1, ge=0, lt=0.5, description="Fraction cut from each end, per coordinate."
+        default=0.1,
+        gt=0,
+        lt=0.5,
+        description="β: floor(β·n) of a round's n values are cut from each end, per coordinate; "
+        "rounds.min_updates must be at least 1/β, so that every round cuts one (fedavg is the "
+        "plain mean).",
     )
+
+    def fewest_updates(self) -> int:
+        return math.ceil(1 / Fraction(self.trim_fraction))
+
+    def _needs(self) -> str:
+        return (
+            f"with trim_fraction {self.trim_fraction} (floor({self.trim_fraction} x n) of n "
+            f"updates are cut from each end: none below {self.fewest_updates()})"
+        )
 
 
 class KrumOptions(StrategyOptions):
@@ -91,7 +122,7 @@ class KrumOptions(StrategyOptions):
         return 2 * self.num_byzantine + 3
 
     def _needs(self) -> str:
-        return f"num_byzantine {self.num_byzantine} (Krum needs more than 2f + 2 updates)"
+        return f"with num_byzantine {self.num_byzantine} (Krum needs more than 2f + 2 updates)"
 
 
 class MultiKrumOptions(KrumOptions):
@@ -113,7 +144,7 @@ class MultiKrumOptions(KrumOptions):
         if self.num_selected is None:
             return super()._needs()
         return (
-            f"num_byzantine {self.num_byzantine} and num_selected {self.num_selected} "
+            f"with num_byzantine {self.num_byzantine} and num_selected {self.num_selected} "
             "(more than 2f + 2 updates, and at least f + m)"
         )
 
@@ -126,7 +157,7 @@ STRATEGY_OPTIONS: Mapping[str, type[StrategyOptions]] = MappingProxyType(
         "fedadam": FedOptOptions,
         "fedyogi": FedOptOptions,
         "fedadagrad": FedOptOptions,
-        "median": NoOptions,
+        "median": MedianOptions,
         "trimmed_mean": TrimmedMeanOptions,
         "krum": KrumOptions,
         "multi_krum": MultiKrumOptions,

@@ -69,8 +69,11 @@ class FixedPoint:
         return float((1 << (self.bits - 1)) - 1) / self.scale
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        """float array -> uint64 words mod 2^bits; `ValueError` past the range."""
-        scaled = np.rint(np.asarray(x, dtype=np.float64) * self.scale)
+        """float array -> uint64 words mod 2^bits; `ValueError` for NaN, infinity or past the range."""
+        values = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("NaN or infinity cannot be encoded: the update has diverged")
+        scaled = np.rint(values * self.scale)
         if scaled.size and float(np.abs(scaled).max()) > (1 << (self.bits - 1)) - 1:
             raise ValueError(f"value beyond the fixed-point range ±{self.limit:.6g}")
         return scaled.astype(np.int64).view(np.uint64) & self.mask
@@ -78,12 +81,9 @@ class FixedPoint:
     def decode(self, words: np.ndarray) -> np.ndarray:
         """uint64 words mod 2^bits -> float64 (the inverse of `encode`)."""
         words = np.asarray(words, dtype=np.uint64) & self.mask
-        if self.bits == 64:
-            signed = words.view(np.int64)
-        else:
-            signed = words.astype(np.int64) - np.where(
-                words >= np.uint64(1 << (self.bits - 1)), np.int64(1 << self.bits), np.int64(0)
-            )
+        negative = words >= np.uint64(1 << (self.bits - 1))
+        # two's complement in uint64: set the bits above the modulus, then read as int64
+        signed = np.where(negative, words | ~self.mask, words).view(np.int64)
         return signed.astype(np.float64) / self.scale
 
     def add(self, a: np.ndarray, b: np.ndarray, times: int = 1) -> np.ndarray:

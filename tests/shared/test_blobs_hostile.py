@@ -43,6 +43,29 @@ def test_hostile_header_is_a_blob_error(case: str):
         parse_header(data, len(data))
 
 
+# name -> (tensor entry JSON, bytes of data, message fragment): JSON values of the wrong type,
+# each in a file whose sizes would otherwise add up (true and false load as Python ints)
+ENTRIES: dict[str, tuple[str, int, str]] = {
+    "shape_true": ('{"dtype": "F32", "shape": [true, 4], "data_offsets": [0, 16]}', 16, "shape"),
+    "shape_false": ('{"dtype": "F32", "shape": [false, 4], "data_offsets": [0, 0]}', 0, "shape"),
+    "shape_float": ('{"dtype": "F32", "shape": [1.0, 4], "data_offsets": [0, 16]}', 16, "shape"),
+    "shape_string": ('{"dtype": "F32", "shape": ["1"], "data_offsets": [0, 4]}', 4, "shape"),
+    "offsets_bools": ('{"dtype": "U8", "shape": [], "data_offsets": [false, true]}', 1, "offsets"),
+    "offsets_float": ('{"dtype": "U8", "shape": [1], "data_offsets": [0, 1.0]}', 1, "offsets"),
+    "dtype_list": ('{"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}', 4, "dtype"),
+    "dtype_object": ('{"dtype": {"F32": 1}, "shape": [1], "data_offsets": [0, 4]}', 4, "dtype"),
+}
+
+
+@pytest.mark.parametrize("case", ENTRIES, ids=list(ENTRIES))
+def test_a_tensor_entry_with_values_of_the_wrong_json_type_is_a_blob_error(case: str):
+    entry, size, field = ENTRIES[case]
+    data = _file(f'{{"w": {entry}}}'.encode()) + bytes(size)
+
+    with pytest.raises(BlobError, match=rf"tensor 'w': .*{field}"):
+        parse_header(data, len(data))
+
+
 def _meta(metrics: str) -> dict[str, str]:
     return {
         "format": DELTA_FORMAT,

@@ -60,7 +60,11 @@ def test_prg_is_deterministic_and_seed_dependent() -> None:
     assert 400 < int((a >> np.uint64(63)).sum()) < 600
 
 
-@pytest.mark.parametrize(("scale_bits", "modulus_bits"), [(24, 64), (16, 40), (30, 64), (16, 32)])
+# every modulus a spec allows, at the default scale, and the scales at the ends of its range
+FIXED_POINTS = [(24, m) for m in range(32, 65)] + [(8, 32), (16, 40), (30, 64), (40, 64)]
+
+
+@pytest.mark.parametrize(("scale_bits", "modulus_bits"), FIXED_POINTS)
 def test_fixed_point_round_trip_within_half_a_step(scale_bits: int, modulus_bits: int) -> None:
     fp = FixedPoint(scale_bits, modulus_bits)
     x = np.random.default_rng(0).normal(0, 3, 10_000)
@@ -75,6 +79,30 @@ def test_fixed_point_round_trip_within_half_a_step(scale_bits: int, modulus_bits
     assert np.abs(fp.decode(s) + x).max() <= 1.0 / 2**scale_bits
     with pytest.raises(ValueError, match="fixed-point range"):
         fp.encode(np.array([fp.limit * 2]))
+
+
+@pytest.mark.parametrize(("scale_bits", "modulus_bits"), FIXED_POINTS)
+def test_fixed_point_edges_of_the_range_survive_the_wire_exactly(
+    scale_bits: int, modulus_bits: int
+) -> None:
+    fp = FixedPoint(scale_bits, modulus_bits)
+    step = 2.0**-scale_bits
+    top = np.floor(fp.limit * (1 - 2**-20) / step) * step  # the top bits of the word are set
+    x = np.array([0.0, step, -step, top, -top])
+
+    back = fp.decode(fp.from_wire(fp.to_wire(fp.encode(x))))
+
+    assert np.array_equal(back, x)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("modulus_bits", [32, 63, 64])
+def test_fixed_point_refuses_nan_and_infinity(modulus_bits: int, bad: float) -> None:
+    fp = FixedPoint(24, modulus_bits)
+    x = np.array([0.5, bad, -0.5])
+
+    with pytest.raises(ValueError, match="NaN or infinity cannot be encoded"):
+        fp.encode(x)
 
 
 def test_share_encryption_detects_tampering_and_wrong_context() -> None:
@@ -111,10 +139,11 @@ def test_threshold_is_a_strict_majority_of_the_neighbours() -> None:
     assert threshold_for(3, 99) == 3
 
 
-def test_masks_cancel_and_dropped_masks_can_be_removed() -> None:
+@pytest.mark.parametrize("modulus_bits", [32, 48, 63, 64])
+def test_masks_cancel_and_dropped_masks_can_be_removed(modulus_bits: int) -> None:
     """Five clients, k = 4 of them neighbours: the sum of the masked inputs, less each
     survivor's PRG(b) and the dropped client's pairwise masks, is the sum of the inputs."""
-    fp = FixedPoint(24, 64)
+    fp = FixedPoint(24, modulus_bits)
     rng = np.random.default_rng(1)
     ids = [f"c{i}" for i in range(5)]
     graph = neighbours(ids, 4, "s")

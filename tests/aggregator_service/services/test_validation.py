@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from aggregator_service.services.errors import Invalid
+from aggregator_service.services.errors import Invalid, Malformed
 from aggregator_service.services.validation import _CHECK_CHUNK_BYTES, DeltaTarget, validate_delta
 from shared.api import TensorInfo
 from shared.blobs import DeltaMetadata, encode_state
@@ -119,3 +121,21 @@ def test_values_within_max_abs_value_pass(tmp_path):
 def test_the_default_spec_bounds_magnitudes():
     raw = yaml.safe_load((EXAMPLES / "tiny-clip-bias.yaml").read_text())
     assert parse_spec(raw).aggregation.max_abs_value == 1e4
+
+
+def test_a_shape_of_json_true_is_refused_although_the_manifest_says_1(tmp_path):
+    meta = DeltaMetadata(federation="fed_v", round=1, base_version="0" * 64, num_examples=3)
+    header = {
+        "__metadata__": meta.to_safetensors(),
+        "w": {"dtype": "F32", "shape": [True, 4], "data_offsets": [0, 16]},
+    }
+    raw = json.dumps(header).encode()
+    path = tmp_path / "delta.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(16))
+    manifest = {"w": TensorInfo(shape=[1, 4], dtype="float32")}
+
+    with pytest.raises(Malformed) as refused:
+        validate_delta(path, DeltaTarget(_spec("float32"), manifest, "fed_v", 1, 10**6))
+
+    assert refused.value.error == "invalid_update"
+    assert "tensor 'w': shape must be a list of non-negative integers" in str(refused.value)
