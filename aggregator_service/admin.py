@@ -1,8 +1,9 @@
 """`fedtune-server admin ...`: the admin's REST operations from a shell, over HTTP(S).
 
 It talks to a running server with the admin token, like any integrator would (the offline
-`create-federation` and `enroll` open the database instead). Output is a readable table, or
-the API's JSON with `--json`. Every failure is one line on stderr and exit status 2: the
+`create-federation` and `enroll` open the database instead). Output is a readable table (any
+control character in stored text printed as its escape), or the API's JSON with `--json`
+(escaped by JSON). Every failure is one line on stderr and exit status 2: the
 server's `detail` for a refusal, the reason for an unreachable server.
 """
 
@@ -23,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from shared.api import (
     API_PREFIX,
+    CONTROL_CHARACTER,
     ClientInfo,
     EnrollmentToken,
     EnrollmentTokenRequest,
@@ -134,11 +136,20 @@ def _refusal(r: httpx.Response) -> str:
         body = ErrorBody.model_validate_json(r.content)
     except ValidationError:
         text = " ".join(r.text.split())[:200] or r.reason_phrase
-        return f"server answered {r.status_code}: {text}"
-    return f"server answered {r.status_code} {body.error}: {body.detail}"
+        return f"server answered {r.status_code}: {_shown(text)}"
+    return f"server answered {r.status_code} {_shown(body.error)}: {_shown(body.detail)}"
 
 
 # -- output --------------------------------------------------------------------------------
+
+
+def _shown(value: object) -> str:
+    """`value` as text safe to print: each control character as its escape (`\\x1b`, `\\r`,
+    `\\u202e`), so stored text (a name from before they were refused) cannot move the cursor,
+    rewrite a row or reorder a line."""
+    return CONTROL_CHARACTER.sub(
+        lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value)
+    )
 
 
 def _when(t: datetime) -> str:
@@ -146,7 +157,7 @@ def _when(t: datetime) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(header), *([str(c) for c in row] for row in rows)]
+    cells = [list(header), *([_shown(c) for c in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
@@ -167,7 +178,7 @@ def _federation_text(
 ) -> str:
     spec = info.spec
     lines = [
-        f"federation {info.id} ({info.name}): {info.status}",
+        f"federation {info.id} ({_shown(info.name)}): {info.status}",
         f"  round:     {info.current_round}/{spec.rounds.total}"
         + (f" {current.status}, {current.received}/{current.quorum} updates" if current else ""),
         f"  model:     {spec.model.family} {spec.model.arch}, method {spec.method.name}, "
@@ -177,7 +188,7 @@ def _federation_text(
         f"  created:   {_when(info.created_at)}",
     ]
     if secure is not None:  # the open round's protocol, after the round line
-        last = f"; last event: {secure.events[-1]}" if secure.events else ""
+        last = f"; last event: {_shown(secure.events[-1])}" if secure.events else ""
         lines.insert(
             2,
             f"  secure:    phase {secure.phase}, attempt {secure.attempt} (phase ends "
@@ -227,7 +238,7 @@ def _lifecycle(action: str) -> Callable[[_Admin, argparse.Namespace], None]:
     def run(admin: _Admin, args: argparse.Namespace) -> None:
         path = f"{API_PREFIX}/federations/{args.federation}/{action}"
         info = admin.call("POST", path, FederationInfo)
-        _emit(args, info, lambda: f"federation {info.id} ({info.name}): {info.status}")
+        _emit(args, info, lambda: f"federation {info.id} ({_shown(info.name)}): {info.status}")
 
     return run
 
@@ -256,7 +267,7 @@ def _clients_list(admin: _Admin, args: argparse.Namespace) -> None:
 
 def _clients_revoke(admin: _Admin, args: argparse.Namespace) -> None:
     client = admin.call("DELETE", f"{API_PREFIX}/clients/{args.client}", ClientInfo)
-    _emit(args, client, lambda: f"revoked client {client.client_id} ({client.name})")
+    _emit(args, client, lambda: f"revoked client {client.client_id} ({_shown(client.name)})")
 
 
 # -- parser --------------------------------------------------------------------------------

@@ -7,15 +7,17 @@ into them. No FastAPI or httpx here.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from shared.spec import FederationSpec
 
 __all__ = [
     "API_PREFIX",
+    "CONTROL_CHARACTER",
     "ClientInfo",
     "ClientKeyRotated",
     "ClientRegistered",
@@ -31,6 +33,7 @@ __all__ = [
     "FederationSummary",
     "Health",
     "ParticipantRecord",
+    "PlainText",
     "RoundRecord",
     "RoundState",
     "RoundStatus",
@@ -65,6 +68,31 @@ SafeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,
 """A client or federation id: a plain name, safe as one path component."""
 
 _SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+# Characters that move the cursor, break a line or reorder text where it is shown (a terminal,
+# a log line, a page): C0 and C1 controls (Unicode Cc: NUL, TAB, LF, CR, ESC, DEL, ...), the
+# line and paragraph separators, and the bidirectional formatting characters. Other format
+# characters (ZWJ, ZWNJ) stay allowed: names in several scripts need them.
+_CONTROLS = r"\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+CONTROL_CHARACTER = re.compile(f"[{_CONTROLS}]")
+
+
+def _no_control_character(text: str) -> str:
+    found = CONTROL_CHARACTER.search(text)
+    if found is not None:
+        raise ValueError(
+            "must not contain a control character (NUL, tab, line break, ESC, bidi override, "
+            f"...): found U+{ord(found.group()):04X} at position {found.start()}"
+        )
+    return text
+
+
+PlainText = Annotated[
+    str,
+    AfterValidator(_no_control_character),
+    Field(json_schema_extra={"pattern": f"^[^{_CONTROLS}]*$"}),
+]
+"""Text a member writes that others read in a terminal or a log: no control character."""
 
 
 class _Model(BaseModel):
@@ -185,10 +213,11 @@ class EnrollmentTokenInfo(_Model):
 
 class ClientRegistration(_Model):
     enrollment_token: str = Field(min_length=1, examples=["fte_Zx81..."])
-    name: str = Field(
+    name: PlainText = Field(
         min_length=1,
         max_length=128,
-        description="Organisation name.",
+        description="Organisation name, without control characters (line breaks, ESC, bidi "
+        "overrides); need not be unique.",
         examples=["st-marys-hospital"],
     )
 
@@ -410,7 +439,11 @@ class SecaggComplaint(_Model):
 
     attempt: int = Field(ge=1, examples=[1])
     accused: SafeId = Field(description="The sender of the share.", examples=["cli_7h2k"])
-    reason: str = Field(max_length=300, examples=["AES-GCM authentication failed"])
+    reason: PlainText = Field(
+        max_length=300,
+        description="Why, in a line without control characters.",
+        examples=["AES-GCM authentication failed"],
+    )
 
 
 class SecaggUnmaskShare(_Model):

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from aggregator_service.services.context import Core, Mint, fresh_secret
-from aggregator_service.services.idempotency import KEEP_S, Attempt, run_once
+from aggregator_service.services.idempotency import KEEP_S, Attempt, Keep, keep_nothing, run_once
 
 __all__ = ["REPLAYED_HEADER", "IdempotencyKey", "Idempotent"]
 
@@ -41,15 +41,16 @@ class Idempotent:
 
     async def run(
         self,
-        call: Callable[[Mint], BaseModel],
+        call: Callable[[Mint, Keep], BaseModel],
         payload: BaseModel,
         credential: str | None = None,
     ) -> Response:
-        """`call`'s result with the route's status. `payload` is the parsed request body;
+        """`call`'s result with the route's status. `call` keeps its answer in the transaction
+        of its effect (services/idempotency.py). `payload` is the parsed request body;
         `credential` the caller's secret where it is not the bearer token (registration)."""
         status: int = self._request.scope["route"].status_code
         if self._key is None:
-            result = await run_in_threadpool(call, fresh_secret)
+            result = await run_in_threadpool(call, fresh_secret, keep_nothing)
             return _json(status, result.model_dump_json())
         caller = credential if credential is not None else self._bearer
         if caller is None:

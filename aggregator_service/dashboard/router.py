@@ -40,6 +40,8 @@ router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 POLL_MS = 2000
+_FORM_FIELDS = 8  # the sign-in form sends two: token and next
+_TOO_MANY_FIELDS = "Too many fields: send the sign-in form (token and next) only."
 _NO_LONGER_VALID = "Your token is no longer accepted (revoked or replaced): sign in again."
 
 
@@ -118,7 +120,11 @@ async def login(request: Request) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         return _page("login.html", 415, next="/dashboard", message="Send the sign-in form.")
-    fields = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=8)
+    form = (await request.body()).decode("utf-8", "replace")
+    try:
+        fields = parse_qs(form, max_num_fields=_FORM_FIELDS)
+    except ValueError:  # more fields than that
+        return _page("login.html", 400, next="/dashboard", message=_TOO_MANY_FIELDS)
     target = safe_next((fields.get("next") or [""])[0])
     token = (fields.get("token") or [""])[0].strip()
     try:

@@ -3,7 +3,15 @@ headers every dashboard page carries.
 
 The cookie holds the token itself (unpadded base64url: cookie values are restricted), so every
 request checks it again: a revoked viewer token, or an admin token taken out of the token
-file, stops working at the next request. It is `Secure` when the request came over TLS.
+file, stops working at the next request.
+
+It is `Secure` whenever browsers reach the service over TLS: the request came over TLS, or a
+TLS-terminating proxy is in front (`insecure_http`: the proxy speaks plain HTTP to the service,
+from an address whose X-Forwarded-Proto is not trusted). So a browser never sends it in plain
+HTTP to that host, even when an attacker on the network makes it load an http:// URL there.
+Only plain HTTP on loopback (development) sets it without: that traffic never leaves the
+machine, and a browser that does not treat loopback as a secure origin would drop a `Secure`
+cookie set over plain HTTP, so signing in would never hold.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import re
 
 from starlette.requests import Request
 from starlette.responses import Response
+
+from aggregator_service.settings import Settings
 
 __all__ = [
     "COOKIE",
@@ -60,6 +70,11 @@ def cookie_token(request: Request) -> str | None:
         return None
 
 
+def _over_tls(request: Request) -> bool:
+    settings: Settings = request.app.state.core.settings
+    return request.url.scheme == "https" or settings.insecure_http
+
+
 def set_cookie(request: Request, response: Response, token: str) -> None:
     value = base64.urlsafe_b64encode(token.encode("utf-8")).decode("ascii").rstrip("=")
     response.set_cookie(
@@ -67,7 +82,7 @@ def set_cookie(request: Request, response: Response, token: str) -> None:
         value,
         max_age=COOKIE_MAX_AGE_S,
         path=COOKIE_PATH,
-        secure=request.url.scheme == "https",
+        secure=_over_tls(request),
         httponly=True,
         samesite="strict",
     )
@@ -77,7 +92,7 @@ def clear_cookie(request: Request, response: Response) -> None:
     response.delete_cookie(
         COOKIE,
         path=COOKIE_PATH,
-        secure=request.url.scheme == "https",
+        secure=_over_tls(request),
         httponly=True,
         samesite="strict",
     )

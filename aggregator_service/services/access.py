@@ -12,9 +12,9 @@ from sqlalchemy import delete, func, insert, null, select, update
 from sqlalchemy.engine import Connection, Row
 
 from aggregator_service.services.context import Core, Mint, fresh_secret, hash_token, now
-from aggregator_service.services.errors import Forbidden, Invalid, NotFound, Unauthorized
+from aggregator_service.services.errors import Forbidden, NotFound, Unauthorized
 from aggregator_service.services.federations import federation_row, new_id
-from aggregator_service.services.idempotency import KEEP_S
+from aggregator_service.services.idempotency import KEEP_S, Keep, keep_nothing
 from aggregator_service.services.viewers import VIEWER_TOKEN_PREFIX
 from aggregator_service.storage.tables import (
     clients,
@@ -126,7 +126,11 @@ def _key_owner(conn: Connection, digest: str) -> Row | None:
 
 
 def rotate_key(
-    core: Core, caller: Principal, cid: str, mint: Mint = fresh_secret
+    core: Core,
+    caller: Principal,
+    cid: str,
+    mint: Mint = fresh_secret,
+    keep: Keep = keep_nothing,
 ) -> ClientKeyRotated:
     """A new API key for client `cid`, called by that client or the admin.
 
@@ -138,6 +142,7 @@ def rotate_key(
         raise Forbidden("a client may rotate only its own API key")
     api_key = mint("ftk_", 32)
     t = now()
+    grace = None if caller.is_admin else datetime.fromtimestamp(t + PREVIOUS_KEY_GRACE_S, UTC)
     with core.db.write() as conn:
         row = conn.execute(
             select(clients.c.federation_id, clients.c.revoked).where(clients.c.id == cid)
@@ -156,13 +161,14 @@ def rotate_key(
         conn.execute(
             update(clients).where(clients.c.id == cid).values(key_hash=hash_token(api_key))
         )
-    grace = None if caller.is_admin else datetime.fromtimestamp(t + PREVIOUS_KEY_GRACE_S, UTC)
-    return ClientKeyRotated(
-        client_id=cid,
-        federation_id=row.federation_id,
-        api_key=api_key,
-        previous_key_valid_until=grace,
-    )
+        rotated = ClientKeyRotated(
+            client_id=cid,
+            federation_id=row.federation_id,
+            api_key=api_key,
+            previous_key_valid_until=grace,
+        )
+        keep(conn, rotated)
+    return rotated
 
 
 def enrollment_token_id(token_hash: str) -> str:
@@ -171,7 +177,11 @@ def enrollment_token_id(token_hash: str) -> str:
 
 
 def create_enrollment_token(
-    core: Core, fid: str, req: EnrollmentTokenRequest, mint: Mint = fresh_secret
+    core: Core,
+    fid: str,
+    req: EnrollmentTokenRequest,
+    mint: Mint = fresh_secret,
+    keep: Keep = keep_nothing,
 ) -> EnrollmentToken:
     token = mint("fte_", 24)
     t = now()
@@ -186,21 +196,24 @@ def create_enrollment_token(
                 created_at=t,
             )
         )
-    return EnrollmentToken(
-        token=token,
-        id=enrollment_token_id(hash_token(token)),
-        federation_id=fid,
-        uses=req.uses,
-        expires_at=datetime.fromtimestamp(t + req.expires_in_s, UTC),
-    )
+        issued = EnrollmentToken(
+            token=token,
+            id=enrollment_token_id(hash_token(token)),
+            federation_id=fid,
+            uses=req.uses,
+            expires_at=datetime.fromtimestamp(t + req.expires_in_s, UTC),
+        )
+        keep(conn, issued)
+    return issued
 
 
 def register_client(
-    core: Core, reg: ClientRegistration, mint: Mint = fresh_secret
+    core: Core, reg: ClientRegistration, mint: Mint = fresh_secret, keep: Keep = keep_nothing
 ) -> ClientRegistered:
-    """Spend one use of the enrollment token and create the client with a new API key."""
-    if "\x00" in reg.name:  # PostgreSQL text cannot hold it; refused on every backend alike
-        raise Invalid("name: must not contain a NUL character")
+    """Spend one use of the enrollment token and create the client with a new API key.
+
+    `reg.name` holds no control character (NUL included, which PostgreSQL text cannot hold):
+    `ClientRegistration` refuses them on every backend alike."""
     token_hash = hash_token(reg.enrollment_token)
     api_key = mint("ftk_", 32)
     cid = new_id("cli_")
@@ -248,7 +261,11 @@ def register_client(
                 revoked=False,
             )
         )
-    return ClientRegistered(client_id=cid, api_key=api_key, federation_id=fid, name=reg.name)
+        registered = ClientRegistered(
+            client_id=cid, api_key=api_key, federation_id=fid, name=reg.name
+        )
+        keep(conn, registered)
+    return registered
 
 
 def _client_infos(core: Core, fid: str | None = None, cid: str | None = None) -> list[ClientInfo]:

@@ -6,6 +6,8 @@ Nothing here carries a secret: no API key, token or hash of one; update digests 
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
@@ -29,6 +31,7 @@ __all__ = [
     "OrganisationRow",
     "federation_rows",
     "live_view",
+    "organisation_labels",
 ]
 
 # The dashboard sees what the admin sees of the history (every participant), read-only.
@@ -84,7 +87,7 @@ class HistoryRow(BaseModel):
     bytes_out: int
     metrics: dict[str, float] = Field(description="Example-weighted means of the plotted metrics.")
     by_organisation: dict[str, dict[str, float]] = Field(
-        description="Each participant's plotted metrics, by organisation name."
+        description="Each participant's plotted metrics, by its organisation's label."
     )
     epsilon: float | None = Field(
         default=None, description="With central privacy: ε once the round closed."
@@ -93,6 +96,10 @@ class HistoryRow(BaseModel):
 
 class OrganisationRow(BaseModel):
     name: str
+    label: str = Field(
+        description="The name, followed by the client id when another organisation's name or "
+        "label is the same: names need not be unique."
+    )
     client_id: str
     updates: int = Field(description="Accepted updates.")
     last_seen: datetime | None = Field(description="When its latest update was accepted.")
@@ -138,7 +145,20 @@ def _plotted(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k in PLOTTED}
 
 
-def _history_row(r: RoundRecord) -> HistoryRow:
+def organisation_labels(names: Mapping[str, str]) -> dict[str, str]:
+    """A distinct label for each client id in `names` (id -> organisation name): its name, with
+    its id appended while the label is shared, so that no organisation hides another."""
+    labels = dict(names)
+    while True:
+        counts = Counter(labels.values())
+        shared = [cid for cid, label in labels.items() if counts[label] > 1]
+        if not shared:
+            return labels
+        for cid in shared:
+            labels[cid] = f"{labels[cid]} ({cid})"
+
+
+def _history_row(r: RoundRecord, labels: Mapping[str, str]) -> HistoryRow:
     return HistoryRow(
         round=r.round,
         status=r.status,
@@ -149,7 +169,9 @@ def _history_row(r: RoundRecord) -> HistoryRow:
         bytes_out=r.bytes_out,
         epsilon=r.epsilon,
         metrics=_plotted(r.metrics),
-        by_organisation={p.name: _plotted(p.metrics) for p in r.participants},
+        by_organisation={
+            labels.get(p.client_id, p.name): _plotted(p.metrics) for p in r.participants
+        },
     )
 
 
@@ -221,6 +243,8 @@ def live_view(core: Core, fid: str) -> LiveView:
         status = read_status(conn, spec, fid, None)
         secure = _live_secure(conn, spec, status, t)
     history = list_rounds(core, fid, _READER)
+    members = list_clients(core, fid)
+    labels = organisation_labels({c.client_id: c.name for c in members})
     last_seen: dict[str, datetime] = {}
     for r in history:
         for p in r.participants:
@@ -233,16 +257,17 @@ def live_view(core: Core, fid: str) -> LiveView:
         status=status.federation_status,
         round=_live_round(status, t),
         secure=secure,
-        history=[_history_row(r) for r in history],
+        history=[_history_row(r, labels) for r in history],
         organisations=[
             OrganisationRow(
                 name=c.name,
+                label=labels[c.client_id],
                 client_id=c.client_id,
                 updates=c.updates,
                 last_seen=last_seen.get(c.client_id),
                 revoked=c.revoked,
             )
-            for c in list_clients(core, fid)
+            for c in members
         ],
         epsilon=next((r.epsilon for r in reversed(history) if r.epsilon is not None), None),
         max_epsilon=spec.privacy.max_epsilon if spec.privacy is not None else None,

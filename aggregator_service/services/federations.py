@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Row, insert, select
 
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Invalid, NotFound
+from aggregator_service.services.idempotency import Keep, keep_nothing
 from aggregator_service.services.privacy import completed_reason
 from aggregator_service.storage.tables import federations, rounds, state_versions
 from shared.api import FederationInfo, FederationSummary, TensorInfo
@@ -79,7 +80,9 @@ def _build(core: Core, spec: FederationSpec) -> _Built:
     )
 
 
-def create_federation(core: Core, spec: FederationSpec) -> FederationInfo:
+def create_federation(
+    core: Core, spec: FederationSpec, keep: Keep = keep_nothing
+) -> FederationInfo:
     """Build the model, store initial state and base, and open round 1 (blocking: run in a thread)."""
     built = _build(core, spec)
     fid = new_id("fed_")
@@ -118,8 +121,10 @@ def create_federation(core: Core, spec: FederationSpec) -> FederationInfo:
                 deadline_at=t + spec.rounds.deadline_s,
             )
         )
+        info = _describe(conn, federation_row(conn, fid), spec)
+        keep(conn, info)
     log.info("created federation %s (%s)", fid, spec.name)
-    return federation_info(core, fid)
+    return info
 
 
 def federation_row(conn: Connection, fid: str) -> Row:
@@ -142,13 +147,18 @@ def global_version(conn: Connection, fed: Row) -> str:
 def federation_info(core: Core, fid: str) -> FederationInfo:
     with core.db.read() as conn:
         fed = federation_row(conn, fid)
-        version = global_version(conn, fed)
-        reason = completed_reason(conn, fid, fed.status)
+        return _describe(conn, fed, core.spec(fid))
+
+
+def _describe(conn: Connection, fed: Row, spec: FederationSpec) -> FederationInfo:
+    """The federation `fed` (its row) as the API shows it, read within the caller's transaction."""
+    version = global_version(conn, fed)
+    reason = completed_reason(conn, fed.id, fed.status)
     manifest = {k: TensorInfo.model_validate(v) for k, v in json.loads(fed.manifest).items()}
     return FederationInfo(
         id=fed.id,
         name=fed.name,
-        spec=core.spec(fid),
+        spec=spec,
         status=fed.status,
         current_round=fed.current_round,
         global_version=version,

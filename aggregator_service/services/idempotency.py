@@ -7,6 +7,14 @@ that succeeded are kept, for a day: a refused request changed nothing, so
 running it again answers as replaying it would. While the first request with a
 key still runs, its retries are refused (to retry later), so two never both run.
 
+The answer is stored in the transaction that makes the request's effect (the service calls
+`keep(conn, answer)` there), so the effect and its answer are durable together or not at
+all: a request whose answer could not be stored changed nothing and runs again, and one that
+changed something is always replayed. A first request that never finishes (its process died)
+leaves its claim; after `_ABANDONED_S` a retry claims the key again with a new salt, and the
+answer of the old run, should it still be running, can no longer be kept, which rolls its
+effect back: of two runs of one key, only one ever commits.
+
 Shown-once secrets (a new client's API key, an enrollment token) are kept here
 no more than anywhere else: the database holds only hashes of usable secrets,
 so that a copy of it is not a list of API keys, and storing answers as sent
@@ -19,6 +27,7 @@ secret was, and a replay derives them again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -28,20 +37,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from aggregator_service.services.context import Core, Mint, hash_token, now
 from aggregator_service.services.errors import Conflict
 from aggregator_service.storage.tables import idempotency_keys as table
 
-__all__ = ["KEEP_S", "Answer", "Attempt", "run_once"]
+__all__ = ["KEEP_S", "Answer", "Attempt", "Keep", "keep_nothing", "run_once"]
 
 KEEP_S = 24 * 3600.0  # how long an answer is replayed
 _ABANDONED_S = 15 * 60.0  # a first request still unanswered after this died with its process
 # JSON escapes control characters, so a raw one never occurs in an answer: it marks a secret.
 _MARK = "\x1f"
 _SLOT = re.compile(f"{_MARK}([0-9]+):([0-9]+){_MARK}")
+
+# Stores a request's answer within the transaction that makes its effect: `keep(conn, answer)`.
+Keep = Callable[[Connection, BaseModel], None]
+
+
+def keep_nothing(_conn: Connection, _answer: BaseModel) -> None:
+    """The `Keep` of a request without an Idempotency-Key."""
 
 
 @dataclass(frozen=True)
@@ -100,31 +116,61 @@ class _DerivedSecrets:
         return _SLOT.sub(lambda m: self._part(int(m[1]), int(m[2])), stored)
 
 
-def run_once(core: Core, attempt: Attempt, call: Callable[[Mint], BaseModel]) -> Answer:
+def run_once(core: Core, attempt: Attempt, call: Callable[[Mint, Keep], BaseModel]) -> Answer:
     """`call`'s answer, run with secrets derived for `attempt`; or the answer stored for it.
 
-    Blocking: run in a thread. `Conflict` when the key was used for another request,
-    or its first request is still running.
+    `call` must pass its answer to the `Keep` it is given inside the transaction that makes
+    its effect. Blocking: run in a thread. `Conflict` when the key was used for another
+    request, or its first request is still running.
     """
     claimed = _claim(core, attempt)
     if isinstance(claimed, Answer):
         return claimed
     try:
-        body = call(claimed).model_dump_json()
+        body = call(claimed.secrets, claimed.keep).model_dump_json()
     except BaseException:
-        with core.db.write() as conn:
-            conn.execute(delete(table).where(table.c.id == attempt.id, table.c.answer.is_(None)))
+        with contextlib.suppress(Exception):  # else the claim is abandoned, and taken later
+            claimed.release(core)
         raise
-    with core.db.write() as conn:
-        conn.execute(
-            update(table)
-            .where(table.c.id == attempt.id)
-            .values(answer=claimed.seal(body), expires_at=now() + KEEP_S)
-        )
+    if claimed.kept is None:
+        raise RuntimeError(f"{attempt.route} did not keep its answer for its Idempotency-Key")
     return Answer(body, replayed=False)
 
 
-def _claim(core: Core, attempt: Attempt) -> Answer | _DerivedSecrets:
+class _Claim:
+    """The right to run an attempt: its row, unanswered, holding this claim's salt."""
+
+    def __init__(self, attempt: Attempt, salt: str) -> None:
+        self.attempt = attempt
+        self.salt = salt
+        self.secrets = _DerivedSecrets(attempt, salt)
+        self.kept: str | None = None
+
+    def _ours(self) -> ColumnElement[bool]:
+        return (
+            (table.c.id == self.attempt.id) & (table.c.salt == self.salt) & table.c.answer.is_(None)
+        )
+
+    def keep(self, conn: Connection, answer: BaseModel) -> None:
+        """Store `answer` in the caller's transaction; `Conflict` (rolling it back) when the
+        claim was taken over as abandoned meanwhile."""
+        body = answer.model_dump_json()
+        done = conn.execute(
+            update(table)
+            .where(self._ours())
+            .values(answer=self.secrets.seal(body), expires_at=now() + KEEP_S)
+        )
+        if done.rowcount != 1:
+            raise _in_use()
+        self.kept = body
+
+    def release(self, core: Core) -> None:
+        """Give the key back after a failed request (none to give once its answer committed)."""
+        with core.db.write() as conn:
+            conn.execute(delete(table).where(self._ours()))
+
+
+def _claim(core: Core, attempt: Attempt) -> Answer | _Claim:
     """The stored answer, or the right to run the request (its row, unanswered, is ours)."""
     t = now()
     with core.db.write() as conn:
@@ -144,7 +190,7 @@ def _claim(core: Core, attempt: Attempt) -> Answer | _DerivedSecrets:
                 )
             except IntegrityError:  # another process inserted it first (PostgreSQL)
                 raise _in_use() from None
-            return _DerivedSecrets(attempt, salt)
+            return _Claim(attempt, salt)
         if row.request_sha256 != attempt.request_sha256:
             raise Conflict(
                 "this Idempotency-Key was already used for a different request; "
@@ -168,7 +214,7 @@ def _claim(core: Core, attempt: Attempt) -> Answer | _DerivedSecrets:
         )
         if taken.rowcount != 1:
             raise _in_use()
-        return _DerivedSecrets(attempt, salt)
+        return _Claim(attempt, salt)
 
 
 def _in_use() -> Conflict:

@@ -42,6 +42,7 @@ from shared.spec import AggregationSpec, FederationSpec
 
 __all__ = [
     "RUNNING",
+    "Failed",
     "aggregate_finite",
     "aggregate_round",
     "current_revision",
@@ -68,6 +69,12 @@ Aggregate = Callable[
     ],
     AggregationResult,
 ]
+# Told of a federation whose rounds could not be judged: (federation id, what went wrong).
+Failed = Callable[[str, Exception], None]
+
+
+def _raise(_fid: str, exc: Exception) -> None:
+    raise exc
 
 
 def read_status(
@@ -210,20 +217,21 @@ def _received_at_least(n: int) -> ColumnElement[bool]:
     return rounds.c.received >= n if n <= INT_MAX else false()
 
 
-def due_rounds(core: Core) -> list[tuple[str, int]]:
-    """Open rounds past their deadline that hold at least min_updates."""
-    return _ready(core, lambda spec, received: received >= spec.rounds.min_updates, deadline=True)
+def due_rounds(core: Core, failed: Failed = _raise) -> list[tuple[str, int]]:
+    """Open rounds past their deadline that hold at least min_updates. A federation whose
+    spec cannot be read is passed to `failed` and left out; the others' rounds are listed."""
+    return _ready(core, lambda spec, received: received >= spec.rounds.min_updates, True, failed)
 
 
-def quorum_rounds(core: Core) -> list[tuple[str, int]]:
+def quorum_rounds(core: Core, failed: Failed = _raise) -> list[tuple[str, int]]:
     """Open rounds that hold their quorum: accepting the quorum-reaching update moves a round
     to `aggregating` in the same transaction, so this finds none unless a spec's quorum was
-    met some other way; the sweeper closes them all the same."""
-    return _ready(core, lambda spec, received: received >= spec.rounds.quorum, deadline=False)
+    met some other way; the sweeper closes them all the same. `failed` as in `due_rounds`."""
+    return _ready(core, lambda spec, received: received >= spec.rounds.quorum, False, failed)
 
 
 def _ready(
-    core: Core, enough: Callable[[FederationSpec, int], bool], deadline: bool
+    core: Core, enough: Callable[[FederationSpec, int], bool], deadline: bool, failed: Failed
 ) -> list[tuple[str, int]]:
     """Open rounds (past their deadline, with `deadline`) that hold `enough` updates, less
     those reopened (no subset of their updates aggregated to a finite state) that have not
@@ -258,12 +266,18 @@ def _ready(
                 latest.label("latest_update_at"),
             ).where(cond)
         ).all()
-    return [
-        (r.federation_id, r.number)
-        for r in rows
-        if enough(core.spec(r.federation_id), r.received)
-        and (r.reopened_at is None or (r.latest_update_at or 0) > r.reopened_at)
-    ]
+    ready = []
+    for r in rows:
+        if r.reopened_at is not None and (r.latest_update_at or 0) <= r.reopened_at:
+            continue
+        try:
+            spec = core.spec(r.federation_id)
+        except Exception as exc:
+            failed(r.federation_id, exc)
+            continue
+        if enough(spec, r.received):
+            ready.append((r.federation_id, r.number))
+    return ready
 
 
 def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
@@ -297,8 +311,7 @@ def aggregate_round(core: Core, fid: str, number: int, owner: str) -> Outcome:
     result, excluded = aggregate_finite(global_state, inputs, spec.aggregation, server_state, run)
     excluded = {**excluded, **left_out}
     if result is None:
-        _reopen(core, fid, number, len(inputs))
-        return "reopened"
+        return "reopened" if _reopen(core, fid, number, owner, len(inputs)) else "superseded"
     for cid, why in excluded.items():
         log.warning("federation %s round %d: update of %s excluded: %s", fid, number, cid, why)
     closing = _Closing(
@@ -378,9 +391,20 @@ def _finite(result: AggregationResult) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
-def _reopen(core: Core, fid: str, number: int, count: int) -> None:
-    """aggregating -> open: no subset of the round's `count` inputs aggregates to a finite
-    state. The round waits for an operator (the log says why), publishing nothing."""
+def _reopen(core: Core, fid: str, number: int, owner: str, count: int) -> bool:
+    """aggregating -> open under `owner`'s lease: no subset of the round's `count` inputs
+    aggregates to a finite state. The round waits for an operator (the log says why),
+    publishing nothing. False when the lease went to another replica (that one decides)."""
+    with core.db.write() as conn:
+        if not _end_lease(conn, fid, number, owner, now()):
+            return False
+        done = conn.execute(
+            update(rounds)
+            .where(the_round(fid, number, "aggregating"))
+            .values(status="open", aggregation_started_at=None, revision=rounds.c.revision + 1)
+        )
+        if done.rowcount != 1:
+            return False
     log.error(
         "federation %s round %d: no subset of its %d updates aggregates to a finite state; "
         "nothing published, the round reopens",
@@ -388,13 +412,23 @@ def _reopen(core: Core, fid: str, number: int, count: int) -> None:
         number,
         count,
     )
-    with core.db.write() as conn:
-        conn.execute(
-            update(rounds)
-            .where(the_round(fid, number, "aggregating"))
-            .values(status="open", aggregation_started_at=None, revision=rounds.c.revision + 1)
-        )
     core.notifier.notify(fid)
+    return True
+
+
+def _end_lease(conn: Connection, fid: str, number: int, owner: str, t: float) -> bool:
+    """Within the transaction that ends the round's aggregation: end `owner`'s lease at `t`;
+    False when it is no longer `owner`'s (taken over while it worked)."""
+    held = conn.execute(
+        update(round_leases)
+        .where(
+            round_leases.c.federation_id == fid,
+            round_leases.c.round == number,
+            round_leases.c.owner == owner,
+        )
+        .values(expires_at=t)
+    )
+    return held.rowcount == 1
 
 
 @dataclass(frozen=True)
@@ -415,16 +449,7 @@ def _close(
     (and the privacy account), open the next or complete."""
     t = now()
     with core.db.write() as conn:
-        held = conn.execute(
-            update(round_leases)
-            .where(
-                round_leases.c.federation_id == fid,
-                round_leases.c.round == number,
-                round_leases.c.owner == owner,
-            )
-            .values(expires_at=t)
-        )
-        if held.rowcount != 1:  # taken over while we worked: the new owner closes it
+        if not _end_lease(conn, fid, number, owner, t):  # the new owner closes it
             return False
         done = conn.execute(
             update(rounds)

@@ -3,8 +3,11 @@
 The sweeper runs every `deadline_check_s` on every replica: it closes rounds past their
 deadline (or holding their quorum), and claims the lease of every `aggregating` round nobody
 holds (a replica died, or an attempt failed and its backoff passed), so work is taken over
-within the lease time without a restart. Faults it meets (the database away) are logged once
-per change of state, not per sweep.
+within the lease time without a restart. Each step of a sweep, and each federation's part in
+it, fails alone: a federation that cannot be judged (its stored spec unreadable) holds up no
+other federation's closing, secure phases or takeover. Faults it meets (the database away)
+are logged once per change of state, and any other failure once per place until it changes,
+not per sweep.
 
 Long-polls wait on an in-process event per federation. Changes reach it from this process at
 once, from other replicas through PostgreSQL's LISTEN/NOTIFY, and, as a safety net (and with
@@ -20,14 +23,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 
 from aggregator_service.services.context import Core
-from aggregator_service.services.faults import classify
+from aggregator_service.services.faults import FaultKind, classify
 from aggregator_service.services.leases import (
     Attempt,
     claim,
@@ -63,6 +66,8 @@ before_aggregation: list[Callable[[str, int], None]] = []
 _NOTIFIED_RECHECK_S = 10.0
 # A snapshot of a round read this recently is shared by the requests that ask for it.
 _SNAPSHOT_FRESH_S = 0.25
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ class RoundRunner:
         self._watches: dict[str, _Watch] = {}
         self._stop_listening: Callable[[], None] | None = None
         self._listening = False
-        self._last_bug = ""
+        self._bugs: dict[str, str] = {}  # where the last sweep failed -> how, as logged
         self._draining = False
 
     # -- life cycle ------------------------------------------------------------------------
@@ -221,37 +226,50 @@ class RoundRunner:
     async def _sweep_forever(self) -> None:
         while True:
             try:
-                await self._sweep()
+                self._report(await self._sweep())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._sweep_failed(exc)
+                self._report({"the sweep": exc})
             await asyncio.sleep(self.core.settings.deadline_check_s)
 
-    async def _sweep(self) -> None:
-        core = self.core
-        for fid, number in await asyncio.to_thread(due_rounds, core):
-            await self.maybe_close(fid, number)
-        for fid, number in await asyncio.to_thread(quorum_rounds, core):
-            await self.maybe_close(fid, number)
-        for fid, number in await asyncio.to_thread(phases.due, core):  # secure rounds' phases
-            if await asyncio.to_thread(phases.advance, core, fid, number):
+    async def _sweep(self) -> Mapping[str, Exception]:
+        """One pass; returns what failed where (a step, or one federation's part in one)."""
+        core, sweep = self.core, _Sweep()
+        for listing in (due_rounds, quorum_rounds):
+            ready = await sweep.run(listing.__name__, asyncio.to_thread(listing, core, sweep.lost))
+            for fid, number in ready or ():
+                await sweep.run(f"federation {fid}", self.maybe_close(fid, number))
+        secure = await sweep.run("secure phases", asyncio.to_thread(phases.due, core))
+        for fid, number in secure or ():
+            if await sweep.run(
+                f"federation {fid}", asyncio.to_thread(phases.advance, core, fid, number)
+            ):
                 self.spawn(fid, number)
-        for fid, number in await asyncio.to_thread(claimable, core, self.owner):
+        free = await sweep.run("lease takeover", asyncio.to_thread(claimable, core, self.owner))
+        for fid, number in free or ():
             self.spawn(fid, number)
-        core.faults.ok("database_unavailable")
-        self._last_bug = ""
+        return sweep.failed
 
-    def _sweep_failed(self, exc: Exception) -> None:
-        kind = classify(exc)
-        if kind is not None:
-            self.core.metrics.faults.labels(kind).inc()
-            self.core.faults.failed(kind, exc)
-            return
-        what = f"{type(exc).__name__}: {exc}"
-        if what != self._last_bug:  # once per distinct failure, not twice a second
-            self._last_bug = what
-            log.error("round sweep failed", exc_info=exc)
+    def _report(self, failed: Mapping[str, Exception]) -> None:
+        """Log the sweep's failures: faults through `core.faults` (once per change of state),
+        anything else once per place until it changes, not twice a second."""
+        kinds: set[FaultKind] = set()
+        bugs: dict[str, str] = {}
+        for where, exc in failed.items():
+            kind = classify(exc)
+            if kind is not None:
+                if kind not in kinds:
+                    self.core.metrics.faults.labels(kind).inc()
+                kinds.add(kind)
+                self.core.faults.failed(kind, exc)
+                continue
+            bugs[where] = what = f"{type(exc).__name__}: {exc}"
+            if self._bugs.get(where) != what:
+                log.error("round sweep: %s failed: %s", where, what, exc_info=exc)
+        self._bugs = bugs
+        if "database_unavailable" not in kinds:
+            self.core.faults.ok("database_unavailable")
 
     # -- long-polls ------------------------------------------------------------------------
 
@@ -375,6 +393,28 @@ class RoundRunner:
             if current != seen:
                 seen = current
                 self.core.notifier.wake(fid)
+
+
+@dataclass
+class _Sweep:
+    """One sweep's failures by place: a step, or one federation's part in one."""
+
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+    async def run(self, where: str, work: Awaitable[T]) -> T | None:
+        """`work`'s result, or None once its failure is noted against `where`. A fault (the
+        database or disk away) ends the sweep: every later step would meet it too."""
+        try:
+            return await work
+        except Exception as exc:
+            if classify(exc) is not None:
+                raise
+            self.failed[where] = exc
+            return None
+
+    def lost(self, fid: str, exc: Exception) -> None:
+        """A federation the step could not judge; the step goes on without it."""
+        self.failed[f"federation {fid}"] = exc
 
 
 def _read_snapshot(core: Core, fid: str) -> _Snapshot:

@@ -6,7 +6,13 @@ is refused before the rest of it is read, and the body may then be no longer tha
 size its header declares. Until the
 final transaction nothing is visible: a refused upload leaves no row, no blob
 and no counter change. The blob is renamed into the store inside the
-transaction that inserts its row, so a committed row always has its blob.
+transaction that inserts its row, so a committed row always has its blob; a
+commit that fails leaves the blob in place (it may have been applied all the
+same), and a retry with the same bytes restores a blob found missing.
+
+A client revoked while its upload streams is refused at the commit, which reads
+the client's row under a lock: a revocation commits before it (and is seen) or
+after it (and the update was accepted before the revocation).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from aggregator_service.services.context import Core, now
-from aggregator_service.services.errors import Conflict, TimedOut, TooLarge
+from aggregator_service.services.errors import Conflict, TimedOut, TooLarge, Unauthorized
 from aggregator_service.services.lifecycle import refuse_unless_running
 from aggregator_service.services.rounds import (
     federation_status,
@@ -42,6 +48,7 @@ from aggregator_service.services.validation import (
 )
 from aggregator_service.storage.tables import (
     INT_MAX,
+    clients,
     federations,
     rounds,
     state_versions,
@@ -339,10 +346,13 @@ def _ingest_once(
 ) -> UpdateReceipt:
     spec = core.spec(fid)
     with core.db.read() as conn:
+        _refuse_revoked(conn, client_id)
         prior = _existing(conn, fid, number, client_id)
         status = read_status(conn, spec, fid, client_id)
         if prior is not None:
-            return _duplicate(conn, spec, client_id, fid, number, body, prior, status)
+            receipt = _duplicate(conn, spec, client_id, fid, number, body, prior, status)
+            core.blobs.commit_temp(body.path, body.sha256)  # the same bytes: restores a lost blob
+            return receipt
         manifest = _manifest(conn, fid)
     refuse_unless_running(fid, status.federation_status, status)
     if number != status.round or status.status != "open":
@@ -362,50 +372,56 @@ def _ingest_once(
 def _commit(
     core: Core, client_id: str, fid: str, number: int, body: Received, meta: DeltaMetadata
 ) -> tuple[int, RoundState]:
-    """One transaction: bump the open round, insert the row, rename the blob into the store."""
-    created = False
-    try:
-        with core.db.write() as conn:
-            bumped = conn.execute(
-                update(rounds)
-                .where(the_round(fid, number, "open"))
-                .values(
-                    received=rounds.c.received + 1,
-                    revision=rounds.c.revision + 1,
-                    bytes_in=rounds.c.bytes_in + body.size,
+    """One transaction: bump the open round, insert the row, rename the blob into the store.
+
+    The blob stays when the commit fails: a failed COMMIT may have been applied, and a blob
+    no row names costs only its space (and is reused by the retry)."""
+    with core.db.write() as conn:
+        bumped = conn.execute(
+            update(rounds)
+            .where(the_round(fid, number, "open"))
+            .values(
+                received=rounds.c.received + 1,
+                revision=rounds.c.revision + 1,
+                bytes_in=rounds.c.bytes_in + body.size,
+            )
+        )
+        if bumped.rowcount != 1:
+            raise _Retry
+        # Read after the round's row is ours: a pause or cancel either committed before
+        # (and is seen here, in a statement of its own) or waits for this commit.
+        if federation_status(conn, fid) != "running":
+            raise _Retry
+        _refuse_revoked(conn, client_id, lock=True)
+        try:
+            conn.execute(
+                insert(updates).values(
+                    federation_id=fid,
+                    round=number,
+                    client_id=client_id,
+                    sha256=body.sha256,
+                    bytes=body.size,
+                    num_examples=meta.num_examples,
+                    metrics=json.dumps(meta.metrics, sort_keys=True),
+                    received_at=now(),
                 )
             )
-            if bumped.rowcount != 1:
-                raise _Retry
-            # Read after the round's row is ours: a pause or cancel either committed before
-            # (and is seen here, in a statement of its own) or waits for this commit.
-            if federation_status(conn, fid) != "running":
-                raise _Retry
-            try:
-                conn.execute(
-                    insert(updates).values(
-                        federation_id=fid,
-                        round=number,
-                        client_id=client_id,
-                        sha256=body.sha256,
-                        bytes=body.size,
-                        num_examples=meta.num_examples,
-                        metrics=json.dumps(meta.metrics, sort_keys=True),
-                        received_at=now(),
-                    )
-                )
-            except IntegrityError:
-                raise _Retry from None
-            met = quorum_transition(conn, core.spec(fid), fid, number)
-            row = _progress(conn, fid, number)
-            created = core.blobs.commit_temp(body.path, body.sha256)
-    except BaseException:
-        if created:
-            core.blobs.remove(body.sha256)
-        raise
+        except IntegrityError:
+            raise _Retry from None
+        met = quorum_transition(conn, core.spec(fid), fid, number)
+        row = _progress(conn, fid, number)
+        core.blobs.commit_temp(body.path, body.sha256)
     if met:
         log.info("federation %s round %d: aggregating (quorum)", fid, number)
     return int(row.received), row.status
+
+
+def _refuse_revoked(conn: Connection, client_id: str, lock: bool = False) -> None:
+    """`Unauthorized` when the client was revoked; with `lock`, its row stays as read until
+    the transaction ends (a revocation waits for it)."""
+    query = select(clients.c.revoked).where(clients.c.id == client_id)
+    if conn.execute(query.with_for_update(read=True) if lock else query).scalar():
+        raise Unauthorized(f"client {client_id} has been revoked")
 
 
 def _closed_detail(number: int, status: RoundStatus) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Row
 from aggregator_service.services.context import Core, Mint, fresh_secret, hash_token, now
 from aggregator_service.services.errors import NotFound, Unauthorized
 from aggregator_service.services.federations import new_id
+from aggregator_service.services.idempotency import Keep, keep_nothing
 from aggregator_service.storage.tables import viewer_tokens
 
 __all__ = [
@@ -107,7 +108,7 @@ def _info(row: Row) -> ViewerTokenInfo:
 
 
 def create_viewer_token(
-    core: Core, req: ViewerTokenRequest, mint: Mint = fresh_secret
+    core: Core, req: ViewerTokenRequest, mint: Mint = fresh_secret, keep: Keep = keep_nothing
 ) -> ViewerToken:
     token = mint(VIEWER_TOKEN_PREFIX, 32)
     tid = new_id("vwt_")
@@ -118,13 +119,15 @@ def create_viewer_token(
                 id=tid, name=req.name, token_hash=hash_token(token), created_at=t
             )
         )
-    return ViewerToken(
-        id=tid,
-        name=req.name,
-        created_at=datetime.fromtimestamp(t, UTC),
-        revoked=False,
-        token=token,
-    )
+        issued = ViewerToken(
+            id=tid,
+            name=req.name,
+            created_at=datetime.fromtimestamp(t, UTC),
+            revoked=False,
+            token=token,
+        )
+        keep(conn, issued)
+    return issued
 
 
 def list_viewer_tokens(core: Core) -> list[ViewerTokenInfo]:

@@ -4,6 +4,7 @@ command, its table and `--json` output, and its failures (one line on stderr, ex
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,6 +186,26 @@ def test_clients_list_and_revoke(server, fid):
     assert any(r.split()[0] == cid and r.split()[-1] == "active" for r in rows), rows
     assert revoked.returncode == 0 and revoked.stdout.strip() == f"revoked client {cid} (org-x)"
     assert next(c for c in listed if c["client_id"] == cid)["revoked"] is True
+
+
+def test_a_stored_control_character_is_printed_escaped(server, fid):
+    token = admin_json(server, "enroll", fid)["token"]
+    with server.http(ADMIN) as http:
+        r = http.post("/v1/clients", json={"enrollment_token": token, "name": "org-y"})
+    cid = r.json()["client_id"]
+    # a row from before names were checked: it erases its own line and draws another
+    forged = f"org-y\x1b[2K\r{cid}  org-z  {fid}  active"
+    with sqlite3.connect(server.data_dir / "fedtune.db") as conn:
+        conn.execute("UPDATE clients SET name = ? WHERE id = ?", (forged, cid))
+
+    table = admin(server, "clients", "list", "--federation", fid)
+    revoked = admin(server, "clients", "revoke", cid)
+
+    assert table.returncode == revoked.returncode == 0, (table.stderr, revoked.stderr)
+    assert "\x1b" not in table.stdout + revoked.stdout
+    (row,) = [line for line in table.stdout.splitlines() if line.startswith(cid)]  # one line
+    assert f"org-y\\x1b[2K\\r{cid}  org-z" in row
+    assert revoked.stdout.startswith(f"revoked client {cid} (org-y\\x1b[2K\\r{cid}")
 
 
 def test_the_admin_token_may_come_from_the_environment(server):

@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, text
 from aggregator_service.api.limits import DASHBOARD_FORM_BYTES
 from aggregator_service.dashboard.assets import STATIC_DIR
 from aggregator_service.services.context import hash_token
+from aggregator_service.services.dashboard import organisation_labels
 from aggregator_service.storage.database import parse_database_url
 from lab.local_federation import start_server
 from tests.aggregator_service.conftest import (
@@ -30,6 +31,7 @@ from tests.aggregator_service.conftest import (
     Federation,
     LiveApp,
     create_federation,
+    tiny_spec,
 )
 from tests.aggregator_service.test_secagg_service import secure_orgs, secure_spec, until_phase
 
@@ -130,6 +132,25 @@ def test_the_cookie_is_secure_over_tls(tmp_path: Path, tls: tuple[Path, Path, Pa
     assert "secure" in attrs and "httponly" in attrs and attrs["samesite"].lower() == "strict"
     assert index.status_code == 200 and "Federations" in index.text
     assert "secure" in cookie_attributes(out) and cookie_attributes(out)["max-age"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("settings", "secure"),
+    [({}, False), ({"insecure_http": True}, True)],
+    ids=["plain-http-on-loopback", "behind-a-tls-terminating-proxy"],
+)
+def test_the_cookie_is_secure_unless_served_in_plain_http_on_loopback(
+    start_app: AppPool, settings: dict[str, Any], secure: bool
+):
+    """Behind the proxy the service sees plain HTTP, yet browsers reach it over TLS only."""
+    app = start_app(**settings)
+    with browser(app.url) as c:
+        signed = sign_in(c, ADMIN_TOKEN)
+        out = c.post("/dashboard/logout")
+
+    assert signed.status_code == 303
+    assert ("secure" in cookie_attributes(signed)) is secure
+    assert ("secure" in cookie_attributes(out)) is secure
 
 
 def test_a_wrong_token_gets_the_sign_in_page_again(fed: Federation):
@@ -345,6 +366,17 @@ def test_the_sign_in_form_body_is_bounded(fed: Federation):
     assert after.status_code == 303
 
 
+def test_a_sign_in_form_with_too_many_fields_is_refused_with_400(fed: Federation):
+    fields = {f"field{i}": "x" for i in range(8)} | {"token": ADMIN_TOKEN}
+    with browser(fed.app.url) as c:
+        r = c.post(LOGIN, data=fields)
+        after = c.get("/dashboard")
+
+    assert r.status_code == 400 and "Too many fields" in r.text
+    assert not r.headers.get_list("set-cookie")
+    assert after.status_code == 303
+
+
 def test_sign_out_clears_the_cookie(fed: Federation):
     with signed_in(fed.app.url, ADMIN_TOKEN) as c:
         out = c.post("/dashboard/logout")
@@ -406,6 +438,58 @@ def test_the_live_json_follows_the_rounds(fed: Federation, delta: Callable[..., 
     ]
     assert all(o["last_seen"] is not None and not o["revoked"] for o in after["organisations"])
     assert "quorum" in page and '<span id="round-number">2</span>' in page
+
+
+def test_organisations_of_the_same_name_each_keep_their_own_metrics(
+    start_app: AppPool, delta: Callable[..., bytes]
+):
+    fed = create_federation(start_app(), tiny_spec(quorum=2, min_updates=2), 0)
+    with fed.app.client() as admin:
+        token = admin.post(f"/v1/federations/{fed.id}/enrollment-tokens", json={"uses": 3}).json()[
+            "token"
+        ]
+    with fed.app.client(None) as anon:
+        for name in ("st-marys", "st-marys", "north"):
+            r = anon.post("/v1/clients", json={"enrollment_token": token, "name": name})
+            fed.keys[r.json()["client_id"]] = r.json()["api_key"]
+    *twins, north = fed.keys
+    base = fed.status()["global_version"]
+    for accuracy, cid in zip((0.25, 0.75), twins, strict=True):
+        body = delta(fed.info, 1, base, metrics={"val_accuracy": accuracy, "train_loss": 1.0})
+        assert fed.upload(cid, 1, body).status_code == 201
+    fed.wait_round(2)
+
+    with signed_in(fed.app.url, ADMIN_TOKEN) as c:
+        view = c.get(f"/dashboard/federations/{fed.id}/live").json()
+
+    by_org = view["history"][0]["by_organisation"]
+    assert {k: v["val_accuracy"] for k, v in by_org.items()} == {
+        f"st-marys ({twins[0]})": 0.25,
+        f"st-marys ({twins[1]})": 0.75,
+    }
+    shown = {o["client_id"]: (o["name"], o["label"]) for o in view["organisations"]}
+    assert shown == {
+        twins[0]: ("st-marys", f"st-marys ({twins[0]})"),
+        twins[1]: ("st-marys", f"st-marys ({twins[1]})"),
+        north: ("north", "north"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("names", "labels"),
+    [
+        ({"c1": "a", "c2": "b"}, {"c1": "a", "c2": "b"}),
+        ({"c1": "a", "c2": "a", "c3": "b"}, {"c1": "a (c1)", "c2": "a (c2)", "c3": "b"}),
+        # a name chosen to equal another's label is told apart as well
+        (
+            {"c1": "a", "c2": "a", "c3": "a (c1)"},
+            {"c1": "a (c1) (c1)", "c2": "a (c2)", "c3": "a (c1) (c3)"},
+        ),
+    ],
+    ids=["distinct", "shared-name", "name-equal-to-a-label"],
+)
+def test_every_organisation_gets_a_label_of_its_own(names: dict[str, str], labels: dict[str, str]):
+    assert organisation_labels(names) == labels
 
 
 def test_a_database_from_before_viewer_tokens_gains_the_table(start_app: AppPool):

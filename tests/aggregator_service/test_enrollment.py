@@ -92,6 +92,60 @@ def test_invalid_spec_is_refused_with_the_field_named(fed, body, fragment):
     assert fragment in r.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ("[" * 30_000, 400, "nests too deeply"),
+        ('{"name": ' + "1" * 5_000 + "}", 422, "JSON federation spec"),
+    ],
+    ids=["nested-30000-deep", "integer-of-5000-digits"],
+)
+def test_an_unreadable_spec_body_is_refused_and_creates_nothing(fed, body, status, fragment):
+    with fed.app.client() as c:
+        before = c.get("/v1/federations").json()
+        r = c.post("/v1/federations", content=body, headers={"Content-Type": "application/json"})
+        after = c.get("/v1/federations").json()
+
+    assert r.status_code == status and r.json()["error"] == "invalid_spec"
+    assert fragment in r.json()["detail"]
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("org\x1b[2K\rrevoked", "U+001B"),  # erase the terminal's row and overwrite it
+        ("org\nsecond-line", "U+000A"),
+        ("org\ttab", "U+0009"),
+        ("org\x00name", "U+0000"),
+        ("org\x7f", "U+007F"),
+        ("org\x85", "U+0085"),  # C1 next line
+        ("org\u202ekrowten", "U+202E"),  # right-to-left override
+        ("org\u2028line", "U+2028"),
+    ],
+    ids=["esc-cr", "lf", "tab", "nul", "del", "c1", "bidi-override", "line-separator"],
+)
+def test_an_organisation_name_with_a_control_character_is_refused(fed, name, shown):
+    token = _token(fed)
+
+    r = _register(fed, token, name)
+    retried = _register(fed, token, "org-plain")
+
+    assert r.status_code == 422 and r.json()["error"] == "validation_error"
+    detail = r.json()["detail"]
+    assert detail.startswith("name: must not contain a control character") and shown in detail
+    assert retried.status_code == 201  # the refusal spent no use of the token
+
+
+@pytest.mark.parametrize(
+    "name", ["Hôpital Saint-Éloi", "بیمارستان\u200cمهر", "clinic \U0001f469\u200d\u2695\ufe0f"]
+)
+def test_an_organisation_name_in_any_script_registers(fed, name):
+    r = _register(fed, _token(fed), name)
+
+    assert r.status_code == 201 and r.json()["name"] == name
+
+
 def test_unknown_route_and_federation_answer_error_body(fed):
     with fed.app.client() as c:
         route = c.get("/v1/nothing-here")

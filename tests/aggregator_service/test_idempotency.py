@@ -6,8 +6,14 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from aggregator_service.storage.tables import clients, federations, idempotency_keys
+from aggregator_service.storage.tables import (
+    clients,
+    enrollment_tokens,
+    federations,
+    idempotency_keys,
+)
 from client_sdk import FedTuneClient
+from tests.aggregator_service.db_faults import refusing_writes
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +142,23 @@ def test_stored_answers_hold_no_usable_secret(fed):
 
     assert issued not in stored and api_key not in stored
     assert issued[4:] not in stored and api_key[4:] not in stored
+
+
+def test_a_request_whose_answer_cannot_be_stored_issues_nothing_and_its_retry_runs_at_once(fed):
+    url, key = f"/v1/federations/{fed.id}/enrollment-tokens", {"Idempotency-Key": "lost-answer"}
+    before = _count(fed.app, enrollment_tokens)
+    with fed.app.client() as admin:
+        with refusing_writes(fed.app.core.db, "idempotency_keys", "answer"):
+            failed = admin.post(url, json={"uses": 1}, headers=key)
+        issued_after_failure = _count(fed.app, enrollment_tokens)
+        retried = admin.post(url, json={"uses": 1}, headers=key)
+        replayed = admin.post(url, json={"uses": 1}, headers=key)
+
+    assert failed.status_code == 503 and failed.json()["error"] == "database_unavailable"
+    assert issued_after_failure == before
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried.headers
+    assert replayed.json() == retried.json() and replayed.headers["Idempotent-Replayed"] == "true"
+    assert _count(fed.app, enrollment_tokens) == before + 1
 
 
 def test_a_key_longer_than_255_characters_is_refused(fed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +26,29 @@ def _stored(fed: Any) -> tuple[int, list[str]]:
     with core.db.read() as conn:
         count = conn.execute(select(func.count()).select_from(updates)).scalar_one()
     return count, sorted(str(p) for p in core.blobs.root.rglob("*") if p.is_file())
+
+
+def _upload_interrupted(fed: Any, cid: str, body: bytes, interrupt: Callable[[], None]) -> Any:
+    """Upload `body` as `cid` to round 1, running `interrupt` once half of it has been sent."""
+    half_sent, interrupted = threading.Event(), threading.Event()
+
+    def stream() -> Any:
+        yield body[: len(body) // 2]
+        half_sent.set()
+        assert interrupted.wait(30)
+        yield body[len(body) // 2 :]
+
+    with ThreadPoolExecutor(1) as pool, fed.as_client(cid) as c:
+        upload = pool.submit(
+            c.put,
+            f"/v1/federations/{fed.id}/rounds/1/update",
+            content=stream(),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(body))},
+        )
+        assert half_sent.wait(30)
+        interrupt()
+        interrupted.set()
+        return upload.result(timeout=60)
 
 
 def _deadline(fed: Any) -> float:
@@ -95,25 +119,11 @@ def test_a_pause_that_arrives_while_an_upload_streams_refuses_it_and_stores_noth
     cid = sorted(fed.keys)[0]
     body = delta(fed.info, 1, fed.info.global_version)
     before = _stored(fed)
-    half_sent, paused = threading.Event(), threading.Event()
 
-    def stream() -> Any:
-        yield body[: len(body) // 2]
-        half_sent.set()
-        assert paused.wait(30)
-        yield body[len(body) // 2 :]
-
-    with ThreadPoolExecutor(1) as pool, fed.as_client(cid) as c:
-        upload = pool.submit(
-            c.put,
-            f"/v1/federations/{fed.id}/rounds/1/update",
-            content=stream(),
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(body))},
-        )
-        assert half_sent.wait(30)
+    def pause() -> None:
         assert _post(fed, "pause").json()["status"] == "paused"
-        paused.set()
-        refused = upload.result(timeout=60)
+
+    refused = _upload_interrupted(fed, cid, body, pause)
 
     assert refused.status_code == 409, refused.text
     assert refused.json()["error"] == "federation_paused"
@@ -121,6 +131,29 @@ def test_a_pause_that_arrives_while_an_upload_streams_refuses_it_and_stores_noth
     assert fed.status()["received"] == 0
     _post(fed, "resume")
     assert fed.upload(cid, 1, body).status_code == 201
+
+
+def test_a_client_revoked_while_its_upload_streams_is_refused_and_nothing_is_stored(
+    federation, delta
+):
+    """The key was valid when the upload began; the revocation commits while its body is still
+    arriving. The upload ends with the revoked key's 401 and leaves no row, no blob and no
+    spool file, and counts toward no quorum."""
+    fed = federation(clients=2, quorum=2)
+    cid = sorted(fed.keys)[0]
+    before = _stored(fed)
+
+    def revoke() -> None:
+        with fed.app.client() as admin:
+            assert admin.delete(f"/v1/clients/{cid}").json()["revoked"] is True
+
+    refused = _upload_interrupted(fed, cid, delta(fed.info, 1, fed.info.global_version), revoke)
+
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"] == "unauthorized"
+    assert refused.json()["detail"] == f"client {cid} has been revoked"
+    assert _stored(fed) == before
+    assert fed.status()["received"] == 0
 
 
 def test_no_deadline_closes_a_round_of_a_paused_federation_and_resume_restarts_it(

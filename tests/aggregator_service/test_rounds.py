@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from tests.deltas import random_fill
@@ -267,3 +268,114 @@ def test_a_reopened_round_waits_for_a_new_update_before_the_sweepers_close_it_ag
         )
     assert (fed.id, 1) in quorum_rounds(core)
     assert (fed.id, 1) in due_rounds(core)
+
+
+def _truncated(spec: str) -> str:
+    return spec[: len(spec) // 2]
+
+
+def _rounds_as_text(spec: str) -> str:
+    import json
+
+    return json.dumps({**json.loads(spec), "rounds": "three of them"})
+
+
+def _break_spec(core, fid: str, breaking) -> None:
+    """Store a spec that no longer reads as one (written past the API, as a bad migration or
+    a hand edit would)."""
+    from sqlalchemy import select, update
+
+    from aggregator_service.storage.tables import federations
+
+    with core.db.write() as conn:
+        stored = conn.execute(select(federations.c.spec).where(federations.c.id == fid)).scalar()
+        conn.execute(
+            update(federations).where(federations.c.id == fid).values(spec=breaking(stored))
+        )
+
+
+@pytest.mark.parametrize("breaking", [_truncated, _rounds_as_text], ids=["not_json", "wrong_type"])
+def test_a_federation_whose_spec_cannot_be_read_holds_up_no_other_federations_round(
+    start_app, new_federation, delta, breaking
+):
+    from sqlalchemy import update
+
+    from aggregator_service.storage.tables import rounds
+
+    app = start_app()
+    fed = new_federation(app, _unbounded(quorum=3, min_updates=2, total=2), 3)
+    broken = new_federation(app, _unbounded(quorum=3, min_updates=2, total=2), 0)
+    for cid in sorted(fed.keys)[:2]:
+        assert fed.upload(cid, 1, delta(fed.info, 1, fed.info.global_version)).status_code == 201
+    app.stop()
+    with app.core.db.write() as conn:  # its aggregation died with the process: nobody holds it
+        conn.execute(
+            update(rounds)
+            .where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
+            .values(status="aggregating", closed_by="quorum")
+        )
+    _break_spec(app.core, broken.id, breaking)
+
+    fed.app = start_app()  # a replica that has not read the broken spec before
+
+    assert fed.wait_round(2)["round"] == 2
+    assert fed.history()[0]["status"] == "closed"
+
+
+def test_a_federation_whose_spec_cannot_be_read_is_logged_once_not_every_sweep(
+    start_app, new_federation, caplog
+):
+    import logging
+    import time
+
+    app = start_app()
+    broken = new_federation(app, _unbounded(), 0)
+    app.stop()
+    _break_spec(app.core, broken.id, _truncated)
+
+    with caplog.at_level(logging.ERROR, logger="fedtune.server"):
+        start_app(deadline_check_s=0.05)
+        time.sleep(1.0)  # some twenty sweeps
+
+    logged = [r for r in caplog.records if broken.id in r.getMessage()]
+    assert len(logged) == 1 and "round sweep" in logged[0].getMessage()
+
+
+def test_a_replica_that_lost_its_lease_does_not_reopen_the_round(start_app, new_federation, delta):
+    import time
+
+    from sqlalchemy import insert, select, update
+
+    from aggregator_service.services.rounds import aggregate_round
+    from aggregator_service.storage.tables import round_leases, rounds
+
+    spec = _unbounded(quorum=2, min_updates=1)
+    spec["aggregation"] = {**spec["aggregation"], "strategy": "fedadam", "max_abs_value": None}
+    app = start_app(deadline_check_s=3600.0)  # one sweep at start-up, none while we look
+    fed = new_federation(app, spec, 2)
+    huge = delta(fed.info, 1, fed.info.global_version, fill=3e38)  # squared: no finite state
+    assert fed.upload(sorted(fed.keys)[0], 1, huge).status_code == 201
+    with app.core.db.write() as conn:  # another replica took the round over meanwhile
+        conn.execute(
+            update(rounds)
+            .where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
+            .values(status="aggregating", closed_by="deadline")
+        )
+        conn.execute(
+            insert(round_leases).values(
+                federation_id=fed.id,
+                round=1,
+                owner="another-host:7:0badc0de",
+                expires_at=time.time() + 600,
+                retry_at=0.0,
+                attempts=2,
+            )
+        )
+
+    outcome = aggregate_round(app.core, fed.id, 1, owner="this-host:1:lost")
+
+    with app.core.db.read() as conn:
+        status = conn.execute(
+            select(rounds.c.status).where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
+        ).scalar_one()
+    assert (outcome, status) == ("superseded", "aggregating")

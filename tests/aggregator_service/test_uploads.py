@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import struct
@@ -16,6 +17,7 @@ from sqlalchemy import func, select
 from aggregator_service.storage.tables import rounds, updates
 from shared.api import FederationInfo
 from shared.blobs import DeltaMetadata, encode_state
+from tests.aggregator_service.db_faults import failing_commits
 from tests.deltas import make_delta
 
 MAX_UPLOAD_MB = 1.5
@@ -362,6 +364,31 @@ def test_body_past_its_header_without_content_length_is_refused(scene: Scene, un
 
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
     assert "longer than the" in r.json()["detail"]
+
+
+def test_a_retry_restores_the_blob_of_an_accepted_update_found_missing(
+    scene: Scene, unchanged: None
+):
+    """As after a COMMIT that raised though it was applied: the row is there, its blob not."""
+    blob = scene.fed.app.core.blobs.path(hashlib.sha256(scene.round2_c0).hexdigest())
+    blob.unlink()
+
+    r = scene.fed.upload(scene.c[0], 2, scene.round2_c0)
+
+    assert r.status_code == 200 and r.json()["duplicate"] is True
+    assert blob.read_bytes() == scene.round2_c0
+
+
+def test_an_upload_whose_commit_fails_leaves_its_blob_for_a_row_that_may_exist(scene: Scene):
+    body = scene.good(num_examples=3)
+    blob = scene.fed.app.core.blobs.path(hashlib.sha256(body).hexdigest())
+
+    with failing_commits(scene.fed.app.core.db, "updates"):
+        r = scene.fed.upload(scene.c[3], 2, body)
+
+    assert r.status_code >= 500
+    assert blob.read_bytes() == body
+    assert scene.fed.status()["received"] == 1
 
 
 def test_refusals_are_counted_by_reason(scene: Scene):

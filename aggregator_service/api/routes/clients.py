@@ -27,7 +27,7 @@ router = resource_router("/v1/clients", "clients")
 )
 async def register_client(reg: ClientRegistration, core: CoreDep, once: IdempotentDep) -> Response:
     return await once.run(
-        lambda mint: access.register_client(core, reg, mint),
+        lambda mint, keep: access.register_client(core, reg, mint, keep),
         reg,
         credential=reg.enrollment_token,
     )
@@ -79,5 +79,6 @@ async def rotate_client_key(
     cid: str, core: CoreDep, principal: PrincipalDep, once: IdempotentDep
 ) -> Response:
     return await once.run(
-        lambda mint: access.rotate_key(core, principal, cid, mint), _KeyRotation(client_id=cid)
+        lambda mint, keep: access.rotate_key(core, principal, cid, mint, keep),
+        _KeyRotation(client_id=cid),
     )

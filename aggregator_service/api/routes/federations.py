@@ -12,7 +12,7 @@ from aggregator_service.api.deps import AdminDep, CoreDep, IdempotentDep, Member
 from aggregator_service.api.errors import error_responses
 from aggregator_service.api.routes import resource_router
 from aggregator_service.services import access, federations, lifecycle
-from aggregator_service.services.errors import Invalid
+from aggregator_service.services.errors import Invalid, Malformed
 from shared.api import (
     EnrollmentToken,
     EnrollmentTokenInfo,
@@ -40,7 +40,7 @@ _SPEC_EXAMPLE = {
     description="Builds the model, stores the initial trainable state (and the frozen base when "
     "`model.base_source` is `server`) and opens round 1.",
     response_model=FederationInfo,
-    responses=error_responses(409, 422),
+    responses=error_responses(400, 409, 422),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -58,13 +58,18 @@ async def create_federation(
 ) -> Response:
     try:
         data = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except RecursionError:
+        raise Malformed(
+            "request body nests too deeply to be read as JSON; send a JSON federation spec",
+            error="invalid_spec",
+        ) from None
+    except ValueError:  # not JSON, not UTF-8, or an integer past Python's digit limit
         raise Invalid("request body must be a JSON federation spec", error="invalid_spec") from None
     try:
         spec = parse_spec(data)
     except SpecError as exc:
         raise Invalid(str(exc), error="invalid_spec") from None
-    return await once.run(lambda _mint: federations.create_federation(core, spec), spec)
+    return await once.run(lambda _mint, keep: federations.create_federation(core, spec, keep), spec)
 
 
 @router.get(
@@ -136,7 +141,9 @@ def cancel_federation(fid: str, core: CoreDep, _admin: AdminDep) -> FederationIn
 async def create_enrollment_token(
     fid: str, req: EnrollmentTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
 ) -> Response:
-    return await once.run(lambda mint: access.create_enrollment_token(core, fid, req, mint), req)
+    return await once.run(
+        lambda mint, keep: access.create_enrollment_token(core, fid, req, mint, keep), req
+    )
 
 
 TokenId = Annotated[

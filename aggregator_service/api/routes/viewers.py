@@ -35,7 +35,9 @@ ViewerTokenId = Annotated[
 async def create_viewer_token(
     req: ViewerTokenRequest, core: CoreDep, _admin: AdminDep, once: IdempotentDep
 ) -> Response:
-    return await once.run(lambda mint: viewers.create_viewer_token(core, req, mint), req)
+    return await once.run(
+        lambda mint, keep: viewers.create_viewer_token(core, req, mint, keep), req
+    )
 
 
 @router.get(

@@ -138,7 +138,7 @@
     });
     fillTable("organisations", view.organisations, function (tr, o) {
       var name = document.createElement("span");
-      name.textContent = o.name;
+      name.textContent = o.label;
       if (o.revoked) {
         var wrap = document.createElement("span");
         wrap.appendChild(name);
