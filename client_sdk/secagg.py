@@ -24,7 +24,12 @@ import torch
 from pydantic import BaseModel
 
 from client_sdk._client import FedTuneClient, _parse, _parse_list
-from client_sdk._exceptions import ConflictError, FedTuneError, PermissionDeniedError
+from client_sdk._exceptions import (
+    ConflictError,
+    FedTuneError,
+    PermissionDeniedError,
+    UnprocessableEntityError,
+)
 from shared.api import (
     API_PREFIX,
     SecaggComplaint,
@@ -39,6 +44,7 @@ from shared.api import (
 )
 from shared.blobs import Blob, atomic_write_bytes, encode_state
 from shared.secagg.keys import (
+    KeyAgreementError,
     KeyPair,
     ShareDecryptError,
     agree,
@@ -96,6 +102,12 @@ def masked_words(
     assert sa is not None
     agg = spec.aggregation
     x = np.asarray(vector, dtype=np.float64)
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise SecureAggregationError(
+            f"training diverged: the local delta holds {bad} NaN or infinite values; "
+            "it was not masked or sent"
+        )
     if agg.max_abs_value is not None and x.size and float(np.abs(x).max()) > agg.max_abs_value:
         raise SecureAggregationError(
             f"the local delta holds a value of magnitude {float(np.abs(x).max()):.3g}, beyond "
@@ -123,6 +135,22 @@ def _share_key(sec: dict[str, str], c_pk: str, ctx: str, sender: str, recipient:
         "share-key",
         pair_context(ctx, sender, recipient),
     )
+
+
+def _leave(number: int, why: str) -> bool:
+    """This client cannot go on in secure round `number`: the others finish it without it."""
+    log.warning("round %d: %s; leaving this round to the others", number, why)
+    return False
+
+
+def _check_neighbour_keys(st: SecaggState) -> None:
+    """`KeyAgreementError`, naming the neighbour, when a neighbour's key cannot be used."""
+    for peer in st.neighbours:
+        for name, key in (("c_pk", peer.c_pk), ("s_pk", peer.s_pk)):
+            try:
+                public_from_hex(key)
+            except KeyAgreementError as exc:
+                raise KeyAgreementError(f"neighbour {peer.client_id}'s {name}: {exc}") from None
 
 
 class SecureRound:
@@ -200,6 +228,7 @@ class SecureRound:
         held = self._load(number, st.attempt, "shares.json")
         if held is not None:
             return SecaggShares.model_validate(held)
+        _check_neighbour_keys(st)
         sec = self.secrets(number, st.attempt)
         assert st.threshold is not None
         ctx = context(self.fid, number, st.attempt)
@@ -329,8 +358,9 @@ class SecureRound:
 
     def run(self, number: int, delta_path: Path, num_examples: int) -> bool | None:
         """Take part in secure round `number` until the service aggregates it (True), until
-        this client is left out of it (False: it waits for the next round), or while the
-        federation is not running (None: the caller waits, then calls again)."""
+        this client is left out of it or leaves it (False: it waits for the next round; it
+        leaves when a neighbour reported its share or advertised an unusable key), or while
+        the federation is not running (None: the caller waits, then calls again)."""
         while True:
             status = self.client.current_round(self.fid, wait_s=0)
             if status.federation_status != "running":
@@ -350,6 +380,12 @@ class SecureRound:
                     raise
                 log.info("round %d: not in this secure round's cohort; waiting", number)
                 return False
+            except UnprocessableEntityError as exc:
+                if exc.code != "secagg_accused":
+                    raise
+                return _leave(number, exc.detail or exc.code)
+            except KeyAgreementError as exc:
+                return _leave(number, str(exc))
             if outcome is not None:
                 return outcome
             # phase changes bump the round's revision: wait for the next one

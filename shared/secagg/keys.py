@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 __all__ = [
     "KEY_BYTES",
+    "KeyAgreementError",
     "KeyPair",
     "ShareDecryptError",
     "agree",
@@ -40,6 +41,11 @@ _VERSION = b"fedtune-secagg/1"
 
 class ShareDecryptError(ValueError):
     """A share that fails AES-GCM authentication: altered on its way, or from someone else."""
+
+
+class KeyAgreementError(ValueError):
+    """A public key no secret can be agreed with: a low-order point, whose X25519 output is
+    all zeros whatever the private key (RFC 7748, §6.1)."""
 
 
 @dataclass(frozen=True)
@@ -60,17 +66,28 @@ class KeyPair:
 
 
 def public_from_hex(text: str) -> bytes:
-    """A public key from its hex form; `ValueError` when it is not one."""
+    """A public key from its hex form; `ValueError` when it is not one, `KeyAgreementError`
+    when no secret can be agreed with it (found by a trial agreement with a throwaway key)."""
     raw = bytes.fromhex(text)
-    X25519PublicKey.from_public_bytes(raw)  # checks the length
+    _exchange(X25519PrivateKey.generate(), X25519PublicKey.from_public_bytes(raw))
     return raw
+
+
+def _exchange(private: X25519PrivateKey, public: X25519PublicKey) -> bytes:
+    try:
+        return private.exchange(public)
+    except ValueError:  # `cryptography` refuses an all-zero shared secret
+        raise KeyAgreementError(
+            "the public key is a low-order X25519 point: no secret can be agreed with it"
+        ) from None
 
 
 def agree(private: bytes, public: bytes, label: str, context: str) -> bytes:
     """A 32-byte key both ends derive: X25519(private, public), then HKDF-SHA256 bound to
-    `label` (what the key is for) and `context` (federation, round, attempt, the pair)."""
-    shared = X25519PrivateKey.from_private_bytes(private).exchange(
-        X25519PublicKey.from_public_bytes(public)
+    `label` (what the key is for) and `context` (federation, round, attempt, the pair);
+    `KeyAgreementError` when `public` is a low-order point."""
+    shared = _exchange(
+        X25519PrivateKey.from_private_bytes(private), X25519PublicKey.from_public_bytes(public)
     )
     info = _VERSION + b"\0" + label.encode() + b"\0" + context.encode()
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(shared)

@@ -1,11 +1,17 @@
 """Secure aggregation against a real app over HTTP, driven through the SDK's protocol steps
 (client_sdk.secagg.SecureRound) with deltas written here: the aggregate, an inconsistent
-unmasking share named, and every bad input refused with its detail and no trace."""
+unmasking share named, every bad input refused with its detail and no trace, a client that
+cannot go on (accused, diverged, an unusable neighbour key, revoked) leaving the round to the
+others, and steps and sweepers racing on the round's row."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +20,12 @@ import numpy as np
 import pytest
 import torch
 
+from aggregator_service.services.secagg.round import load_round, record_step, restart, steps
+from aggregator_service.services.secagg.unmask import finish
 from client_sdk import FedTuneClient
 from client_sdk._exceptions import ConflictError
-from client_sdk.secagg import SecureRound
-from shared.api import SecaggState, SecaggUnmaskShare
+from client_sdk.secagg import SecureAggregationError, SecureRound
+from shared.api import SecaggComplaint, SecaggReceipt, SecaggState, SecaggUnmaskShare
 from shared.blobs import Blob, atomic_save_state, encode_state
 from shared.secagg.shamir import PRIME, share_to_bytes
 from tests.aggregator_service.conftest import AppPool, Federation, create_federation, tiny_spec
@@ -358,3 +366,244 @@ def test_a_cancelled_federation_s_secure_round_is_over(
     st = orgs[0].state()
     assert (st.attempt, st.phase, st.events) == (1, "share", [])
     assert _attempt_gauge(fed) is None
+
+
+# X25519 public keys of small order (and non-canonical encodings of them): X25519 with any
+# private key gives all zeros, so no secret can be agreed with them.
+LOW_ORDER_POINTS = {
+    "zero": "00" * 32,
+    "one": "01" + "00" * 31,
+    "p_minus_one": "ec" + "ff" * 30 + "7f",
+    "p": "ed" + "ff" * 30 + "7f",
+    "p_plus_one": "ee" + "ff" * 30 + "7f",
+    "order_8": "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "order_8_other": "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+}
+
+
+@pytest.fixture(scope="module")
+def keyless_federation(start_module_app: AppPool) -> Federation:
+    """A secure federation whose first round never starts: every key sent to it is refused."""
+    return create_federation(start_module_app(), secure_spec(3), 3)
+
+
+@pytest.mark.parametrize("point", sorted(LOW_ORDER_POINTS))
+@pytest.mark.parametrize("which", ["c_pk", "s_pk"])
+def test_a_low_order_public_key_is_refused_at_advertise_and_changes_nothing(
+    keyless_federation: Federation, which: str, point: str
+) -> None:
+    fed = keyless_federation
+    cid = sorted(fed.keys)[0]
+    keys = {"attempt": 1, "c_pk": "ab" * 32, "s_pk": "cd" * 32, which: LOW_ORDER_POINTS[point]}
+    base = f"/v1/federations/{fed.id}/rounds/1/secure-aggregation"
+
+    with fed.as_client(cid) as c:
+        r = c.post(f"{base}/keys", json=keys)
+        st = c.get(base).json()
+
+    assert r.status_code == 422 and r.json()["error"] == "invalid_keys"
+    assert r.json()["detail"].startswith(f"{which} is a low-order X25519 point")
+    assert (st["phase"], st["attempt"], st["done"], st["cohort"]) == ("advertise", 1, [], [])
+    with fed.app.core.db.read() as conn:
+        assert load_round(conn, fed.info.spec, fed.id, 1) is None
+
+
+def test_a_client_whose_neighbour_key_is_unusable_leaves_the_round_without_failing(
+    start_app: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A neighbour's low-order key stored by a service from before they were refused: the
+    client's own loop logs one line naming it and leaves the round (False), sending nothing."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), secure_spec(3), 3)
+    orgs = secure_orgs(fed, tmp_path)
+    honest, other, weak = orgs
+    honest.round.advertise(1, 1)
+    core = fed.app.core
+    with core.db.write() as conn:
+        rnd = load_round(conn, fed.info.spec, fed.id, 1)
+        assert rnd is not None
+        keys = {"attempt": 1, "c_pk": LOW_ORDER_POINTS["zero"], "s_pk": "cd" * 32}
+        record_step(conn, rnd, weak.cid, "keys", json.dumps(keys), keys)
+    other.round.advertise(1, 1)
+    until_phase(orgs, "share")
+
+    with caplog.at_level(logging.WARNING, logger="client_sdk"):
+        outcome = honest.round.run(1, honest.path, honest.num_examples)
+
+    assert outcome is False
+    assert honest.state().done == ["keys"]
+    (line,) = [r.getMessage() for r in caplog.records if "leaving this round" in r.getMessage()]
+    assert f"neighbour {weak.cid}'s c_pk" in line and "low-order" in line
+
+
+def test_a_falsely_accused_client_leaves_the_round_and_the_others_finish_it(
+    start_app: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One of four clients names another as the sender of a share that failed authentication
+    (falsely). The accused client's own loop logs one line and leaves the round (False, on to
+    the next round) instead of failing; its masked input is not kept, and the other three
+    finish the round, whose history says why the accused is left out."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), secure_spec(4, unmask_s=60), 4)
+    orgs = secure_orgs(fed, tmp_path)
+    _to_input(orgs)
+    accuser, accused, *rest = orgs
+    complaint = SecaggComplaint(attempt=1, accused=accused.cid, reason="a false accusation")
+    assert accuser.round._post(1, "/complaints", complaint).duplicate is False
+
+    with caplog.at_level(logging.WARNING, logger="client_sdk"):
+        outcome = accused.round.run(1, accused.path, accused.num_examples)
+
+    assert outcome is False
+    assert "input" not in accused.state().done
+    (line,) = [r.getMessage() for r in caplog.records if "leaving this round" in r.getMessage()]
+    assert "failed authentication" in line
+    others = [accuser, *rest]
+    _mask(others)
+    record = _unmask(fed, others)
+    assert record["participant_count"] == 3
+    assert "failed authentication" in record["excluded"][accused.cid]
+    assert any(f"{accused.cid} is left out" in e for e in accuser.state().events)
+    _assert_fedavg(fed, others, record)
+
+
+def test_a_diverged_client_sends_no_masked_input_and_the_round_goes_on_without_it(
+    start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), secure_spec(4, masked_input_s=3, unmask_s=60), 4)
+    orgs = secure_orgs(fed, tmp_path)
+    diverged, *rest = orgs
+    diverged.delta[sorted(diverged.delta)[0]].view(-1)[0] = float("nan")
+    atomic_save_state(diverged.path, diverged.delta, {"metrics": '{"train_loss": 1.0}'})
+    _to_input(orgs)
+
+    with pytest.raises(SecureAggregationError, match="training diverged"):
+        diverged.round.run(1, diverged.path, diverged.num_examples)
+
+    assert "input" not in diverged.state().done
+    _mask(rest)
+    record = _unmask(fed, rest)
+    assert record["participant_count"] == 3
+    assert "dropped out" in record["excluded"][diverged.cid]
+    _assert_fedavg(fed, rest, record)
+
+
+def test_a_masked_input_streaming_when_its_client_is_revoked_is_refused_and_not_kept(
+    start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), secure_spec(3), 3)
+    orgs = secure_orgs(fed, tmp_path)
+    _to_input(orgs)
+    org = orgs[0]
+    st = org.state()
+    org.round.received(1, st)
+    body = org.round.masked_input(1, st, org.path, org.num_examples).read_bytes()
+    core = fed.app.core
+    spool = fed.app.settings.data_dir / "blobs" / "tmp"  # where an upload streams to
+
+    def revoked_midway() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        deadline = time.monotonic() + 30
+        while not any(spool.iterdir()):  # the server is streaming the body
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with fed.app.client() as admin:
+            assert admin.delete(f"/v1/clients/{org.cid}").json()["revoked"] is True
+        yield body[len(body) // 2 :]
+
+    with fed.as_client(org.cid) as c:
+        r = c.put(
+            f"/v1/federations/{fed.id}/rounds/1/secure-aggregation/masked-input?attempt=1",
+            content=revoked_midway(),
+            headers={"Content-Length": str(len(body))},
+        )
+
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert not core.blobs.path(hashlib.sha256(body).hexdigest()).exists()
+    assert list(spool.iterdir()) == []
+    with core.db.read() as conn:
+        rnd = load_round(conn, fed.info.spec, fed.id, 1)
+        assert rnd is not None and steps(conn, rnd, "input") == {}
+
+
+def test_a_stale_restart_leaves_a_round_that_moved_on_as_it_is(
+    database_url: str | None, start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A sweeper (another replica's) that read the round before the clients' steps moved it
+    cannot restart it. On SQLite and PostgreSQL."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(database_url=database_url), secure_spec(3), 3)
+    orgs = secure_orgs(fed, tmp_path)
+    _to_share(orgs)
+    core = fed.app.core
+    with core.db.read() as conn:
+        stale = load_round(conn, fed.info.spec, fed.id, 1)
+    assert stale is not None and stale.phase == "share"
+    for o in orgs:
+        o.round._post(1, "/shares", o.round.share_body(1, o.state()))
+    until_phase(orgs, "input")
+
+    with core.db.write() as conn:
+        restart(conn, stale, "too few shared keys, as read before they did")
+
+    st = orgs[0].state()
+    assert (st.attempt, st.phase, st.events) == (1, "input", [])
+    assert sorted(st.shared) == sorted(o.cid for o in orgs)
+
+
+def test_a_stale_finish_leaves_an_aggregated_round_as_it_is(
+    database_url: str | None, start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A sweeper that read the round in phase unmask cannot finish it again once the last
+    unmasking shares did. On SQLite and PostgreSQL."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(database_url=database_url), secure_spec(3), 3)
+    orgs = secure_orgs(fed, tmp_path)
+    _to_input(orgs)
+    _mask(orgs)
+    until_phase(orgs, "unmask")
+    core = fed.app.core
+    with core.db.read() as conn:
+        stale = load_round(conn, fed.info.spec, fed.id, 1)
+    assert stale is not None
+    record = _unmask(fed, orgs)
+    with core.db.read() as conn:
+        unmask = steps(conn, stale, "unmask")
+
+    with core.db.write() as conn:
+        started = finish(conn, stale, unmask, {}, time.time())
+
+    assert started is False
+    with fed.app.client() as c:
+        again = c.get(f"/v1/federations/{fed.id}/rounds/1").json()
+    assert again == record
+    assert orgs[0].state().events == []
+
+
+def test_concurrent_steps_all_count_and_move_the_round_on_at_once(
+    database_url: str | None, start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Six clients advertise, then share, at the same time: every step is taken and the last
+    moves the round on at once, not at the phase's deadline. On SQLite and PostgreSQL."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(database_url=database_url), secure_spec(6), 6)
+    orgs = secure_orgs(fed, tmp_path)
+
+    def share(o: Org) -> SecaggReceipt:
+        return o.round._post(1, "/shares", o.round.share_body(1, o.state()))
+
+    with ThreadPoolExecutor(len(orgs)) as threads:
+        keyed = list(threads.map(lambda o: o.round.advertise(1, 1), orgs))
+        until_phase(orgs, "share")
+        shared = list(threads.map(share, orgs))
+        until_phase(orgs, "input")
+
+    assert [r.duplicate for r in keyed + shared] == [False] * 12
+    st = orgs[0].state()
+    assert (st.attempt, sorted(st.cohort), sorted(st.shared)) == (
+        1,
+        sorted(o.cid for o in orgs),
+        sorted(o.cid for o in orgs),
+    )

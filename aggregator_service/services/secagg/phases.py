@@ -19,6 +19,7 @@ from aggregator_service.services.secagg.round import (
     OF_ROUND,
     Round,
     accused,
+    as_read,
     bump,
     load_round,
     restart,
@@ -55,7 +56,7 @@ def advance(core: Core, fid: str, number: int) -> bool:
     """Move a secure round on if its phase is complete or past its deadline; True when it
     has just started aggregating (the caller spawns the aggregation)."""
     with core.db.write() as conn:
-        rnd = load_round(conn, core.spec(fid), fid, number)
+        rnd = load_round(conn, core.spec(fid), fid, number, lock=True)
         if rnd is None or rnd.phase == "done" or federation_status(conn, fid) != "running":
             return False
         ready = advance_round(conn, core, rnd)
@@ -66,7 +67,7 @@ def advance(core: Core, fid: str, number: int) -> bool:
 def advance_round(conn: Connection, core: Core, rnd: Round) -> bool:
     """Within the caller's transaction: move `rnd` as far as it can go now."""
     spec = core.spec(rnd.fid)
-    fresh = load_round(conn, spec, rnd.fid, rnd.number)
+    fresh = load_round(conn, spec, rnd.fid, rnd.number, lock=True)
     assert fresh is not None
     rnd = fresh
     t = now()
@@ -111,17 +112,8 @@ def _move(conn: Connection, rnd: Round, phase: SecaggPhase, t: float, **sets: An
     deadline = t + rnd.sa.phase_s(phase)
     values: dict[str, Any] = {"phase": phase, "deadline_at": deadline}
     values.update({k: json.dumps(v) for k, v in sets.items()})
-    done = conn.execute(
-        update(secagg_rounds)
-        .where(
-            secagg_rounds.c.federation_id == rnd.fid,
-            secagg_rounds.c.round == rnd.number,
-            secagg_rounds.c.attempt == rnd.attempt,
-            secagg_rounds.c.phase == rnd.phase,
-        )
-        .values(**values)
-    )
-    assert done.rowcount == 1  # the caller's write transaction holds the row
+    done = conn.execute(update(secagg_rounds).where(*as_read(rnd)).values(**values))
+    assert done.rowcount == 1  # the caller read the row with `load_round(lock=True)`
     bump(conn, rnd)
     log.info(
         "federation %s round %d: secure aggregation attempt %d -> %s",

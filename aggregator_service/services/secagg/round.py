@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, insert, select, update
 
 from aggregator_service.services.context import Core, now
 from aggregator_service.services.errors import Conflict, NotFound
@@ -35,6 +35,7 @@ __all__ = [
     "Round",
     "accused",
     "add_event",
+    "as_read",
     "bump",
     "current_attempts",
     "load_round",
@@ -117,12 +118,18 @@ class Round:
         return _ORDER.index(self.phase) >= _ORDER.index(phase)
 
 
-def load_round(conn: Connection, spec: FederationSpec, fid: str, number: int) -> Round | None:
-    row = conn.execute(
-        select(secagg_rounds).where(
-            secagg_rounds.c.federation_id == fid, secagg_rounds.c.round == number
-        )
-    ).first()
+def load_round(
+    conn: Connection, spec: FederationSpec, fid: str, number: int, lock: bool = False
+) -> Round | None:
+    """Round `number`'s secure round, if it has started. With `lock` (a transaction that reads
+    it in order to change it) the round's row, then this one, are held until the commit, in
+    the order a pause or resume takes them; SQLite's writer holds the whole database anyway."""
+    this = (secagg_rounds.c.federation_id == fid) & (secagg_rounds.c.round == number)
+    query = select(secagg_rounds).where(this)
+    if lock:
+        conn.execute(select(rounds.c.number).where(the_round(fid, number)).with_for_update())
+        query = query.with_for_update()
+    row = conn.execute(query).first()
     return None if row is None else Round.from_row(row, spec)
 
 
@@ -229,13 +236,11 @@ def add_event(conn: Connection, rnd: Round, event: str) -> None:
 
 
 def restart(conn: Connection, rnd: Round, why: str) -> None:
-    """The protocol cannot go on: start again with fresh keys (attempt + 1)."""
-    event = f"attempt {rnd.attempt} failed in phase {rnd.phase}: {why}; restarting"
-    log.warning("federation %s round %d: %s", rnd.fid, rnd.number, event)
-    add_event(conn, rnd, event)
-    conn.execute(
+    """The protocol cannot go on: start again with fresh keys (attempt + 1). Nothing changes
+    unless the round is still in the attempt and phase `rnd` was read in."""
+    moved = conn.execute(
         update(secagg_rounds)
-        .where(secagg_rounds.c.federation_id == rnd.fid, secagg_rounds.c.round == rnd.number)
+        .where(*as_read(rnd))
         .values(
             attempt=rnd.attempt + 1,
             phase="advertise",
@@ -246,7 +251,22 @@ def restart(conn: Connection, rnd: Round, why: str) -> None:
             secrets=None,
         )
     )
+    if moved.rowcount != 1:
+        return
+    event = f"attempt {rnd.attempt} failed in phase {rnd.phase}: {why}; restarting"
+    log.warning("federation %s round %d: %s", rnd.fid, rnd.number, event)
+    add_event(conn, rnd, event)
     bump(conn, rnd)
+
+
+def as_read(rnd: Round) -> tuple[ColumnElement[bool], ...]:
+    """The secure round's row while it is in the attempt and phase `rnd` was read in."""
+    return (
+        secagg_rounds.c.federation_id == rnd.fid,
+        secagg_rounds.c.round == rnd.number,
+        secagg_rounds.c.attempt == rnd.attempt,
+        secagg_rounds.c.phase == rnd.phase,
+    )
 
 
 def current_attempts(core: Core) -> dict[str, float]:

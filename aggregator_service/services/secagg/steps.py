@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 
 from aggregator_service.services.context import Core, now
-from aggregator_service.services.errors import Conflict, Forbidden, Invalid
+from aggregator_service.services.errors import Conflict, Forbidden, Invalid, Unauthorized
 from aggregator_service.services.lifecycle import refuse_unless_running
 from aggregator_service.services.rounds import read_status
 from aggregator_service.services.secagg.phases import advance_round
@@ -27,7 +27,7 @@ from aggregator_service.services.secagg.round import (
     record_step,
     secure_spec,
 )
-from aggregator_service.storage.tables import INT_MAX, secagg_rounds, secagg_shares
+from aggregator_service.storage.tables import INT_MAX, clients, secagg_rounds, secagg_shares
 from shared.api import (
     SecaggComplaint,
     SecaggIncomingShare,
@@ -37,6 +37,7 @@ from shared.api import (
     SecaggShares,
     SecaggUnmask,
 )
+from shared.secagg.keys import KeyAgreementError, public_from_hex
 
 __all__ = [
     "SHARE_CIPHERTEXT_HEX",
@@ -60,6 +61,8 @@ def _open_round(conn: Connection, core: Core, fid: str, number: int, create: boo
     federation (created in phase advertise on the first key advertisement)."""
     spec = core.spec(fid)
     sa = secure_spec(core, fid)
+    # locked before the status is read: a pause that commits meanwhile is seen here
+    rnd = load_round(conn, spec, fid, number, lock=True) if number <= INT_MAX else None
     status = read_status(conn, spec, fid, None)
     refuse_unless_running(fid, status.federation_status, status)
     if number > INT_MAX or number != status.round or status.status != "open":
@@ -69,7 +72,6 @@ def _open_round(conn: Connection, core: Core, fid: str, number: int, create: boo
             error="round_closed",
             round=status,
         )
-    rnd = load_round(conn, spec, fid, number)
     if rnd is not None:
         return rnd
     if not create:
@@ -90,6 +92,16 @@ def _open_round(conn: Connection, core: Core, fid: str, number: int, create: boo
     found = load_round(conn, spec, fid, number)
     assert found is not None
     return found
+
+
+def _refuse_revoked(conn: Connection, client_id: str) -> None:
+    """A client revoked since its request was authenticated (a masked input streams for a
+    while) is refused in the transaction that would keep what it sent."""
+    revoked = conn.execute(select(clients.c.revoked).where(clients.c.id == client_id)).scalar()
+    if revoked:
+        raise Unauthorized(
+            f"client {client_id} was revoked while its request was in flight; nothing was kept"
+        )
 
 
 def _check_attempt(rnd: Round, attempt: int, phase: SecaggPhase) -> None:
@@ -167,10 +179,12 @@ def client_step(
     name: str,
 ) -> Iterator[ClientStep]:
     """One write transaction for a client's step `name` in `phase` of the open round `number`
-    (the first advertisement creates it): the attempt and phase must be current and the client
-    among those who take part. Once the step is recorded the round moves on as far as it can,
-    the step's `receipt` is filled in and, after the commit, long-polls wake."""
+    (the first advertisement creates it): the client must not have been revoked since it was
+    authenticated, the attempt and phase must be current and the client among those who take
+    part. Once the step is recorded the round moves on as far as it can, the step's `receipt`
+    is filled in and, after the commit, long-polls wake."""
     with core.db.write() as conn:
+        _refuse_revoked(conn, client_id)
         rnd = _open_round(conn, core, fid, number, create=phase == "advertise")
         _check_attempt(rnd, attempt, phase)
         if phase != "advertise":
@@ -186,6 +200,15 @@ def advertise(core: Core, fid: str, number: int, client_id: str, body: SecaggKey
     """Step 0: a client's two public keys (the first creates the secure round)."""
     if body.c_pk == body.s_pk:
         raise Invalid("c_pk and s_pk must be two different keys", error="invalid_keys")
+    for name, key in (("c_pk", body.c_pk), ("s_pk", body.s_pk)):
+        try:
+            public_from_hex(key)
+        except KeyAgreementError:
+            raise Invalid(
+                f"{name} is a low-order X25519 point: no secret can be agreed with it; "
+                "advertise freshly generated keys",
+                error="invalid_keys",
+            ) from None
     with client_step(core, fid, number, client_id, body.attempt, "advertise", "keys") as step:
         step.record(body.model_dump_json(), body.model_dump(mode="json"))
     return step.receipt

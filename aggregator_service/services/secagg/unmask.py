@@ -28,6 +28,7 @@ from aggregator_service.services.secagg.round import (
     Round,
     accused,
     add_event,
+    as_read,
     bump,
     load_round,
     restart,
@@ -54,24 +55,23 @@ def finish(
     t: float,
 ) -> bool:
     """Rebuild the secrets from the unmasking shares (in the caller's transaction) and start
-    the aggregation; on failure restart the protocol. True when the round is aggregating."""
+    the aggregation; on failure restart the protocol. True when the round is aggregating;
+    nothing changes unless the round is still in the attempt and phase `rnd` was read in."""
     try:
         secrets, events = rebuild_secrets(rnd, unmask)
     except ShamirError as exc:
         restart(conn, rnd, f"the secrets could not be rebuilt: {exc}")
         return False
+    done = conn.execute(
+        update(secagg_rounds)
+        .where(*as_read(rnd))
+        .values(phase="done", secrets=json.dumps(secrets, sort_keys=True))
+    )
+    if done.rowcount != 1:
+        return False
     for event in events:
         log.warning("federation %s round %d: %s", rnd.fid, rnd.number, event)
         add_event(conn, rnd, event)
-    conn.execute(
-        update(secagg_rounds)
-        .where(
-            secagg_rounds.c.federation_id == rnd.fid,
-            secagg_rounds.c.round == rnd.number,
-            secagg_rounds.c.attempt == rnd.attempt,
-        )
-        .values(phase="done", secrets=json.dumps(secrets, sort_keys=True))
-    )
     nbytes = insert_updates(conn, rnd, t)
     fed_status = federation_status(conn, rnd.fid)  # paused since the step: the round stays open
     complete = set(unmask) >= set(rnd.u2) and not accused
