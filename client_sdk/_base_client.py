@@ -60,8 +60,11 @@ class Download:
 
 
 def _check_url(base_url: str, allow_http: bool) -> str:
-    url = httpx.URL(base_url)
-    if url.scheme not in ("http", "https") or not url.host:
+    try:
+        url: httpx.URL | None = httpx.URL(base_url)
+    except httpx.InvalidURL:  # a port that is not a number, say
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
         raise InsecureTransportError(f"server URL {base_url!r} must look like https://host[:port]")
     if url.scheme == "http" and not allow_http:
         raise InsecureTransportError(

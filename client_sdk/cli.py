@@ -127,12 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
     train.add_argument(
         "--num-workers",
-        type=int,
+        type=_non_negative,
         help="image-decoding worker processes per device (default: the cores less one, at most 8)",
     )
     train.add_argument(
         "--devices",
-        type=int,
+        type=_positive,
         default=1,
         help="devices to train on with DistributedDataParallel, one process each (default 1)",
     )
@@ -206,6 +206,13 @@ def _positive(raw: str) -> int:
     raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 1")
 
 
+def _non_negative(raw: str) -> int:
+    """A whole number >= 0 (an argparse type)."""
+    if raw.strip().isdigit():
+        return int(raw)
+    raise argparse.ArgumentTypeError(f"{raw!r} is not a whole number >= 0")
+
+
 def _seconds(raw: str) -> float:
     """A non-negative, finite number of seconds (an argparse type)."""
     try:
@@ -269,11 +276,15 @@ def _enrollment_token(args: argparse.Namespace) -> str:
             file=sys.stderr,
         )
         token, source = args.enrollment_token, "--enrollment-token"
-    elif args.enrollment_token_file == "-":
-        token, source = sys.stdin.readline(), "stdin"
     elif args.enrollment_token_file is not None:
-        token = Path(args.enrollment_token_file).read_text(encoding="utf-8")
-        source = args.enrollment_token_file
+        path = args.enrollment_token_file
+        source = "stdin" if path == "-" else path
+        try:
+            token = sys.stdin.readline() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise FedTuneError(
+                f"the enrollment token from {source} is not text: expected the fte_… token"
+            ) from None
     elif os.environ.get(ENV_ENROLLMENT_TOKEN):
         token, source = os.environ[ENV_ENROLLMENT_TOKEN], f"${ENV_ENROLLMENT_TOKEN}"
     else:
@@ -307,8 +318,9 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from client_sdk.distributed import participate_rank, spawn, torchrun_rank
+    from client_sdk.distributed import check_devices, participate_rank, spawn, torchrun_rank
     from client_sdk.participate import ParticipateOptions, participate
+    from client_sdk.training import resolve_device
 
     creds, server = _load_creds(args)
     _setup_logging(creds.name)
@@ -328,7 +340,10 @@ def _train(args: argparse.Namespace) -> int:
         if ranks is not None:
             participate_rank(ranks[0], ranks[1], connect, creds.client_id, options)
         else:
-            spawn(participate_rank, args.devices, connect, creds.client_id, options)
+            check_devices(args.devices, resolve_device(args.device))
+            spawn(
+                participate_rank, args.devices, connect, creds.client_id, options, explain=_explain
+            )
         if ranks is not None and ranks[0] != 0:
             return 0
         final = options.work_dir  # rank 0 saved the final state there

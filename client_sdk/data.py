@@ -219,8 +219,8 @@ class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int | None]]])
     drawn from `order_seed` (None: in order) and the seed every key carries.
     With `world > 1` the global batch of `batch_size` is cut into `world`
     contiguous parts and this `rank` gets its part, so the ranks together see
-    exactly the batches one process would; a last global batch smaller than
-    `world` is dropped so that every rank takes the same number of steps.
+    exactly the batches one process would, in as many steps; a part may be
+    empty (a last global batch smaller than `world`).
     """
 
     def __init__(self, n: int, batch_size: int, *, rank: int = 0, world: int = 1) -> None:
@@ -234,8 +234,7 @@ class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int | None]]])
         self.order_seed, self.augment_seed = order_seed, augment_seed
 
     def __len__(self) -> int:
-        full, last = divmod(self.n, self.batch_size)
-        return full + (1 if last and last >= self.world else 0)
+        return math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
         if self.order_seed is None:
@@ -245,8 +244,6 @@ class SeededBatchSampler(torch.utils.data.Sampler[list[tuple[int, int | None]]])
             order = torch.randperm(self.n, generator=generator).tolist()
         for start in range(0, self.n, self.batch_size):
             batch = order[start : start + self.batch_size]
-            if len(batch) < self.world:
-                return
             lo = self.rank * len(batch) // self.world
             hi = (self.rank + 1) * len(batch) // self.world
             yield [(i, self.augment_seed) for i in batch[lo:hi]]

@@ -5,9 +5,12 @@ which sets RANK and WORLD_SIZE). Rank 0 alone talks to the server: it fetches
 the federation, the model and each round's global state, sends them to the
 other ranks over a gloo control group, and uploads the one delta. Every rank
 trains on its part of each global batch (`SeededBatchSampler`): the spec's
-`batch_size` is the global batch, and DDP averages the gradients, so N ranks
-take the steps one process would (up to float rounding). The training group
-uses nccl on CUDA and gloo on CPU. Training loss, accuracy and throughput in
+`batch_size` is the global batch, every rank takes every step (an empty part
+too), and each rank's loss is weighted so that DDP's mean of the gradients is
+the gradient of the global batch's mean loss: N ranks take the steps one
+process would (up to float rounding). A rank's FedTuneError reaches the parent
+of `spawn` as one. The training group uses nccl on CUDA and gloo on CPU; each
+CUDA rank needs a GPU of its own. Training loss, accuracy and throughput in
 the round's metrics are over every rank's examples; `skipped_images` counts
 what rank 0 met.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import timedelta
@@ -27,15 +31,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from client_sdk._client import FedTuneClient
+from client_sdk._exceptions import FedTuneError, UsageError
 from client_sdk.data import load_local_data
 from client_sdk.participate import Participant, ParticipateOptions
 from client_sdk.sync import _load_checked
-from client_sdk.training import LocalTrainer, RoundResult, resolve_device
+from client_sdk.training import DeviceError, LocalTrainer, RoundResult, resolve_device
 from client_sdk.workdir import WorkDir
 from shared.tuning import build
 
 __all__ = [
     "DistributedTrainer",
+    "check_devices",
     "follow",
     "init_process_group",
     "participate_rank",
@@ -58,12 +64,35 @@ def torchrun_rank() -> tuple[int, int] | None:
     return None
 
 
+def _device_count(device: torch.device) -> int | None:
+    """How many devices of `device`'s kind this machine has (None: no limit, the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.device_count()
+    return 1 if device.type == "mps" else None
+
+
+def check_devices(world: int, device: torch.device) -> None:
+    """Refuse more ranks than this machine has GPUs: ranks sharing one would not train
+    faster, and NCCL refuses them."""
+    count = _device_count(device)
+    if count is not None and world > count:
+        raise DeviceError(
+            f"--devices {world}: this machine has {count} {device.type.upper()} device(s); "
+            f"pass --devices {count} or fewer (or --device cpu)"
+        )
+
+
 def rank_device(device: torch.device) -> torch.device:
     """This rank's device: its own GPU on CUDA (LOCAL_RANK, else the rank), else `device`."""
     if device.type != "cuda":
         return device
     local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
-    return torch.device("cuda", local % torch.cuda.device_count())
+    if local >= torch.cuda.device_count():
+        raise DeviceError(
+            f"local rank {local} has no GPU of its own: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s)"
+        )
+    return torch.device("cuda", local)
 
 
 def init_process_group(rank: int, world: int, device_type: str) -> dist.ProcessGroup:
@@ -77,24 +106,70 @@ def init_process_group(rank: int, world: int, device_type: str) -> dist.ProcessG
     return control
 
 
-def spawn(fn: Callable[..., None], world: int, *args: Any) -> None:
-    """Run `fn(rank, world, *args)` in `world` processes on a free local port."""
+def spawn(
+    fn: Callable[..., None],
+    world: int,
+    *args: Any,
+    explain: Callable[[BaseException], str] = str,
+) -> None:
+    """Run `fn(rank, world, *args)` in `world` processes on a free local port.
+
+    A rank that fails with a FedTuneError or OSError makes this raise a FedTuneError
+    (a UsageError if it was one) whose message is `explain(error)`; anything else
+    surfaces as torch's `ProcessException`, traceback included.
+    """
     import socket
 
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         os.environ["MASTER_PORT"] = str(s.getsockname()[1])
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    mp.spawn(fn, args=(world, *args), nprocs=world, join=True)
+    failures = mp.get_context("spawn").SimpleQueue()
+    # It says when it terminates the other ranks after one failed: noise beside the error.
+    torch_log = logging.getLogger("torch.multiprocessing.spawn")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        mp.spawn(_rank, args=(fn, world, failures, explain, *args), nprocs=world, join=True)
+    except ProcessException as exc:
+        reported: dict[int, tuple[bool, str]] = {}
+        while not failures.empty():
+            rank, usage, message = failures.get()
+            reported.setdefault(rank, (usage, message))
+        failure = reported.get(exc.error_index) or next(iter(reported.values()), None)
+        if failure is None:
+            raise
+        usage, message = failure
+        raise (UsageError if usage else FedTuneError)(message) from None
+    finally:
+        torch_log.setLevel(level)
+
+
+def _rank(
+    rank: int,
+    fn: Callable[..., None],
+    world: int,
+    failures: Any,
+    explain: Callable[[BaseException], str],
+    *args: Any,
+) -> None:
+    """One process of `spawn`: an error the user can act on goes back to the parent as text
+    (the exception itself may not survive pickling)."""
+    try:
+        fn(rank, world, *args)
+    except (FedTuneError, OSError) as exc:
+        failures.put((rank, isinstance(exc, UsageError), explain(exc)))
+        sys.exit(1)
 
 
 def wrap(trainer: LocalTrainer) -> None:
-    """Make the trainer's forward pass DDP's (a collective: every rank calls it together)."""
+    """Run the trainer's steps through DDP (a collective: every rank calls it together)."""
     cuda = trainer.device.type == "cuda"
     ids = [trainer.device.index or torch.cuda.current_device()] if cuda else None
-    trainer.net = DistributedDataParallel(trainer.model, device_ids=ids)
+    trainer.net = DistributedDataParallel(trainer.net, device_ids=ids)
 
 
 def _send(control: dist.ProcessGroup, message: object) -> None:

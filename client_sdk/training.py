@@ -66,8 +66,10 @@ __all__ = [
     "LocalTrainer",
     "Precision",
     "RoundResult",
+    "ShardLoss",
     "accuracy",
     "device_precision",
+    "hits",
     "resolve_device",
     "select_precision",
 ]
@@ -176,6 +178,12 @@ def _summed_over_ranks(stats: _EpochStats, device: torch.device) -> _EpochStats:
     return replace(stats, loss_sum=loss_sum, correct=round(correct), seen=round(seen))
 
 
+def hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """How many rows of `logits` rank their label first, on the logits' device (the labels
+    may be on any device)."""
+    return (logits.argmax(-1) == labels.to(logits.device)).sum()
+
+
 @torch.no_grad()
 def accuracy(
     model: nn.Module,
@@ -183,13 +191,16 @@ def accuracy(
     device: torch.device | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> float:
-    """Top-1 accuracy of `model` in eval mode over (images, labels) batches (0.0 if none)."""
+    """Top-1 accuracy of `model` in eval mode over (images, labels) batches (0.0 if none);
+    empty batches are passed over."""
     model.eval()
     correct = total = 0
     for images, labels in batches:
+        if not len(labels):
+            continue
         with autocast():
             logits = model(images.to(device) if device is not None else images)
-        correct += int((logits.argmax(-1).cpu() == labels).sum())
+        correct += int(hits(logits, labels))
         total += len(labels)
     return correct / max(total, 1)
 
@@ -204,6 +215,28 @@ def reportable_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
         else:
             log.warning("metric %s is %r: left out of the report", key, value)
     return kept
+
+
+class ShardLoss(nn.Module):
+    """The summed cross-entropy of one rank's shard of a batch, and its logits.
+
+    An empty shard (its images unreadable, or a last batch smaller than the world) gives
+    a zero loss that still reaches every trainable tensor, so DDP's gradient hooks fire
+    on that rank too and its all-reduces pair with the other ranks'.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not len(labels):
+            trainable = [p.sum() for p in self.model.parameters() if p.requires_grad]
+            return torch.stack(trainable).sum() * 0.0, None
+        logits = self.model(images)
+        return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum"), logits
 
 
 @contextlib.contextmanager
@@ -248,6 +281,7 @@ class LocalTrainer:
         num_workers: int | None = None,
         rank: int = 0,
         world: int = 1,
+        precision: Precision | None = None,
     ) -> None:
         self.spec, self.bm, self.device, self.progress = spec, bm, device, progress
         self.organisation = organisation
@@ -259,14 +293,13 @@ class LocalTrainer:
         # DataLoader worker processes (per training process); results do not depend on it.
         self.num_workers = default_num_workers(world) if num_workers is None else num_workers
         self.rank, self.world = rank, world
-        self.precision = device_precision(device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.scaler)
+        self.precision = device_precision(device) if precision is None else precision
         self.channels_last = device.type == "cuda" and _has_conv(bm.model)
         self.model = bm.model.to(device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # What runs the forward pass: the model, or its DistributedDataParallel wrapper.
-        self.net: nn.Module = self.model
+        # What a step runs: the `ShardLoss` of the model, or its DistributedDataParallel wrapper.
+        self.net: nn.Module = ShardLoss(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.dp = self._dp_sgd()
         self.skipped: set[Path] = set()  # unreadable images met so far
@@ -287,6 +320,12 @@ class LocalTrainer:
                 "accounting do not span several training processes; train with one"
             )
         return DPSGD(self.model, dp, self.spec.local_training.batch_size, self.num_examples)
+
+    def _grad_scaler(self) -> torch.amp.GradScaler:
+        """A fresh loss scaler for one round: it scales only under fp16 autocast (see
+        `Precision`), and its scale must not carry over, or a restarted client would not
+        retrain the round exactly."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
         if self.precision.dtype is None:
@@ -312,17 +351,17 @@ class LocalTrainer:
     def _batches(
         self, loader: DataLoader[object], dataset: ImageDataset
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, labels) on the device, copied asynchronously; unreadable images counted."""
+        """(images, labels) on the device, copied asynchronously; unreadable images counted.
+
+        A batch with no readable image is yielded empty: every rank takes every step."""
         for images, labels, skipped in loader:
             for i in skipped:
                 file = dataset.samples[i][0]
                 if file not in self.skipped:
                     log.warning("skipping unreadable image %s", file)
                     self.skipped.add(file)
-            if not len(labels):
-                continue
             images = images.to(self.device, non_blocking=True)
-            if self.channels_last:
+            if self.channels_last and len(labels):
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images, labels.to(self.device, non_blocking=True)
 
@@ -390,11 +429,25 @@ class LocalTrainer:
         """
         with _reproducible(self.device, self.seed(round, "step")):
             stats = self._train(round)
-        return _summed_over_ranks(stats, self.device) if self.world > 1 else stats
+        if self.world > 1:
+            stats = _summed_over_ranks(stats, self.device)
+        if not stats.seen:
+            raise DataError(f"none of the {len(self.train_set)} training images could be read")
+        return stats
+
+    def _readable_in_batch(self, shard: int) -> int:
+        """Readable examples in the global batch of which this rank holds `shard` (a
+        collective when world > 1)."""
+        if self.world == 1:
+            return shard
+        count = torch.tensor([shard], device=self.device)
+        dist.all_reduce(count)
+        return int(count.item())
 
     def _train(self, round: int) -> _EpochStats:
         lt = self.spec.local_training
         optimizer = self._optimizer()
+        scaler = self._grad_scaler()
         loader = self._loader("train")
         sampler = loader.batch_sampler
         assert isinstance(sampler, SeededBatchSampler)
@@ -415,38 +468,50 @@ class LocalTrainer:
                 leave=False,
             )
             for images, labels in bar:
-                loss, correct = self._step(optimizer, images, labels)
+                readable = self._readable_in_batch(len(labels))
+                if not readable:  # on every rank: the batch's images were all unreadable
+                    continue
+                loss_sum, correct = self._step(optimizer, scaler, images, labels, readable)
                 scheduler.step()
-                stats.loss_sum += loss * len(labels)
+                stats.loss_sum += loss_sum
                 stats.correct += correct
                 stats.seen += len(labels)
                 stats.steps += 1
                 rate = stats.seen / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{loss_sum / max(len(labels), 1):.4f}", ex_s=f"{rate:.0f}")
                 if lt.max_steps is not None and stats.steps >= lt.max_steps:
                     return stats
-        if not stats.seen and self.skipped:
-            raise DataError(f"none of the {len(self.train_set)} training images could be read")
         return stats
 
     def _step(
-        self, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor
+        self,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        readable: int,
     ) -> tuple[float, int]:
+        """One optimiser step on the mean loss over the global batch's `readable` examples;
+        returns this shard's summed loss and hits.
+
+        Each rank's summed loss is weighted by world / readable, so DDP's mean of the ranks'
+        gradients is the single-process gradient, however unevenly the batch was split.
+        """
         if self.dp is not None:  # fp32, per-example gradients clipped and noised by the optimiser
             optimizer.zero_grad(set_to_none=True)
             mean_loss, correct = self.dp.per_example_grads(images, labels)
             optimizer.step()
-            return mean_loss, correct
+            return mean_loss * len(labels), correct
         with self._autocast():
-            logits = self.net(images)
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            loss_sum, logits = self.net(images, labels)
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()  # scaled only for fp16 (see `Precision`)
-        self.scaler.unscale_(optimizer)  # true gradients for clipping (no-op without fp16)
+        scaler.scale(loss_sum * (self.world / readable)).backward()  # scaled only for fp16
+        scaler.unscale_(optimizer)  # true gradients for clipping (no-op without fp16)
         self._clip(optimizer)
-        self.scaler.step(optimizer)
-        self.scaler.update()
-        return float(loss.detach()), int((logits.argmax(-1) == labels).sum())
+        scaler.step(optimizer)
+        scaler.update()
+        correct = int(hits(logits, labels)) if logits is not None else 0
+        return float(loss_sum.detach()), correct
 
     def run_round(
         self,

@@ -119,8 +119,8 @@ def test_rank_shards_make_up_the_single_process_batches():
     assert len(shards) == len(parts[0]) == 3  # the last batch of 3 still splits 1 + 2
     assert [a + b for a, b in shards] == batches
     assert {seed for batch in batches for _, seed in batch} == {3}
-    parts[0].n = parts[1].n = 9  # a last global batch of 1 cannot be shared by two ranks
-    assert len(parts[0]) == len(list(parts[0])) == 2
+    parts[0].n = parts[1].n = 9  # a last global batch of 1: rank 0's part is empty
+    assert len(parts[0]) == len(list(parts[0])) == 3 and list(parts[0])[-1] == []
 
 
 def test_worker_count_is_the_cores_less_one_at_most_eight(monkeypatch):

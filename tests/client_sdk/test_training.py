@@ -8,9 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from client_sdk.data import load_local_data
-from client_sdk.training import DeviceError, LocalTrainer, resolve_device
+from client_sdk.training import (
+    DeviceError,
+    LocalTrainer,
+    Precision,
+    accuracy,
+    hits,
+    resolve_device,
+)
 from shared.blobs import DeltaMetadata, read_header
 from shared.spec import parse_spec
 from shared.tuning import build
@@ -37,11 +46,19 @@ def _folder(root: Path) -> Path:
     return write_image_folder(root, CLASSES, 4, mean=textured, std=60)
 
 
-def _trainer(tmp_path: Path, spec, organisation: str = "") -> LocalTrainer:
+def _trainer(
+    tmp_path: Path, spec, organisation: str = "", precision: Precision | None = None
+) -> LocalTrainer:
     bm = build(spec)
     data = load_local_data(_folder(tmp_path / "data"), CLASSES)
     return LocalTrainer(
-        spec, bm, data, device=torch.device("cpu"), val_fraction=0.25, organisation=organisation
+        spec,
+        bm,
+        data,
+        device=torch.device("cpu"),
+        val_fraction=0.25,
+        organisation=organisation,
+        precision=precision,
     )
 
 
@@ -143,3 +160,47 @@ def test_training_restores_the_global_rng_and_the_deterministic_mode(tmp_path):
 
     assert torch.equal(torch.get_rng_state(), rng)
     assert torch.are_deterministic_algorithms_enabled() == mode
+
+
+def test_a_round_retrained_with_fp16_loss_scaling_gives_the_same_delta(tmp_path):
+    # fp16 autocast on the CPU: the first steps overflow at the initial scale, which the
+    # scaler then lowers; a scale carried into the retraining would skip fewer steps.
+    trainer = _trainer(tmp_path, _spec(), precision=Precision(torch.float16, scaler=True))
+    start = trainer.bm.trainable_state()
+    trainer.train(2)
+    first = trainer.delta(start)
+    trainer.bm.load_trainable_state(start)
+
+    trainer.train(2)
+
+    again = trainer.delta(start)
+    assert all(torch.equal(again[name], first[name]) for name in first)
+
+
+class _AlwaysOne(nn.Module):
+    """Logits that rank class 1 first for every image."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[0.0, 1.0]]).expand(len(images), 2)
+
+
+def test_accuracy_is_the_share_of_labels_ranked_first_over_every_batch():
+    batches = [
+        (torch.zeros(4, 3), torch.tensor([1, 0, 1, 0])),  # 2 of 4
+        (torch.zeros(0), torch.zeros(0, dtype=torch.long)),  # every image unreadable
+        (torch.zeros(2, 3), torch.tensor([1, 1])),  # 2 of 2
+    ]
+
+    assert accuracy(_AlwaysOne(), batches) == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize("labels_on", ["cuda", "cpu"])
+def test_hits_are_counted_on_the_device_of_the_logits(labels_on):
+    # Fake CUDA tensors: the device logic runs without a GPU.
+    with FakeTensorMode():
+        logits = torch.empty(8, 5, device="cuda")
+        labels = torch.empty(8, dtype=torch.long, device=labels_on)
+
+        counted = hits(logits, labels)
+
+    assert counted.device.type == "cuda" and counted.shape == ()
