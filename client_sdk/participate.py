@@ -240,12 +240,14 @@ class Participant:
 
     def _secure(self, secure: SecureRound, r: int, entry: JournalEntry) -> bool:
         """Secure aggregation in place of one upload: `SecureRound.run` sends the keys, the
-        encrypted shares, the masked input and the unmasking shares."""
+        encrypted shares, the masked input and the unmasking shares, through every attempt of
+        the round, until the round closes. The delta stays "written" until then, so a restarted
+        client takes part in the round's later attempts too."""
         done = secure.run(r, self.workdir.delta_path(r), entry.num_examples)
         if done is None:  # paused or cancelled meanwhile: kept as written
             return False
         entry.status = "uploaded" if done else "abandoned"
-        entry.detail = "" if done else "left out of the secure round"
+        entry.detail = "" if done else "the secure round closed without this client's input"
         self.workdir.record(r, entry)
         if done:
             self.workdir.prune_deltas(before=r)

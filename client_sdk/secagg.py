@@ -32,6 +32,7 @@ from client_sdk._exceptions import (
 )
 from shared.api import (
     API_PREFIX,
+    RoundStatus,
     SecaggComplaint,
     SecaggIncomingShare,
     SecaggKeys,
@@ -135,12 +136,6 @@ def _share_key(sec: dict[str, str], c_pk: str, ctx: str, sender: str, recipient:
         "share-key",
         pair_context(ctx, sender, recipient),
     )
-
-
-def _leave(number: int, why: str) -> bool:
-    """This client cannot go on in secure round `number`: the others finish it without it."""
-    log.warning("round %d: %s; leaving this round to the others", number, why)
-    return False
 
 
 def _check_neighbour_keys(st: SecaggState) -> None:
@@ -357,44 +352,65 @@ class SecureRound:
     # -- the round -------------------------------------------------------------------------
 
     def run(self, number: int, delta_path: Path, num_examples: int) -> bool | None:
-        """Take part in secure round `number` until the service aggregates it (True), until
-        this client is left out of it or leaves it (False: it waits for the next round; it
-        leaves when a neighbour reported its share or advertised an unusable key), or while
-        the federation is not running (None: the caller waits, then calls again)."""
+        """Take part in secure round `number` until it closes: True when its aggregate holds
+        this client's masked input, False when it closed without it, None while the federation
+        is not running (the caller waits, then calls again).
+
+        A client left out of one attempt (too late for its cohort, U1 or U2, named by a
+        neighbour whose share failed authentication, or handed an unusable neighbour key) sits
+        that attempt out and joins the next one if the protocol restarts: every secret is per
+        attempt, and a restarted process finds itself left out of the same attempt again."""
+        sat_out = 0  # the attempt this client takes no further part in
         while True:
             status = self.client.current_round(self.fid, wait_s=0)
             if status.federation_status != "running":
                 return None
             if status.round != number or status.status != "open":
-                return status.round > number or status.status == "aggregating"
+                return self._counted(number, status)
+            st = self.state(number)
+            why: str | None = None
+            warn = False
             try:
-                st = self.state(number)
-                outcome = self.step(number, st, delta_path, num_examples)
+                if st.attempt != sat_out:
+                    why = self.step(number, st, delta_path, num_examples)
             except ConflictError as exc:
-                if exc.code in _MOVED_ON:
-                    outcome = None  # the round (or the federation) moved on meanwhile: look again
-                else:
-                    raise
+                if exc.code not in _MOVED_ON:
+                    raise  # otherwise the round (or the federation) moved on meanwhile: look again
             except PermissionDeniedError as exc:
                 if exc.code != "not_in_cohort":
                     raise
-                log.info("round %d: not in this secure round's cohort; waiting", number)
-                return False
+                why = "the attempt went on without this client"
             except UnprocessableEntityError as exc:
                 if exc.code != "secagg_accused":
                     raise
-                return _leave(number, exc.detail or exc.code)
+                why, warn = exc.detail or exc.code, True
             except KeyAgreementError as exc:
-                return _leave(number, str(exc))
-            if outcome is not None:
-                return outcome
+                why, warn = str(exc), True
+            if why is not None:
+                sat_out = st.attempt
+                log.log(
+                    logging.WARNING if warn else logging.INFO,
+                    "round %d: %s; sitting out attempt %d of the secure round (this client "
+                    "joins the next attempt if the protocol restarts)",
+                    number,
+                    why,
+                    st.attempt,
+                )
             # phase changes bump the round's revision: wait for the next one
             self.client.current_round(self.fid, wait_s=_POLL_S, revision=status.revision)
 
-    def step(
-        self, number: int, st: SecaggState, delta_path: Path, num_examples: int
-    ) -> bool | None:
-        """Do what the phase asks of this client if it has not yet; None to wait."""
+    def _counted(self, number: int, status: RoundStatus) -> bool:
+        """Whether round `number`, no longer open, aggregates this client's masked input."""
+        if status.round >= number:
+            st = self.state(number)
+            if st.phase == "done" and self.me in st.survivors:
+                return True
+        log.info("round %d: aggregated without this client's masked input", number)
+        return False
+
+    def step(self, number: int, st: SecaggState, delta_path: Path, num_examples: int) -> str | None:
+        """Do what the phase asks of this client if it has not yet; why the attempt goes on
+        without this client when it does (None while the client takes part in it)."""
         done = set(st.done)
         if st.phase == "advertise":
             if "keys" not in done:
@@ -404,17 +420,16 @@ class SecureRound:
                 )
             return None
         if st.phase == "done":
-            return True
+            return None  # the round is aggregating: `run` sees it closed
         if not st.in_cohort:
-            log.info("round %d: not in this secure round's cohort; waiting", number)
-            return False
+            return "not in the attempt's cohort (its keys came after the cohort was drawn)"
         if st.phase == "share":
             if "shares" not in done:
                 self._post(number, "/shares", self.share_body(number, st))
                 log.info("round %d: %d encrypted shares sent", number, len(st.neighbours))
             return None
         if self.me not in st.shared:
-            return False
+            return "not among the clients that shared keys in the attempt"
         if st.phase == "input":
             if "input" not in done:
                 self.received(number, st)
@@ -423,7 +438,7 @@ class SecureRound:
                 log.info("round %d: masked input accepted", number)
             return None
         if self.me not in st.survivors:
-            return False
+            return "not among the clients whose masked input counts in the attempt"
         if "unmask" not in done:
             self._post(number, "/unmask", self.unmask_body(number, st))
             log.info("round %d: unmasking shares sent", number)

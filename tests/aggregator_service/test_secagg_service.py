@@ -1,8 +1,9 @@
 """Secure aggregation against a real app over HTTP, driven through the SDK's protocol steps
 (client_sdk.secagg.SecureRound) with deltas written here: the aggregate, an inconsistent
 unmasking share named, every bad input refused with its detail and no trace, a client that
-cannot go on (accused, diverged, an unusable neighbour key, revoked) leaving the round to the
-others, and steps and sweepers racing on the round's row."""
+cannot go on (accused, diverged, an unusable neighbour key, revoked) leaving the attempt to the
+others, a client left out of one attempt joining the next, a masked input's blob kept through
+a failed commit, and steps and sweepers racing on the round's row."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from sqlalchemy import select
 
 from aggregator_service.services.secagg.round import load_round, record_step, restart, steps
 from aggregator_service.services.secagg.unmask import finish
+from aggregator_service.storage.tables import secagg_steps
 from client_sdk import FedTuneClient
 from client_sdk._exceptions import ConflictError
 from client_sdk.secagg import SecureAggregationError, SecureRound
@@ -29,12 +33,13 @@ from shared.api import SecaggComplaint, SecaggReceipt, SecaggState, SecaggUnmask
 from shared.blobs import Blob, atomic_save_state, encode_state
 from shared.secagg.shamir import PRIME, share_to_bytes
 from tests.aggregator_service.conftest import AppPool, Federation, create_federation, tiny_spec
+from tests.aggregator_service.db_faults import failing_commits
 
 SCALE_BITS = 24
 
 
-def secure_spec(clients: int, **secure: Any) -> dict[str, Any]:
-    spec = tiny_spec(total=2, quorum=clients, min_updates=2, deadline_s=600)
+def secure_spec(clients: int, min_updates: int = 2, **secure: Any) -> dict[str, Any]:
+    spec = tiny_spec(total=2, quorum=clients, min_updates=min_updates, deadline_s=600)
     spec["aggregation"] = {"strategy": "fedavg", "weighting": "num_examples", "clip_norm": None}
     spec["secure_aggregation"] = {"scale_bits": SCALE_BITS, **secure}
     return spec
@@ -408,13 +413,83 @@ def test_a_low_order_public_key_is_refused_at_advertise_and_changes_nothing(
         assert load_round(conn, fed.info.spec, fed.id, 1) is None
 
 
-def test_a_client_whose_neighbour_key_is_unusable_leaves_the_round_without_failing(
+@contextmanager
+def _loops(fed: Federation, *orgs: Org) -> Iterator[list[Future[bool | None]]]:
+    """Each org's own loop (`SecureRound.run` of round 1) in a thread while open. A test that
+    fails meanwhile cancels the federation, so that the loops end instead of blocking it."""
+    threads = ThreadPoolExecutor(len(orgs))
+    try:
+        yield [threads.submit(o.round.run, 1, o.path, o.num_examples) for o in orgs]
+    except BaseException:
+        with fed.app.client() as admin:
+            admin.post(f"/v1/federations/{fed.id}/cancel")
+        raise
+    finally:
+        threads.shutdown()
+
+
+def _outcomes(loops: list[Future[bool | None]]) -> list[bool | None]:
+    return [f.result(timeout=60) for f in loops]
+
+
+def _logged(caplog: pytest.LogCaptureFixture, text: str, count: int = 1) -> list[str]:
+    """The captured lines holding `text`, once there are `count` (the loops run in threads)."""
+    deadline = time.monotonic() + 30
+    while len(lines := [r.getMessage() for r in caplog.records if text in r.getMessage()]) < count:
+        assert time.monotonic() < deadline, f"{len(lines)} lines logged {text!r}"
+        time.sleep(0.05)
+    return lines
+
+
+def _steps_of(fed: Federation, org: Org, attempt: int) -> list[str]:
+    with fed.app.core.db.read() as conn:
+        taken = conn.execute(
+            select(secagg_steps.c.step).where(
+                secagg_steps.c.federation_id == fed.id,
+                secagg_steps.c.attempt == attempt,
+                secagg_steps.c.client_id == org.cid,
+            )
+        )
+        return sorted(taken.scalars())
+
+
+def test_a_client_too_late_for_the_cohort_joins_the_attempt_after_a_restart(
     start_app: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A neighbour's low-order key stored by a service from before they were refused: the
-    client's own loop logs one line naming it and leaves the round (False), sending nothing."""
+    """Quorum and min_updates 3 of four clients: A, B and C form attempt 1's cohort, and D,
+    too late for it, sits the attempt out. C never shares its keys, so attempt 1 fails at
+    the share phase's deadline; A, B and D, each running the SDK's own loop, form attempt 2
+    and the round aggregates the three of them (it hung before: D had given the round up)."""
     pool: AppPool = start_app  # type: ignore[assignment]
-    fed = create_federation(pool(), secure_spec(3), 3)
+    fed = create_federation(pool(), secure_spec(3, min_updates=3, share_keys_s=5), 4)
+    a, b, c, d = secure_orgs(fed, tmp_path)
+    for o in (a, b, c):
+        o.round.advertise(1, 1)
+    until_phase([a], "share")
+
+    with caplog.at_level(logging.INFO, logger="client_sdk"), _loops(fed, a, b, d) as loops:
+        (line,) = _logged(caplog, "sitting out attempt 1")
+        outcomes = _outcomes(loops)
+
+    assert "not in the attempt's cohort (its keys came after the cohort was drawn)" in line
+    assert outcomes == [True, True, True]
+    record = _wait_closed(fed)
+    assert sorted(p["client_id"] for p in record["participants"]) == [a.cid, b.cid, d.cid]
+    st = d.state()
+    assert (st.attempt, sorted(st.cohort)) == (2, [a.cid, b.cid, d.cid])
+    assert any("attempt 1 failed in phase share: only 2 of" in e for e in st.events), st.events
+    _assert_fedavg(fed, [a, b, d], record)
+
+
+def test_a_client_handed_an_unusable_neighbour_key_sits_out_the_attempt_and_joins_the_next(
+    start_app: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A neighbour's low-order key stored by a service from before they were refused: each
+    client's own loop logs one line naming it and sends nothing more in that attempt, instead
+    of failing. The attempt fails for want of shares; in the next the two clients take part
+    and the round aggregates them."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), secure_spec(3, advertise_s=3, share_keys_s=3), 3)
     orgs = secure_orgs(fed, tmp_path)
     honest, other, weak = orgs
     honest.round.advertise(1, 1)
@@ -427,22 +502,26 @@ def test_a_client_whose_neighbour_key_is_unusable_leaves_the_round_without_faili
     other.round.advertise(1, 1)
     until_phase(orgs, "share")
 
-    with caplog.at_level(logging.WARNING, logger="client_sdk"):
-        outcome = honest.round.run(1, honest.path, honest.num_examples)
+    with caplog.at_level(logging.WARNING, logger="client_sdk"), _loops(fed, honest, other) as loops:
+        lines = _logged(caplog, "sitting out attempt 1", count=2)
+        outcomes = _outcomes(loops)
 
-    assert outcome is False
-    assert honest.state().done == ["keys"]
-    (line,) = [r.getMessage() for r in caplog.records if "leaving this round" in r.getMessage()]
-    assert f"neighbour {weak.cid}'s c_pk" in line and "low-order" in line
+    assert len(lines) == 2
+    assert all(f"neighbour {weak.cid}'s c_pk" in x and "low-order" in x for x in lines)
+    assert _steps_of(fed, honest, 1) == _steps_of(fed, other, 1) == ["keys"]
+    assert outcomes == [True, True]
+    record = _wait_closed(fed)
+    assert record["participant_count"] == 2 and honest.state().attempt == 2
+    _assert_fedavg(fed, [honest, other], record)
 
 
-def test_a_falsely_accused_client_leaves_the_round_and_the_others_finish_it(
+def test_a_falsely_accused_client_sits_out_the_attempt_and_the_others_finish_it(
     start_app: Callable[..., Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """One of four clients names another as the sender of a share that failed authentication
-    (falsely). The accused client's own loop logs one line and leaves the round (False, on to
-    the next round) instead of failing; its masked input is not kept, and the other three
-    finish the round, whose history says why the accused is left out."""
+    (falsely). The accused client's own loop logs one line and sits the attempt out instead of
+    failing; its masked input is not kept, the other three finish the round, whose history
+    says why the accused is left out, and the accused's loop ends with the round (False)."""
     pool: AppPool = start_app  # type: ignore[assignment]
     fed = create_federation(pool(), secure_spec(4, unmask_s=60), 4)
     orgs = secure_orgs(fed, tmp_path)
@@ -450,17 +529,17 @@ def test_a_falsely_accused_client_leaves_the_round_and_the_others_finish_it(
     accuser, accused, *rest = orgs
     complaint = SecaggComplaint(attempt=1, accused=accused.cid, reason="a false accusation")
     assert accuser.round._post(1, "/complaints", complaint).duplicate is False
+    others = [accuser, *rest]
 
-    with caplog.at_level(logging.WARNING, logger="client_sdk"):
-        outcome = accused.round.run(1, accused.path, accused.num_examples)
+    with caplog.at_level(logging.WARNING, logger="client_sdk"), _loops(fed, accused) as loops:
+        (line,) = _logged(caplog, "sitting out attempt 1")
+        _mask(others)
+        record = _unmask(fed, others)
+        (outcome,) = _outcomes(loops)
 
     assert outcome is False
-    assert "input" not in accused.state().done
-    (line,) = [r.getMessage() for r in caplog.records if "leaving this round" in r.getMessage()]
     assert "failed authentication" in line
-    others = [accuser, *rest]
-    _mask(others)
-    record = _unmask(fed, others)
+    assert "input" not in accused.state().done
     assert record["participant_count"] == 3
     assert "failed authentication" in record["excluded"][accused.cid]
     assert any(f"{accused.cid} is left out" in e for e in accuser.state().events)
@@ -526,6 +605,70 @@ def test_a_masked_input_streaming_when_its_client_is_revoked_is_refused_and_not_
     with core.db.read() as conn:
         rnd = load_round(conn, fed.info.spec, fed.id, 1)
         assert rnd is not None and steps(conn, rnd, "input") == {}
+
+
+def _masked_body(org: Org) -> bytes:
+    st = org.state()
+    org.round.received(1, st)
+    return org.round.masked_input(1, st, org.path, org.num_examples).read_bytes()
+
+
+def _put_masked(fed: Federation, org: Org, body: bytes) -> httpx.Response:
+    with fed.as_client(org.cid) as c:
+        return c.put(
+            f"/v1/federations/{fed.id}/rounds/1/secure-aggregation/masked-input?attempt=1",
+            content=body,
+        )
+
+
+def test_a_masked_input_whose_commit_fails_leaves_its_blob_for_a_step_that_may_exist(
+    start_app: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A failed COMMIT may have been applied all the same: the blob stays, and the same input
+    sent again is taken."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), secure_spec(3), 3)
+    orgs = secure_orgs(fed, tmp_path)
+    _to_input(orgs)
+    org = orgs[0]
+    body = _masked_body(org)
+    blob = fed.app.core.blobs.path(hashlib.sha256(body).hexdigest())
+
+    with failing_commits(fed.app.core.db, "secagg_steps"):
+        r = _put_masked(fed, org, body)
+
+    assert r.status_code >= 500
+    assert blob.read_bytes() == body
+    assert "input" not in org.state().done
+    again = _put_masked(fed, org, body)
+    assert again.status_code == 201 and again.json()["duplicate"] is False
+    assert blob.read_bytes() == body
+
+
+@pytest.mark.parametrize(("others_sent", "phase"), [(False, "input"), (True, "unmask")])
+def test_the_same_masked_input_again_restores_its_missing_blob(
+    start_app: Callable[..., Any], tmp_path: Path, others_sent: bool, phase: str
+) -> None:
+    """As after a COMMIT that raised though it was applied: the step is recorded, its blob is
+    not there. The same bytes again answer as a repeat and put the blob back, in phase input
+    and once the last input has moved the attempt on."""
+    pool: AppPool = start_app  # type: ignore[assignment]
+    fed = create_federation(pool(), secure_spec(3, unmask_s=60), 3)
+    orgs = secure_orgs(fed, tmp_path)
+    _to_input(orgs)
+    org, *rest = orgs
+    body = _masked_body(org)
+    assert _put_masked(fed, org, body).status_code == 201
+    if others_sent:
+        _mask(rest)
+    blob = fed.app.core.blobs.path(hashlib.sha256(body).hexdigest())
+    blob.unlink()
+
+    r = _put_masked(fed, org, body)
+
+    assert r.status_code == 200, r.text
+    assert (r.json()["duplicate"], r.json()["phase"]) == (True, phase)
+    assert blob.read_bytes() == body
 
 
 def test_a_stale_restart_leaves_a_round_that_moved_on_as_it_is(

@@ -5,7 +5,8 @@ client keeps in its work dir), and the aggregate it publishes equals plain FedAv
 deltas within the fixed-point error: each coordinate of the mean is off by at most
 2^-(scale_bits+1) (3e-8 at the default 24 bits), plus float32 rounding of the stored state.
 Clients that drop out (driven through the SDK's own protocol steps, stopping at a chosen one)
-and a tampered share are handled as the protocol says.
+and a tampered share are handled as the protocol says, and a process too late for one
+attempt's cohort takes part in the next, even when restarted in between.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ import torch
 from client_sdk import FedTuneClient
 from client_sdk.credentials import load
 from client_sdk.secagg import SecureRound
-from lab.local_federation import ServerProcess, register, start_client, train_args
+from lab.local_federation import (
+    ClientProcess,
+    ServerProcess,
+    register,
+    start_client,
+    train_args,
+)
 from shared.api import FederationInfo
 from shared.blobs import Blob, atomic_save_state, read_state
 from shared.spec import FederationSpec, load_spec
@@ -281,3 +288,67 @@ def test_a_pause_mid_protocol_holds_the_secure_round_and_the_clients_finish_it(
     assert record.status == "closed" and record.participant_count == 3 and record.excluded == {}
     after = third.round.state(1)
     assert (after.attempt, after.phase, after.events) == (1, "done", [])
+
+
+def _until_logged(proc: ClientProcess, text: str) -> None:
+    """Wait until the running process `proc` logs `text`."""
+    deadline = time.monotonic() + 300
+    while text not in proc.output():
+        assert proc.proc.poll() is None, proc.output()[-3000:]
+        assert time.monotonic() < deadline, proc.output()[-3000:]
+        time.sleep(0.2)
+
+
+def _start_late(
+    admin: FedTuneClient, fid: str, args: list[str], log: Path, procs: list[ClientProcess]
+) -> None:
+    """Start a `fedtune-client train` process (appended to `procs`) while the federation is
+    paused, so that it has started up when the share phase goes on, then wait until it sits
+    out attempt 1."""
+    assert admin.pause_federation(fid).status == "paused"
+    procs.append(start_client("org-d", args, log))
+    _until_logged(procs[-1], "waiting for it to resume")
+    assert admin.resume_federation(fid).status == "running"
+    _until_logged(procs[-1], "sitting out attempt 1")
+
+
+def test_a_process_too_late_for_the_cohort_joins_the_attempt_after_a_restart(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """Quorum and min_updates 3 of four organisations. Two `fedtune-client train` processes
+    and a fourth client (in this process) form attempt 1's cohort; a third process, started
+    once the cohort is drawn, sits that attempt out, and so does the same organisation's
+    process started again after a kill. The fourth client never shares its keys, so attempt 1
+    fails at the share phase's deadline; the three processes form attempt 2 and the round
+    aggregates them (before, the late process gave the round up in its journal, and the round
+    waited forever for a third advertisement)."""
+    admin = server.admin()
+    info = admin.create_federation(_spec(quorum=3, min_updates=3, share_keys_s=15))
+    orgs = ["org-a", "org-b", "org-d"]
+    a, b, d = (_org(server, info, tmp_path, org, seed=i) for i, org in enumerate(orgs))
+    gone = Victim(server, info, tmp_path)
+    late = train_args(server, d, tmp_path / "org-d" / "data", tmp_path / "org-d" / "w")
+
+    procs = _train(server, tmp_path, orgs[:2])
+    try:
+        gone.round.advertise(1, gone._wait(1, ("advertise",)).attempt)
+        drawn = gone._wait(1, ("share",))
+        _start_late(admin, info.id, late, tmp_path / "org-d" / "first.log", procs)
+        procs.pop().proc.kill()
+        _start_late(admin, info.id, late, tmp_path / "org-d" / "again.log", procs)
+        codes = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
+
+    assert codes == [0, 0, 0], "\n".join(p.output()[-3000:] for p in procs)
+    ids = {load(creds).client_id: org for creds, org in zip((a, b, d), orgs, strict=True)}
+    assert sorted(drawn.cohort) == sorted([gone.id, load(a).client_id, load(b).client_id])
+    assert "re-sending the delta written before a restart" in procs[-1].output()
+    (record,) = admin.list_rounds(info.id)
+    assert record.status == "closed" and record.participant_count == 3
+    assert sorted(ids[p.client_id] for p in record.participants) == orgs
+    events = gone.round.state(1).events
+    assert any("attempt 1 failed in phase share: only 2 of" in e for e in events), events
+    _check_masked_and_fedavg(server, admin, info, record, tmp_path, orgs)

@@ -8,6 +8,9 @@ num_examples (in the clear: the service divides the sum by the survivors' total)
 (JSON). It streams through the upload path
 (services/uploads.py): the header is checked as soon as it arrives and the body may be no
 longer than it declares; nothing is parsed with pickle and nothing is kept when it is refused.
+As with a plain update, the blob is placed in the transaction that records the input and stays
+when its COMMIT fails (it may have been applied all the same); the same input sent again is
+answered as a repeat and puts back a blob found missing.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from dataclasses import dataclass
 
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import Invalid
-from aggregator_service.services.secagg.round import accused, secure_spec
-from aggregator_service.services.secagg.steps import client_step
+from aggregator_service.services.secagg.round import accused, load_round, secure_spec, steps
+from aggregator_service.services.secagg.steps import _refuse_revoked, client_step
 from aggregator_service.services.uploads import Expected, Received, _manifest
 from aggregator_service.services.validation import not_safetensors
+from aggregator_service.storage.tables import INT_MAX
 from shared.api import SecaggReceipt
 from shared.blobs import Blob, BlobError, SafetensorsHeader, _metrics, parse_header
 from shared.secagg.masking import FixedPoint
@@ -111,6 +115,9 @@ def ingest_masked(
     """Validate and keep one masked input (blocking); the temp file is consumed either way."""
     sa = secure_spec(core, fid)
     try:
+        repeat = _repeat(core, client_id, fid, number, attempt, body)
+        if repeat is not None:
+            return repeat
         blob = Blob.open(body.path)
         try:
             meta = dict(blob.metadata)
@@ -127,22 +134,35 @@ def ingest_masked(
             "num_examples": int(meta["num_examples"]),
             "metrics": metrics,
         }
-        created = False
-        try:
-            with client_step(core, fid, number, client_id, attempt, "input", "input") as step:
-                if client_id in accused(step.conn, step.rnd):
-                    raise Invalid(
-                        f"a share this client sent in round {number} failed authentication at "
-                        "its recipient; its masked input is not taken",
-                        error="secagg_accused",
-                    )
-                if not step.record(body.sha256, payload):
-                    created = core.blobs.commit_temp(body.path, body.sha256)
-        except BaseException:
-            if created:
-                core.blobs.remove(body.sha256)
-            raise
+        with client_step(core, fid, number, client_id, attempt, "input", "input") as step:
+            if client_id in accused(step.conn, step.rnd):
+                raise Invalid(
+                    f"a share this client sent in round {number} failed authentication at "
+                    "its recipient; its masked input is not taken",
+                    error="secagg_accused",
+                )
+            step.record(body.sha256, payload)
+            core.blobs.commit_temp(body.path, body.sha256)  # also puts back a repeat's lost blob
     finally:
         body.path.unlink(missing_ok=True)
     core.metrics.bytes_in.inc(body.size)
     return step.receipt
+
+
+def _repeat(
+    core: Core, client_id: str, fid: str, number: int, attempt: int, body: Received
+) -> SecaggReceipt | None:
+    """The answer to a masked input this client already sent, byte for byte, in the round's
+    current attempt, whatever phase the attempt reached since (the commit that recorded it may
+    have failed to answer); its blob is put back if it went missing. None for any other body."""
+    spec = core.spec(fid)
+    with core.db.read() as conn:
+        _refuse_revoked(conn, client_id)
+        rnd = load_round(conn, spec, fid, number) if number <= INT_MAX else None
+        if rnd is None or rnd.attempt != attempt:
+            return None
+        prior = steps(conn, rnd, "input").get(client_id)
+    if prior is None or prior["sha256"] != body.sha256:
+        return None
+    core.blobs.commit_temp(body.path, body.sha256)
+    return SecaggReceipt(step="input", attempt=attempt, duplicate=True, phase=rnd.phase)
