@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import Path
 from string import Formatter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -29,6 +29,7 @@ __all__ = [
     "LocalTrainingSpec",
     "MethodSpec",
     "ModelSpec",
+    "PreprocessSpec",
     "RoundsSpec",
     "SecureAggregationSpec",
     "SpecError",
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 TransportDtype = Literal["float32", "float16", "bfloat16"]
+Interpolation = Literal["bicubic", "bilinear", "nearest"]
 
 # aggregation.clip_norm when a spec leaves it out and tunes a lightweight method: honest
 # lightweight deltas (prompts, adapters, LoRA factors, a few epochs) stay well inside it,
@@ -99,6 +101,21 @@ def _names_self_made_base(pretrained: str) -> bool:
     return is_synthetic_tag(pretrained)
 
 
+class PreprocessSpec(_Strict):
+    """How images become the model's input: resize, centre-crop, normalise per channel."""
+
+    size: int = Field(
+        gt=0, strict=True, description="Side of the square input, in pixels (the model's own)."
+    )
+    mean: list[Annotated[float, Field(strict=True)]] = Field(
+        min_length=3, max_length=3, description="Per-channel mean (R, G, B) of pixels in [0, 1]."
+    )
+    std: list[Annotated[float, Field(gt=0, strict=True)]] = Field(
+        min_length=3, max_length=3, description="Per-channel standard deviation (R, G, B)."
+    )
+    interpolation: Interpolation = Field(description="Resize filter.")
+
+
 class ModelSpec(_Strict):
     family: Family = Field(
         description="Model library: CLIP through open_clip, or ViT through transformers."
@@ -122,6 +139,12 @@ class ModelSpec(_Strict):
         "an HF model id in `pretrained` (hf_vit) or an open_clip tag fetched from the HF hub. "
         "null = the repository's current main, unpinned (a warning is logged). Not for local "
         "files or FedTune's self-made bases.",
+    )
+    preprocess: PreprocessSpec | None = Field(
+        default=None,
+        description="Image preprocessing every machine applies. Left out, the service fills in "
+        "the base's own (e.g. a checkpoint's preprocessor_config.json, an open_clip tag's) when "
+        "the federation is created, so every client normalises as the service does.",
     )
 
     @field_validator("revision")

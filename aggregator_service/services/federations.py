@@ -19,7 +19,7 @@ from aggregator_service.services.privacy import completed_reason
 from aggregator_service.storage.tables import federations, rounds, state_versions
 from shared.api import FederationInfo, FederationSummary, TensorInfo
 from shared.blobs import write_state
-from shared.spec import FederationSpec
+from shared.spec import FederationSpec, PreprocessSpec
 
 __all__ = [
     "create_federation",
@@ -42,6 +42,7 @@ def new_id(prefix: str, length: int = 10) -> str:
 
 @dataclass(frozen=True)
 class _Built:
+    spec: FederationSpec
     initial_version: str
     base_digest: str | None
     fingerprint: str
@@ -71,6 +72,7 @@ def _build(core: Core, spec: FederationSpec) -> _Built:
     initial = store_state(core, bm.trainable_state())
     base = store_state(core, bm.base_state()) if spec.model.base_source == "server" else None
     return _Built(
+        spec=_with_preprocess(spec, bm.preprocess.to_spec()),
         initial_version=initial,
         base_digest=base,
         fingerprint=bm.base_fingerprint(),
@@ -80,11 +82,23 @@ def _build(core: Core, spec: FederationSpec) -> _Built:
     )
 
 
+def _with_preprocess(spec: FederationSpec, preprocess: PreprocessSpec) -> FederationSpec:
+    """`spec` with the preprocessing its base uses filled in, where the spec leaves it out:
+    a client may not see the files it came from (a checkpoint folder only here)."""
+    if spec.model.preprocess is not None:
+        return spec
+    model = spec.model.model_copy(update={"preprocess": preprocess})
+    return spec.model_copy(update={"model": model})
+
+
 def create_federation(
     core: Core, spec: FederationSpec, keep: Keep = keep_nothing
 ) -> FederationInfo:
-    """Build the model, store initial state and base, and open round 1 (blocking: run in a thread)."""
+    """Build the model, store initial state and base, and open round 1 (blocking: run in a thread).
+
+    The stored spec is the posted one with the base's preprocessing filled in."""
     built = _build(core, spec)
+    spec = built.spec
     fid = new_id("fed_")
     t = now()
     with core.db.write() as conn:

@@ -13,11 +13,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-__all__ = ["Preprocess", "TextTower", "VisionClassifier", "seeded"]
+from shared.spec import PreprocessSpec
+from shared.validation import format_validation_error
+
+__all__ = ["Preprocess", "TextTower", "VisionClassifier", "checked_preprocess", "seeded"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,44 @@ class Preprocess:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
+
+    @classmethod
+    def from_spec(cls, spec: PreprocessSpec) -> Preprocess:
+        m, s = spec.mean, spec.std
+        return cls(spec.size, (m[0], m[1], m[2]), (s[0], s[1], s[2]), spec.interpolation)
+
+    def to_spec(self) -> PreprocessSpec:
+        """`model.preprocess` as a spec states it."""
+        return PreprocessSpec(
+            size=self.size,
+            mean=list(self.mean),
+            std=list(self.std),
+            interpolation=self.interpolation,
+        )
+
+
+def checked_preprocess(
+    stated: PreprocessSpec | None, size: int, mean: Any, std: Any, interpolation: str, source: str
+) -> Preprocess:
+    """`model.preprocess` where the spec states it, else the base's own, checked as the spec
+    checks it (`source` names where the base's came from).
+
+    The model takes `size`-pixel images only, so a stated size must be that one.
+    """
+    if stated is not None:
+        if stated.size != size:
+            raise ValueError(
+                f"model.preprocess.size: the model takes {size}-pixel images, not {stated.size}"
+            )
+        return Preprocess.from_spec(stated)
+    try:
+        own = PreprocessSpec(size=size, mean=mean, std=std, interpolation=interpolation)
+    except ValidationError as exc:
+        raise ValueError(
+            f"{source}: unusable image preprocessing ({format_validation_error(exc)}); "
+            "state model.preprocess in the spec"
+        ) from None
+    return Preprocess.from_spec(own)
 
 
 class TextTower(nn.Module, ABC):

@@ -22,11 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import torch
+from huggingface_hub.errors import RemoteEntryNotFoundError
 from torch import nn
 from transformers import ViTConfig, ViTForImageClassification, ViTModel
 
-from shared.models.base import Preprocess, VisionClassifier, seeded
+from shared.models.base import Preprocess, VisionClassifier, checked_preprocess, seeded
 from shared.models.configs import hf_vit_config
 from shared.models.synthetic import is_synthetic_tag, resolve_pretrained
 from shared.spec import FederationSpec, ModelSpec
@@ -36,6 +38,7 @@ __all__ = ["ViTClassifier", "build_hf_vit"]
 # ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN/STD, bilinear resize).
 _DEFAULT_MEAN = (0.5, 0.5, 0.5)
 _DEFAULT_STD = (0.5, 0.5, 0.5)
+_PROCESSOR_CONFIG = "preprocessor_config.json"
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +157,56 @@ def resolve_config(spec: FederationSpec) -> ViTConfig:
     return config
 
 
-def _preprocess(config: ViTConfig, pretrained: str | None) -> Preprocess:
-    mean: Any = _DEFAULT_MEAN
-    std: Any = _DEFAULT_STD
-    if pretrained is not None and _is_dir(pretrained):
-        proc = Path(pretrained) / "preprocessor_config.json"
-        if proc.is_file():
-            data = json.loads(proc.read_text(encoding="utf-8"))
-            mean = tuple(data.get("image_mean", mean))
-            std = tuple(data.get("image_std", std))
+def _preprocess(
+    model: ModelSpec, config: ViTConfig, weights: str | None, hub_revision: str | None
+) -> Preprocess:
+    """`model.preprocess`, else the base's own: the preprocessor_config.json of the weights
+    loaded (local directory or hub model), or without weights of a local `pretrained`
+    directory; ViTImageProcessor's defaults where there is none."""
     size = config.image_size
-    size = size[0] if isinstance(size, list | tuple) else size
-    return Preprocess(int(size), mean, std, "bilinear")
+    size = int(size[0] if isinstance(size, list | tuple) else size)
+    source = weights if weights is not None else model.pretrained
+    if weights is None and not _is_dir(source):
+        source = None
+    data: dict[str, Any] = {}
+    if model.preprocess is None and source is not None:
+        data = _processor_config(source, hub_revision)
+    mean = _per_channel(data.get("image_mean", _DEFAULT_MEAN))
+    std = _per_channel(data.get("image_std", _DEFAULT_STD))
+    label = f"model.pretrained: {_PROCESSOR_CONFIG} of {source!r}"
+    return checked_preprocess(model.preprocess, size, mean, std, "bilinear", label)
+
+
+def _processor_config(source: str, revision: str | None) -> dict[str, Any]:
+    """The preprocessor_config.json of a local directory or hub model; {} where it has none."""
+    try:
+        if _is_dir(source):
+            path = Path(source) / _PROCESSOR_CONFIG
+            if not path.is_file():
+                return {}
+        else:
+            hub = huggingface_hub.hf_hub_download(
+                source, _PROCESSOR_CONFIG, revision=revision or "main"
+            )
+            path = Path(hub)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except RemoteEntryNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"model.pretrained: cannot read {_PROCESSOR_CONFIG} of {source!r}{_at(revision)}: "
+            f"{_first_line(exc)}; state model.preprocess in the spec"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"model.pretrained: {_PROCESSOR_CONFIG} of {source!r} is not a mapping")
+    return data
+
+
+def _per_channel(value: Any) -> Any:
+    """ViTImageProcessor takes one number for all three channels, or one per channel."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value] * 3
+    return value
 
 
 def _load_pretrained(
@@ -216,7 +257,9 @@ def build_hf_vit(
     with seeded(spec.seed, "head"), torch.no_grad():
         nn.init.trunc_normal_(classifier.weight, std=config.initializer_range)
         nn.init.zeros_(classifier.bias)
-    return ViTClassifier(hf.vit, classifier, _preprocess(config, pretrained))
+    hub_revision = spec.model.revision if hub_weights else None
+    preprocess = _preprocess(spec.model, config, weights, hub_revision)
+    return ViTClassifier(hf.vit, classifier, preprocess)
 
 
 def _at(revision: str | None) -> str:

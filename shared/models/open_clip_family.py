@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, get_args
 
 import huggingface_hub
 import open_clip
@@ -31,10 +31,10 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from torch import nn
 
-from shared.models.base import Preprocess, TextTower, VisionClassifier
+from shared.models.base import Preprocess, TextTower, VisionClassifier, checked_preprocess
 from shared.models.configs import register_open_clip_configs
 from shared.models.synthetic import resolve_pretrained
-from shared.spec import FederationSpec
+from shared.spec import FederationSpec, Interpolation, ModelSpec, PreprocessSpec
 
 __all__ = [
     "ClipClassifier",
@@ -47,6 +47,8 @@ __all__ = [
 register_open_clip_configs()
 
 log = logging.getLogger(__name__)
+
+_RESIZE_FILTERS: tuple[Interpolation, ...] = get_args(Interpolation)
 
 
 class _DropRandomInitWarning(logging.Filter):
@@ -232,13 +234,26 @@ def _preprocess_override(arch: str, tag: str | None) -> dict[str, Any] | None:
     return {k: cfg[k] for k in keys if k in cfg} or None
 
 
-def _preprocess(clip: Any) -> Preprocess:
+def _stated_override(stated: PreprocessSpec) -> dict[str, Any]:
+    """`model.preprocess` as open_clip's preprocessing (the size is the tower's own)."""
+    return {
+        "mean": tuple(stated.mean),
+        "std": tuple(stated.std),
+        "interpolation": stated.interpolation,
+    }
+
+
+def _preprocess(clip: Any, model: ModelSpec) -> Preprocess:
     cfg = open_clip.get_model_preprocess_cfg(clip)
     size = cfg.get("size", 224)
     size = size[0] if isinstance(size, list | tuple) else size
-    mean: Any = tuple(cfg["mean"])
-    std: Any = tuple(cfg["std"])
-    return Preprocess(int(size), mean, std, str(cfg.get("interpolation", "bicubic")))
+    interpolation = str(cfg.get("interpolation", "bicubic"))
+    if interpolation not in _RESIZE_FILTERS:
+        interpolation = "bicubic"  # open_clip's own eval transform does the same ("random")
+    source = f"model.pretrained: {model.pretrained}" if model.pretrained else "model.arch"
+    return checked_preprocess(
+        model.preprocess, int(size), cfg.get("mean"), cfg.get("std"), interpolation, source
+    )
 
 
 def _hub_file(arch: str, tag: str | None) -> str | None:
@@ -344,8 +359,12 @@ def build_open_clip(
         )
     weights = resolve_pretrained("open_clip", arch, pretrained) if load_weights else None
     pinned = _pinned_weights(arch, pretrained, spec.model.revision) if load_weights else None
-    # a tag's preprocessing, where open_clip is not handed the tag itself
-    override = None if load_weights and pinned is None else _preprocess_override(arch, pretrained)
+    if spec.model.preprocess is not None:
+        override = _stated_override(spec.model.preprocess)
+    elif load_weights and pinned is None:
+        override = None
+    else:  # a tag's preprocessing, where open_clip is not handed the tag itself
+        override = _preprocess_override(arch, pretrained)
     try:
         with quiet_random_init(not load_weights):
             clip = open_clip.create_model(
@@ -366,7 +385,7 @@ def build_open_clip(
         clip.visual,
         head,
         clip.logit_scale.detach().reshape(()),
-        _preprocess(clip),
+        _preprocess(clip, spec.model),
         text_tower=functools.partial(OpenClipTextTower, clip, tokenizer),
         prompt_template=spec.task.prompt_template,
         class_names=spec.task.classes,
