@@ -7,6 +7,7 @@ open_clip: a safetensors state dict passed as `pretrained: <file>` to
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,9 @@ def _expected_clip_base(clip: Any, base_names: list[str]) -> str:
     tokenizer = open_clip.get_tokenizer("fedtune-tiny-clip")
     prompts = [f"a photo of the digit {c}." for c in DIGITS]
     state = {f"visual.{k}": v for k, v in clip.visual.state_dict().items()}
-    state["head.weight"] = F.normalize(clip.encode_text(tokenizer(prompts)), dim=-1)
     state["logit_scale"] = clip.logit_scale.detach().reshape(())
+    text = copy.deepcopy(clip).double()  # the head is computed in float64, stored as float32
+    state["head.weight"] = F.normalize(text.encode_text(tokenizer(prompts)), dim=-1).float()
     return fingerprint({n: state[n] for n in base_names})
 
 
