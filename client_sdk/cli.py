@@ -399,15 +399,19 @@ def protections(spec: FederationSpec) -> str:
         p = spec.privacy
         parts.append(
             f"central DP (noise x{p.noise_multiplier:g} on the mean, stops at "
-            f"epsilon {p.max_epsilon:g}, delta {p.delta:g})"
+            f"epsilon {p.max_epsilon:g}, delta {p.delta:g}{_seeded(p.noise_source)})"
         )
     dp = spec.local_training.dp
     if dp is not None:
         parts.append(
             f"DP-SGD on each client (noise x{dp.noise_multiplier:g}, per-example gradient norm "
-            f"{dp.max_grad_norm:g}, delta {dp.delta:g})"
+            f"{dp.max_grad_norm:g}, delta {dp.delta:g}{_seeded(dp.noise_source)})"
         )
     return "; ".join(parts) or "none (the service sees each update)"
+
+
+def _seeded(source: str) -> str:
+    return ", SEEDED noise: whoever holds the spec can subtract it" if source == "seeded" else ""
 
 
 def _rotate_key(args: argparse.Namespace) -> int:

@@ -47,6 +47,16 @@ def _spec(**sections: Any) -> Any:
             {"privacy": CENTRAL},
             "central DP (noise x2 on the mean, stops at epsilon 8, delta 1e-05)",
         ),
+        (
+            {"privacy": {**CENTRAL, "noise_source": "seeded"}},
+            "central DP (noise x2 on the mean, stops at epsilon 8, delta 1e-05, SEEDED noise: "
+            "whoever holds the spec can subtract it)",
+        ),
+        (
+            {"dp": {**DP_SGD, "noise_source": "seeded"}},
+            "DP-SGD on each client (noise x1.1, per-example gradient norm 1, delta 1e-05, "
+            "SEEDED noise: whoever holds the spec can subtract it)",
+        ),
     ],
 )
 def test_status_names_each_protection_the_spec_turns_on(
