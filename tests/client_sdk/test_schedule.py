@@ -53,10 +53,10 @@ def _optimisers_seen(trainer: LocalTrainer) -> tuple[list[float], list[torch.opt
     lrs: list[float] = []
     seen: list[torch.optim.Optimizer] = []
 
-    def recording(optimizer, images, labels):
+    def recording(optimizer, *rest):
         lrs.append(optimizer.param_groups[0]["lr"])
         seen.append(optimizer)
-        return LocalTrainer._step(trainer, optimizer, images, labels)
+        return LocalTrainer._step(trainer, optimizer, *rest)
 
     trainer._step = recording  # type: ignore[method-assign]
     trainer.train(1)

@@ -51,10 +51,11 @@ def test_each_style_leaves_the_output_unchanged_before_training(family: str, sty
 
     with torch.no_grad():
         assert torch.equal(adapted.model(x), plain.model(x))
-        # the adapters are wired in: a non-zero up-projection moves the output
+        # the adapters are wired in: a non-zero up-projection moves the output (not a constant
+        # one: it adds the same value to every channel, which the next LayerNorm removes)
         for name, param in adapted.model.named_parameters():
             if name.endswith(".up.weight"):
-                param.fill_(0.05)
+                param.copy_(torch.linspace(-0.05, 0.05, param.numel()).reshape(param.shape))
         assert not torch.allclose(adapted.model(x), plain.model(x))
 
 
