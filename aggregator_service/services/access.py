@@ -41,6 +41,7 @@ __all__ = [
     "enrollment_token_id",
     "list_clients",
     "list_enrollment_tokens",
+    "refuse_revoked",
     "register_client",
     "revoke_client",
     "revoke_enrollment_token",
@@ -123,6 +124,16 @@ def _key_owner(conn: Connection, digest: str) -> Row | None:
         .select_from(clients.join(previous_keys, previous_keys.c.client_id == clients.c.id))
         .where(previous_keys.c.key_hash == digest, previous_keys.c.expires_at > now())
     ).first()
+
+
+def refuse_revoked(conn: Connection, client_id: str, lock: bool = False) -> None:
+    """`Unauthorized` when the client was revoked since its request was authenticated (an
+    upload streams for a while). With `lock`, in the transaction that would keep what it sent,
+    its row stays as read until the commit: a revocation commits before (and is seen here) or
+    waits for it (and what it sent was accepted before the revocation)."""
+    query = select(clients.c.revoked).where(clients.c.id == client_id)
+    if conn.execute(query.with_for_update(read=True) if lock else query).scalar():
+        raise Unauthorized(f"client {client_id} has been revoked")
 
 
 def rotate_key(

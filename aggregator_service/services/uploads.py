@@ -31,8 +31,9 @@ from typing import BinaryIO
 from sqlalchemy import Connection, Row, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from aggregator_service.services.access import refuse_revoked
 from aggregator_service.services.context import Core, now
-from aggregator_service.services.errors import Conflict, TimedOut, TooLarge, Unauthorized
+from aggregator_service.services.errors import Conflict, TimedOut, TooLarge
 from aggregator_service.services.lifecycle import refuse_unless_running
 from aggregator_service.services.rounds import (
     federation_status,
@@ -48,7 +49,6 @@ from aggregator_service.services.validation import (
 )
 from aggregator_service.storage.tables import (
     INT_MAX,
-    clients,
     federations,
     rounds,
     state_versions,
@@ -346,7 +346,7 @@ def _ingest_once(
 ) -> UpdateReceipt:
     spec = core.spec(fid)
     with core.db.read() as conn:
-        _refuse_revoked(conn, client_id)
+        refuse_revoked(conn, client_id)
         prior = _existing(conn, fid, number, client_id)
         status = read_status(conn, spec, fid, client_id)
         if prior is not None:
@@ -392,7 +392,7 @@ def _commit(
         # (and is seen here, in a statement of its own) or waits for this commit.
         if federation_status(conn, fid) != "running":
             raise _Retry
-        _refuse_revoked(conn, client_id, lock=True)
+        refuse_revoked(conn, client_id, lock=True)
         try:
             conn.execute(
                 insert(updates).values(
@@ -414,14 +414,6 @@ def _commit(
     if met:
         log.info("federation %s round %d: aggregating (quorum)", fid, number)
     return int(row.received), row.status
-
-
-def _refuse_revoked(conn: Connection, client_id: str, lock: bool = False) -> None:
-    """`Unauthorized` when the client was revoked; with `lock`, its row stays as read until
-    the transaction ends (a revocation waits for it)."""
-    query = select(clients.c.revoked).where(clients.c.id == client_id)
-    if conn.execute(query.with_for_update(read=True) if lock else query).scalar():
-        raise Unauthorized(f"client {client_id} has been revoked")
 
 
 def _closed_detail(number: int, status: RoundStatus) -> str:

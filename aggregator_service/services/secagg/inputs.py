@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aggregator_service.services.access import refuse_revoked
 from aggregator_service.services.context import Core
 from aggregator_service.services.errors import Invalid
 from aggregator_service.services.secagg.round import accused, load_round, secure_spec, steps
-from aggregator_service.services.secagg.steps import _refuse_revoked, client_step
+from aggregator_service.services.secagg.steps import client_step
 from aggregator_service.services.uploads import Expected, Received, _manifest
 from aggregator_service.services.validation import not_safetensors
 from aggregator_service.storage.tables import INT_MAX
@@ -157,7 +158,7 @@ def _repeat(
     have failed to answer); its blob is put back if it went missing. None for any other body."""
     spec = core.spec(fid)
     with core.db.read() as conn:
-        _refuse_revoked(conn, client_id)
+        refuse_revoked(conn, client_id)
         rnd = load_round(conn, spec, fid, number) if number <= INT_MAX else None
         if rnd is None or rnd.attempt != attempt:
             return None

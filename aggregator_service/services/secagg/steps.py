@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from aggregator_service.services.access import refuse_revoked
 from aggregator_service.services.context import Core, now
-from aggregator_service.services.errors import Conflict, Forbidden, Invalid, Unauthorized
+from aggregator_service.services.errors import Conflict, Forbidden, Invalid
 from aggregator_service.services.lifecycle import refuse_unless_running
 from aggregator_service.services.rounds import read_status
 from aggregator_service.services.secagg.phases import advance_round
@@ -27,7 +28,7 @@ from aggregator_service.services.secagg.round import (
     record_step,
     secure_spec,
 )
-from aggregator_service.storage.tables import INT_MAX, clients, secagg_rounds, secagg_shares
+from aggregator_service.storage.tables import INT_MAX, secagg_rounds, secagg_shares
 from shared.api import (
     SecaggComplaint,
     SecaggIncomingShare,
@@ -92,16 +93,6 @@ def _open_round(conn: Connection, core: Core, fid: str, number: int, create: boo
     found = load_round(conn, spec, fid, number)
     assert found is not None
     return found
-
-
-def _refuse_revoked(conn: Connection, client_id: str) -> None:
-    """A client revoked since its request was authenticated (a masked input streams for a
-    while) is refused in the transaction that would keep what it sent."""
-    revoked = conn.execute(select(clients.c.revoked).where(clients.c.id == client_id)).scalar()
-    if revoked:
-        raise Unauthorized(
-            f"client {client_id} was revoked while its request was in flight; nothing was kept"
-        )
 
 
 def _check_attempt(rnd: Round, attempt: int, phase: SecaggPhase) -> None:
@@ -184,7 +175,7 @@ def client_step(
     part. Once the step is recorded the round moves on as far as it can, the step's `receipt`
     is filled in and, after the commit, long-polls wake."""
     with core.db.write() as conn:
-        _refuse_revoked(conn, client_id)
+        refuse_revoked(conn, client_id)
         rnd = _open_round(conn, core, fid, number, create=phase == "advertise")
         _check_attempt(rnd, attempt, phase)
         if phase != "advertise":
