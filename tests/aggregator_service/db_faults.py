@@ -11,6 +11,15 @@ from sqlalchemy import text
 from aggregator_service.storage import Database
 
 _NAME = "fedtune_test_fault"
+# PostgreSQL: the trigger function, raising what a failing disk raises (58030: io_error)
+_PG_IO_ERROR = (
+    f"CREATE FUNCTION {_NAME}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "RAISE EXCEPTION 'injected I/O error' USING ERRCODE = '58030'; END $$"
+)
+
+
+def _pg_drop(table: str) -> list[str]:
+    return [f"DROP TRIGGER {_NAME} ON {table}", f"DROP FUNCTION {_NAME}()"]
 
 
 @contextmanager
@@ -25,12 +34,11 @@ def refusing_writes(db: Database, table: str, column: str) -> Iterator[None]:
         drop = [f"DROP TRIGGER {_NAME}"]
     else:
         create = [
-            f"CREATE FUNCTION {_NAME}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "RAISE EXCEPTION 'injected I/O error' USING ERRCODE = '58030'; END $$",
+            _PG_IO_ERROR,
             f"CREATE TRIGGER {_NAME} BEFORE UPDATE OF {column} ON {table} FOR EACH ROW "
             f"WHEN (NEW.{column} IS NOT NULL) EXECUTE FUNCTION {_NAME}()",
         ]
-        drop = [f"DROP TRIGGER {_NAME} ON {table}", f"DROP FUNCTION {_NAME}()"]
+        drop = _pg_drop(table)
     with _installed(db, create, drop):
         yield
 
@@ -51,12 +59,11 @@ def failing_commits(db: Database, table: str) -> Iterator[None]:
         drop = [f"DROP TRIGGER {_NAME}", f"DROP TABLE {_NAME}_child", f"DROP TABLE {_NAME}_parent"]
     else:
         create = [
-            f"CREATE FUNCTION {_NAME}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "RAISE EXCEPTION 'injected I/O error' USING ERRCODE = '58030'; END $$",
+            _PG_IO_ERROR,
             f"CREATE CONSTRAINT TRIGGER {_NAME} AFTER INSERT ON {table} "
             f"DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {_NAME}()",
         ]
-        drop = [f"DROP TRIGGER {_NAME} ON {table}", f"DROP FUNCTION {_NAME}()"]
+        drop = _pg_drop(table)
     with _installed(db, create, drop):
         yield
 

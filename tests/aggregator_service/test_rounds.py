@@ -145,31 +145,19 @@ def test_round_left_aggregating_is_aggregated_once_at_startup(start_app, new_fed
 def test_running_app_takes_over_an_aggregation_whose_lease_expired(start_app, federation, delta):
     import time
 
-    from sqlalchemy import insert, select, update
+    from sqlalchemy import select
 
-    from aggregator_service.storage.tables import aggregation_attempts, round_leases, rounds
+    from aggregator_service.storage.tables import aggregation_attempts, rounds
 
     fed = federation(clients=3, quorum=3, min_updates=2, app=start_app(lease_s=1.0))
     c0, c1, _ = sorted(fed.keys)
     for cid in (c0, c1):
         assert fed.upload(cid, 1, delta(fed.info, 1, fed.info.global_version)).status_code == 201
     started = time.time() - 60
-    with fed.app.core.db.write() as conn:  # a replica on another host claimed it, then died
-        conn.execute(
-            update(rounds)
-            .where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
-            .values(status="aggregating", closed_by="quorum", aggregation_started_at=started)
-        )
-        conn.execute(
-            insert(round_leases).values(
-                federation_id=fed.id,
-                round=1,
-                owner="another-host:7:0badc0de",
-                expires_at=time.time() + 1.0,
-                retry_at=0.0,
-                attempts=1,
-            )
-        )
+    # a replica on another host claimed it, then died
+    _held_elsewhere(
+        fed.app.core, fed.id, 1.0, 1, closed_by="quorum", aggregation_started_at=started
+    )
 
     status = fed.wait_round(2)
 
@@ -270,6 +258,33 @@ def test_a_reopened_round_waits_for_a_new_update_before_the_sweepers_close_it_ag
     assert (fed.id, 1) in due_rounds(core)
 
 
+def _held_elsewhere(core, fid: str, lease_s: float, attempts: int, **round_values) -> None:
+    """Round 1 of `fid` is aggregating under a lease that a replica on another host holds for
+    `lease_s` more seconds, in its `attempts`-th attempt."""
+    import time
+
+    from sqlalchemy import insert, update
+
+    from aggregator_service.storage.tables import round_leases, rounds
+
+    with core.db.write() as conn:
+        conn.execute(
+            update(rounds)
+            .where(rounds.c.federation_id == fid, rounds.c.number == 1)
+            .values(status="aggregating", **round_values)
+        )
+        conn.execute(
+            insert(round_leases).values(
+                federation_id=fid,
+                round=1,
+                owner="another-host:7:0badc0de",
+                expires_at=time.time() + lease_s,
+                retry_at=0.0,
+                attempts=attempts,
+            )
+        )
+
+
 def _truncated(spec: str) -> str:
     return spec[: len(spec) // 2]
 
@@ -344,12 +359,11 @@ def test_a_federation_whose_spec_cannot_be_read_is_logged_once_not_every_sweep(
 
 
 def test_a_replica_that_lost_its_lease_does_not_reopen_the_round(start_app, new_federation, delta):
-    import time
 
-    from sqlalchemy import insert, select, update
+    from sqlalchemy import select
 
     from aggregator_service.services.rounds import aggregate_round
-    from aggregator_service.storage.tables import round_leases, rounds
+    from aggregator_service.storage.tables import rounds
 
     spec = _unbounded(quorum=2, min_updates=1)
     spec["aggregation"] = {**spec["aggregation"], "strategy": "fedadam", "max_abs_value": None}
@@ -357,22 +371,7 @@ def test_a_replica_that_lost_its_lease_does_not_reopen_the_round(start_app, new_
     fed = new_federation(app, spec, 2)
     huge = delta(fed.info, 1, fed.info.global_version, fill=3e38)  # squared: no finite state
     assert fed.upload(sorted(fed.keys)[0], 1, huge).status_code == 201
-    with app.core.db.write() as conn:  # another replica took the round over meanwhile
-        conn.execute(
-            update(rounds)
-            .where(rounds.c.federation_id == fed.id, rounds.c.number == 1)
-            .values(status="aggregating", closed_by="deadline")
-        )
-        conn.execute(
-            insert(round_leases).values(
-                federation_id=fed.id,
-                round=1,
-                owner="another-host:7:0badc0de",
-                expires_at=time.time() + 600,
-                retry_at=0.0,
-                attempts=2,
-            )
-        )
+    _held_elsewhere(app.core, fed.id, 600, 2, closed_by="deadline")  # taken over meanwhile
 
     outcome = aggregate_round(app.core, fed.id, 1, owner="this-host:1:lost")
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,17 @@ def _org(server: ServerProcess, info: FederationInfo, tmp: Path, org: str, seed:
 
 def _flat(state: dict[str, torch.Tensor]) -> np.ndarray:
     return np.concatenate([state[k].double().reshape(-1).numpy() for k in sorted(state)])
+
+
+@contextmanager
+def _reaped(procs: list[Any]) -> Iterator[None]:
+    """Kill whichever client processes still run when the block ends (a failed assertion)."""
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.proc.kill()
 
 
 def _train(server: ServerProcess, tmp: Path, orgs: list[str]) -> list[Any]:
@@ -163,15 +176,11 @@ def test_secure_rounds_complete_through_dropouts_and_name_a_tampered_share(
     victim = Victim(server, info, tmp_path)
 
     procs = _train(server, tmp_path, orgs)
-    try:
+    with _reaped(procs):
         victim.play(1, "masked input")
         victim.play(2, "shared keys")
         victim.play(3, "tampered share")
         codes = [p.wait(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
 
     assert codes == [0, 0, 0], "\n".join(p.output()[-3000:] for p in procs)
     r1, r2, r3 = admin.list_rounds(info.id)
@@ -266,7 +275,7 @@ def test_a_pause_mid_protocol_holds_the_secure_round_and_the_clients_finish_it(
     third = Victim(server, info, tmp_path)
 
     procs = _train(server, tmp_path, orgs)
-    try:
+    with _reaped(procs):
         st = third._wait(1, ("advertise",))
         third.round.advertise(1, st.attempt)
         third._wait(1, ("share",))
@@ -277,10 +286,6 @@ def test_a_pause_mid_protocol_holds_the_secure_round_and_the_clients_finish_it(
         assert admin.resume_federation(info.id).status == "running"
         assert third.round.run(1, third.delta(1), 5) is True  # its steps, to the aggregation
         codes = [p.wait(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
 
     assert (frozen.attempt, frozen.phase, frozen.events) == (1, "share", [])
     assert codes == [0, 0], "\n".join(p.output()[-3000:] for p in procs)
@@ -330,17 +335,13 @@ def test_a_process_too_late_for_the_cohort_joins_the_attempt_after_a_restart(
     late = train_args(server, d, tmp_path / "org-d" / "data", tmp_path / "org-d" / "w")
 
     procs = _train(server, tmp_path, orgs[:2])
-    try:
+    with _reaped(procs):
         gone.round.advertise(1, gone._wait(1, ("advertise",)).attempt)
         drawn = gone._wait(1, ("share",))
         _start_late(admin, info.id, late, tmp_path / "org-d" / "first.log", procs)
         procs.pop().proc.kill()
         _start_late(admin, info.id, late, tmp_path / "org-d" / "again.log", procs)
         codes = [p.wait(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            if p.proc.poll() is None:
-                p.proc.kill()
 
     assert codes == [0, 0, 0], "\n".join(p.output()[-3000:] for p in procs)
     ids = {load(creds).client_id: org for creds, org in zip((a, b, d), orgs, strict=True)}
