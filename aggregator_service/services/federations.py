@@ -72,7 +72,7 @@ def _build(core: Core, spec: FederationSpec) -> _Built:
     initial = store_state(core, bm.trainable_state())
     base = store_state(core, bm.base_state()) if spec.model.base_source == "server" else None
     return _Built(
-        spec=_with_preprocess(spec, bm.preprocess.to_spec()),
+        spec=_with_preprocess(spec, bm.preprocess),
         initial_version=initial,
         base_digest=base,
         fingerprint=bm.base_fingerprint(),

@@ -12,7 +12,6 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,28 +24,9 @@ from shared.validation import format_validation_error
 __all__ = ["Preprocess", "TextTower", "VisionClassifier", "checked_preprocess", "seeded"]
 
 
-@dataclass(frozen=True)
-class Preprocess:
-    """Image preprocessing of a family: square size, normalisation, resize filter."""
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-
-    @classmethod
-    def from_spec(cls, spec: PreprocessSpec) -> Preprocess:
-        m, s = spec.mean, spec.std
-        return cls(spec.size, (m[0], m[1], m[2]), (s[0], s[1], s[2]), spec.interpolation)
-
-    def to_spec(self) -> PreprocessSpec:
-        """`model.preprocess` as a spec states it."""
-        return PreprocessSpec(
-            size=self.size,
-            mean=list(self.mean),
-            std=list(self.std),
-            interpolation=self.interpolation,
-        )
+# A model's image preprocessing: what a spec's `model.preprocess` states (size, mean, std,
+# resize filter), so the base's own and a stated one are one type.
+Preprocess = PreprocessSpec
 
 
 def checked_preprocess(
@@ -62,15 +42,14 @@ def checked_preprocess(
             raise ValueError(
                 f"model.preprocess.size: the model takes {size}-pixel images, not {stated.size}"
             )
-        return Preprocess.from_spec(stated)
+        return stated
     try:
-        own = PreprocessSpec(size=size, mean=mean, std=std, interpolation=interpolation)
+        return PreprocessSpec(size=size, mean=mean, std=std, interpolation=interpolation)
     except ValidationError as exc:
         raise ValueError(
             f"{source}: unusable image preprocessing ({format_validation_error(exc)}); "
             "state model.preprocess in the spec"
         ) from None
-    return Preprocess.from_spec(own)
 
 
 class TextTower(nn.Module, ABC):

@@ -73,7 +73,7 @@ def test_the_echoed_spec_carries_the_preprocessing_the_service_built_with(
 
     info, _ = _as_member(fed)
 
-    assert info.spec.model.preprocess == build(parse_spec(posted)).preprocess.to_spec()
+    assert info.spec.model.preprocess == build(parse_spec(posted)).preprocess
     rest: Any = {"model": {"preprocess"}}
     assert info.spec.model_dump(exclude=rest) == parse_spec(posted).model_dump(exclude=rest)
 

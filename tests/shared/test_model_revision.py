@@ -203,4 +203,4 @@ def test_pinned_open_clip_tag_loads_the_file_downloaded_at_the_revision(
         }
     ]
     assert torch.equal(model.visual.conv1.weight, reference.visual.conv1.weight)
-    assert model.preprocess.mean == (0.1, 0.2, 0.3)
+    assert model.preprocess.mean == [0.1, 0.2, 0.3]

@@ -9,7 +9,6 @@ from typing import Any
 import open_clip
 import pytest
 
-from shared.models import Preprocess
 from shared.spec import FederationSpec, PreprocessSpec, SpecError, parse_spec
 from shared.tuning import build
 from tests.shared.tuning.checkpoints import IMAGENET, write_vit_checkpoint
@@ -59,7 +58,7 @@ def test_a_stated_preprocess_is_what_the_builder_uses(family: str) -> None:
     built = build(spec)
     rebuilt = build(spec, base_state=built.base_state())
 
-    expected = Preprocess.from_spec(PreprocessSpec.model_validate(STATED))
+    expected = PreprocessSpec.model_validate(STATED)
     assert built.preprocess == rebuilt.preprocess == expected
 
 
@@ -69,7 +68,7 @@ def test_a_stated_preprocess_wins_over_the_checkpoint_s_own(tmp_path: Path) -> N
 
     preprocess = build(spec).preprocess
 
-    assert (preprocess.mean, preprocess.std) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert (preprocess.mean, preprocess.std) == ([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])
 
 
 @pytest.mark.parametrize("family", ["open_clip", "hf_vit"])
